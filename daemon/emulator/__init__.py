@@ -1,0 +1,1 @@
+"""A local Galtea API emulator with fault injection."""

@@ -1,0 +1,103 @@
+"""Every error galtea-local raises, under one base class.
+
+    GaltealocalError
+    ├── InvalidInputError (also ValueError)     bad argument to create()/update(); nothing written
+    │   └── RecordTooLargeError                 a record over the configured size limit
+    ├── InvalidTypeError (also TypeError)       an argument of the wrong type; nothing written
+    ├── NotFoundError (also KeyError)           no local record with that local or remote id
+    ├── StoreError                              the store cannot be used
+    │   ├── StoreOpenError                      the path cannot be opened or created
+    │   ├── NotAStoreError                      the file is not a galtea-local store
+    │   └── StoreFullError                      the size cap is reached and the policy refuses
+    ├── ConfigError (also ValueError)           a bad setting: names the file, the key, what is allowed
+    └── UpstreamError                           anything the Galtea API (or the way to it) did
+        ├── NotSentError                        the request surely never reached the server: retry freely
+        ├── MaybeSentError                      it may have been applied: reconcile before re-sending a create
+        ├── RetryLaterError                     429/503: back off, honouring ``retry_after`` (seconds)
+        ├── AuthError                           401/403: pause all pushing, dead-letter nothing
+        └── RejectedError                       any other 4xx: dead-letter the operation with ``message``
+
+Third-party errors (sqlite3, SQLAlchemy, httpx) are translated where they are
+caught; nothing above the store or the upstream client sees them.
+"""
+
+from __future__ import annotations
+
+
+class GaltealocalError(Exception):
+    """Base class of every error raised by galtea-local."""
+
+
+class InvalidInputError(GaltealocalError, ValueError):
+    """An argument has a bad value. The message names the field and the fix."""
+
+
+class RecordTooLargeError(InvalidInputError):
+    """The serialized record is larger than ``store.max_record_bytes``."""
+
+
+class InvalidTypeError(GaltealocalError, TypeError):
+    """An argument has the wrong type. The message names the field and the fix."""
+
+
+class NotFoundError(GaltealocalError, KeyError):
+    """No local record has that id (local or remote)."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the sentence readable.
+        return str(self.args[0]) if self.args else ""
+
+
+class StoreError(GaltealocalError):
+    """The store cannot be used."""
+
+
+class StoreOpenError(StoreError):
+    """The store path cannot be opened or created."""
+
+
+class NotAStoreError(StoreError):
+    """The file exists but is not a galtea-local store (or is from a newer version)."""
+
+
+class StoreFullError(StoreError):
+    """The store reached its size cap and the retention policy refuses new records."""
+
+
+class ConfigError(GaltealocalError, ValueError):
+    """A setting is invalid. The message names the source, the key and what is allowed."""
+
+
+class UpstreamError(GaltealocalError):
+    """Something the Galtea API, or the network on the way to it, did.
+
+    ``status`` is the HTTP status when there was an answer, else None.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class NotSentError(UpstreamError):
+    """The request never reached the server (connect error, pool timeout): retry freely."""
+
+
+class MaybeSentError(UpstreamError):
+    """The server may have applied the request (read timeout, dropped answer, 500/502/504)."""
+
+
+class RetryLaterError(UpstreamError):
+    """The server asked us to slow down (429) or is unavailable (503)."""
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class AuthError(UpstreamError):
+    """The API key was refused (401/403)."""
+
+
+class RejectedError(UpstreamError):
+    """The server refused the request for good (a 4xx other than 401/403/429)."""

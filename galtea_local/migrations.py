@@ -1,0 +1,147 @@
+"""Named schema migrations, each recorded in the same transaction as its change.
+
+A migration's SQL is frozen text, never derived from the live models: a store
+written by an older release must upgrade to exactly the schema a new store gets.
+``tests/test_migrations.py`` checks that the result matches the SQLModel tables.
+A store that has a migration this release does not know was written by a newer
+galtea-local and is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from galtea_local.errors import NotAStoreError
+
+_INITIAL = (
+    """CREATE TABLE meta (
+    "key" VARCHAR NOT NULL,
+    value VARCHAR NOT NULL,
+    PRIMARY KEY ("key")
+)""",
+    """CREATE TABLE schema_migrations (
+    name VARCHAR NOT NULL,
+    applied_at FLOAT NOT NULL,
+    PRIMARY KEY (name)
+)""",
+    """CREATE TABLE inference_results (
+    seq INTEGER NOT NULL,
+    id VARCHAR NOT NULL,
+    lane VARCHAR NOT NULL,
+    session_id VARCHAR,
+    session_custom_id VARCHAR,
+    version_id VARCHAR,
+    product_id VARCHAR,
+    status VARCHAR NOT NULL,
+    error VARCHAR,
+    input VARCHAR,
+    actual_output VARCHAR,
+    retrieval_context VARCHAR,
+    latency FLOAT,
+    input_tokens INTEGER,
+    output_tokens INTEGER,
+    cache_read_input_tokens INTEGER,
+    tokens INTEGER,
+    cost_per_input_token FLOAT,
+    cost_per_output_token FLOAT,
+    cost_per_cache_read_input_token FLOAT,
+    cost FLOAT,
+    conversation_simulator_version VARCHAR,
+    created_at FLOAT NOT NULL,
+    updated_at FLOAT NOT NULL,
+    sync_state VARCHAR NOT NULL,
+    deleted INTEGER NOT NULL,
+    remote_id VARCHAR,
+    remote_index INTEGER,
+    remote_session_id VARCHAR,
+    remote_created_at VARCHAR,
+    PRIMARY KEY (seq),
+    UNIQUE (id)
+)""",
+    """CREATE UNIQUE INDEX ix_results_remote_id ON inference_results (remote_id) WHERE remote_id IS NOT NULL""",
+    """CREATE INDEX ix_results_session ON inference_results (session_id, seq)""",
+    """CREATE INDEX ix_results_unsynced ON inference_results (sync_state, created_at) WHERE sync_state != 'synced'""",
+    """CREATE TABLE outbox (
+    seq INTEGER NOT NULL,
+    record_id VARCHAR NOT NULL,
+    lane VARCHAR NOT NULL,
+    kind VARCHAR NOT NULL,
+    payload VARCHAR,
+    state VARCHAR NOT NULL,
+    attempts INTEGER NOT NULL,
+    not_before FLOAT NOT NULL,
+    sending_since FLOAT,
+    sent_body VARCHAR,
+    last_error VARCHAR,
+    last_status INTEGER,
+    created_at FLOAT NOT NULL,
+    settled_at FLOAT,
+    PRIMARY KEY (seq),
+    FOREIGN KEY(record_id) REFERENCES inference_results (id)
+)""",
+    """CREATE INDEX ix_outbox_dead ON outbox (seq) WHERE state = 'dead'""",
+    """CREATE INDEX ix_outbox_open ON outbox (lane, seq) WHERE state IN ('pending', 'sending')""",
+    """CREATE INDEX ix_outbox_record ON outbox (record_id, seq)""",
+    """CREATE TABLE lanes (
+    "key" VARCHAR NOT NULL,
+    active INTEGER NOT NULL,
+    lease_owner VARCHAR,
+    lease_until FLOAT,
+    remote_session_id VARCHAR,
+    PRIMARY KEY ("key")
+)""",
+    """CREATE INDEX ix_lanes_active ON lanes (lease_until) WHERE active = 1""",
+)
+
+
+def _initial(conn: sqlite3.Connection) -> None:
+    for statement in _INITIAL:
+        conn.execute(statement)
+    now = time.time()
+    conn.executemany(
+        "INSERT INTO meta (key, value) VALUES (:key, :value)",
+        [
+            {"key": "app", "value": "galtea-local"},
+            {"key": "store_id", "value": secrets.token_hex(16)},
+            {"key": "created_at", "value": repr(now)},
+        ],
+    )
+
+
+MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
+    ("0001_initial", _initial),
+]
+
+
+def upgrade(conn: sqlite3.Connection, path: Path) -> list[str]:
+    """Apply every migration this store lacks, in order; return their names."""
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if tables and "schema_migrations" not in tables:
+        raise NotAStoreError(f"store {path}: the file is an SQLite database but not a galtea-local store")
+    applied = set()
+    if tables:
+        applied = {row[0] for row in conn.execute("SELECT name FROM schema_migrations")}
+    known = [name for name, _ in MIGRATIONS]
+    unknown = sorted(applied - set(known))
+    if unknown:
+        raise NotAStoreError(
+            f"store {path}: written by a newer galtea-local (migrations {', '.join(unknown)}); upgrade the package"
+        )
+    done = []
+    for name, apply in MIGRATIONS:
+        if name in applied:
+            continue
+        apply(conn)
+        conn.execute(
+            "INSERT INTO schema_migrations (name, applied_at) VALUES (:name, :at)", {"name": name, "at": time.time()}
+        )
+        done.append(name)
+    return done
+
+
+def read_store_id(conn: sqlite3.Connection) -> str:
+    return conn.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0]

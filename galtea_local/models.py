@@ -1,0 +1,154 @@
+"""The store's tables, declared once with SQLModel.
+
+Three tables carry the queue:
+
+- ``inference_results``: one row per record, holding the *current local view*
+  (every update applied) plus what we learned upstream (``remote_id``,
+  ``remote_index``). ``sync_state`` is ``queued`` until every operation of the
+  record is confirmed upstream, then ``synced``; ``dead`` while one of its
+  operations is dead-lettered.
+- ``outbox``: one row per operation to apply upstream (create, update, delete).
+  Only :mod:`galtea_local.outbox` changes an operation's state.
+- ``lanes``: one row per ordering key (a session). Operations of a lane go
+  upstream one at a time in ``seq`` order; a lane is claimed as a whole with a
+  lease, so different lanes go in parallel and one lane never does.
+
+Times are UNIX epoch seconds (REAL): cheap to write on the hot path and to
+compare in SQL; the read model turns them into ISO 8601.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from sqlalchemy import Column, Index, text
+from sqlmodel import Field, SQLModel
+
+
+class Meta(SQLModel, table=True):
+    """Key/value facts about the store (``store_id``, ``created_at``, auth pause, ...)."""
+
+    __tablename__ = "meta"
+    key: str = Field(primary_key=True)
+    value: str
+
+
+class SchemaMigration(SQLModel, table=True):
+    """One row per applied migration, written in the same transaction as its change."""
+
+    __tablename__ = "schema_migrations"
+    name: str = Field(primary_key=True)
+    applied_at: float
+
+
+class InferenceResultRow(SQLModel, table=True):
+    __tablename__ = "inference_results"
+    __table_args__ = (
+        # Only rows not yet confirmed upstream are indexed: cheap to keep, and it
+        # answers "how many queued / how old is the oldest" without a table scan.
+        Index(
+            "ix_results_unsynced",
+            "sync_state",
+            "created_at",
+            sqlite_where=text("sync_state != 'synced'"),
+            postgresql_where=text("sync_state != 'synced'"),
+        ),
+        Index(
+            "ix_results_remote_id",
+            "remote_id",
+            unique=True,
+            sqlite_where=text("remote_id IS NOT NULL"),
+            postgresql_where=text("remote_id IS NOT NULL"),
+        ),
+        Index("ix_results_session", "session_id", "seq"),
+    )
+
+    seq: Optional[int] = Field(default=None, primary_key=True)
+    id: str = Field(unique=True, index=False)
+    lane: str
+    session_id: Optional[str] = None
+    session_custom_id: Optional[str] = None
+    version_id: Optional[str] = None
+    product_id: Optional[str] = None
+    status: str
+    error: Optional[str] = None
+    input: Optional[str] = None  # JSON text: a string or an object, as given
+    actual_output: Optional[str] = None  # JSON text
+    retrieval_context: Optional[str] = None
+    latency: Optional[float] = None
+    input_tokens: Optional[int] = None
+    output_tokens: Optional[int] = None
+    cache_read_input_tokens: Optional[int] = None
+    tokens: Optional[int] = None
+    cost_per_input_token: Optional[float] = None
+    cost_per_output_token: Optional[float] = None
+    cost_per_cache_read_input_token: Optional[float] = None
+    cost: Optional[float] = None
+    conversation_simulator_version: Optional[str] = None
+    created_at: float
+    updated_at: float
+    sync_state: str = "queued"
+    deleted: int = 0
+    remote_id: Optional[str] = None
+    remote_index: Optional[int] = None
+    remote_session_id: Optional[str] = None
+    remote_created_at: Optional[str] = None
+
+
+class OutboxOperation(SQLModel, table=True):
+    __tablename__ = "outbox"
+    __table_args__ = (
+        # The open operations of each lane in order: the head of a lane is one
+        # index probe. Settled operations leave the index.
+        Index(
+            "ix_outbox_open",
+            "lane",
+            "seq",
+            sqlite_where=text("state IN ('pending', 'sending')"),
+            postgresql_where=text("state IN ('pending', 'sending')"),
+        ),
+        Index("ix_outbox_record", "record_id", "seq"),
+        Index(
+            "ix_outbox_dead",
+            "seq",
+            sqlite_where=text("state = 'dead'"),
+            postgresql_where=text("state = 'dead'"),
+        ),
+    )
+
+    seq: Optional[int] = Field(default=None, primary_key=True)
+    record_id: str = Field(foreign_key="inference_results.id")
+    lane: str
+    kind: str  # create | update | delete
+    payload: Optional[str] = None  # JSON: the changed fields of an update
+    state: str = "pending"  # pending | sending | done | dead
+    attempts: int = 0
+    not_before: float = 0.0  # backoff: not claimed before this time
+    sending_since: Optional[float] = None  # write-ahead mark: the attempt's start
+    sent_body: Optional[str] = None  # what the last attempt sent (reconciliation)
+    last_error: Optional[str] = None
+    last_status: Optional[int] = None
+    created_at: float
+    settled_at: Optional[float] = None
+
+
+class Lane(SQLModel, table=True):
+    __tablename__ = "lanes"
+    __table_args__ = (
+        Index(
+            "ix_lanes_active",
+            "lease_until",
+            sqlite_where=text("active = 1"),
+            postgresql_where=text("active = 1"),
+        ),
+    )
+
+    key: str = Field(primary_key=True)
+    active: int = 1
+    lease_owner: Optional[str] = None
+    lease_until: Optional[float] = None
+    remote_session_id: Optional[str] = None  # learned for session_custom_id lanes
+
+
+TABLES = [Meta.__table__, SchemaMigration.__table__, InferenceResultRow.__table__, OutboxOperation.__table__, Lane.__table__]
+COLUMNS = [c.name for c in InferenceResultRow.__table__.columns]

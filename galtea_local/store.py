@@ -1,0 +1,186 @@
+"""Opening a store and running transactions on it.
+
+Every connection gets the SQLite rules of design.md §5: WAL, a busy timeout,
+foreign keys on, ``synchronous`` by durability. Every write goes through
+:meth:`Store.transaction`, which opens ``BEGIN IMMEDIATE`` (a deferred
+transaction that reads then writes fails under contention whatever the busy
+timeout) and re-runs the *whole* function if SQLite still reports busy.
+
+Connections are per thread (and per process: a forked child opens its own), so
+many threads and processes can write one store at once. SQL is written with
+named ``:param`` placeholders.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from galtea_local import migrations
+from galtea_local.errors import NotAStoreError, StoreError, StoreOpenError
+
+T = TypeVar("T")
+
+DURABILITY_SYNCHRONOUS = {"process": "NORMAL", "power": "FULL"}
+
+
+def sqlite_path_from(location: str) -> str:
+    """Return the file path for a plain path or an ``sqlite:///`` URL."""
+    if location.startswith("sqlite"):
+        from sqlalchemy.engine import make_url
+
+        database = make_url(location).database
+        if not database or database == ":memory:":
+            raise StoreOpenError(f"store {location!r}: an in-memory store would lose every record; give a file path")
+        return database
+    if "://" in location:
+        raise StoreOpenError(
+            f"store {location!r}: unsupported store URL; use a file path or an sqlite:/// URL"
+        )
+    return location
+
+
+def _create_private(path: Path, file_mode: int, dir_mode: int) -> None:
+    """Create the folder and an empty file with owner-only modes before SQLite opens it.
+
+    SQLite gives its -wal and -shm files the mode of the database file, so they
+    stay private too.
+    """
+    if not path.parent.exists():
+        os.makedirs(path.parent, mode=dir_mode, exist_ok=True)
+    if not path.exists():
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, file_mode)
+        os.close(fd)
+        os.chmod(path, file_mode)  # the umask may have narrowed it; be exact
+
+
+class Store:
+    """An open store: the file, its settings, and a connection per thread.
+
+    ``durability`` is ``"process"`` (WAL + synchronous=NORMAL: a committed write
+    survives any crash of the process) or ``"power"`` (synchronous=FULL: it also
+    survives power loss).
+    """
+
+    def __init__(
+        self,
+        location: str,
+        *,
+        durability: str = "process",
+        busy_timeout_s: float = 30.0,
+        file_mode: int = 0o600,
+        dir_mode: int = 0o700,
+    ) -> None:
+        if durability not in DURABILITY_SYNCHRONOUS:
+            raise StoreOpenError(f"durability {durability!r}: use 'process' or 'power'")
+        self.location = location
+        self.path = Path(sqlite_path_from(location)).expanduser().absolute()
+        self.durability = durability
+        self.busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        try:
+            _create_private(self.path, file_mode, dir_mode)
+        except OSError as exc:
+            raise StoreOpenError(f"store {self.path}: cannot create it: {exc.strerror or exc}") from None
+        self.transaction(migrations.upgrade, self.path)
+        self.store_id: str = self.read(migrations.read_store_id)
+
+    # -- connections -------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise NotAStoreError(f"store {self.path}: not a galtea-local store ({exc})") from None
+        except sqlite3.Error as exc:
+            raise StoreOpenError(f"store {self.path}: cannot open it ({exc})") from None
+        if mode.lower() != "wal":
+            conn.close()
+            raise StoreOpenError(f"store {self.path}: WAL mode refused (network file system?); use a local disk")
+        conn.execute(f"PRAGMA synchronous={DURABILITY_SYNCHRONOUS[self.durability]}")
+        conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        with self._lock:
+            self._connections.append(conn)
+        return conn
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (a forked child never reuses its parent's)."""
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or local.pid != os.getpid():
+            conn = self._open()
+            local.conn, local.pid = conn, os.getpid()
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+        self._local = threading.local()
+
+    # -- transactions ------------------------------------------------------
+
+    def transaction(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(conn, *args)`` in one ``BEGIN IMMEDIATE`` transaction and commit.
+
+        On SQLITE_BUSY the whole function runs again (never one statement of
+        it). Any other error rolls back and propagates: nothing is half-written.
+        """
+        conn = self.connection()
+        deadline = time.monotonic() + self.busy_timeout_s
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(conn, *args)
+                    conn.execute("COMMIT")
+                    return result
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() > deadline:
+                    raise StoreError(f"store {self.path}: {exc}") from exc
+                time.sleep(random.uniform(0.001, 0.01))
+
+    def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(conn, *args)`` in a read transaction (one consistent snapshot)."""
+        conn = self.connection()
+        conn.execute("BEGIN")
+        try:
+            return fn(conn, *args)
+        finally:
+            # Ending the read promptly matters: open readers stop WAL checkpoints.
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        conn = self.connection()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    message = str(exc).lower()
+    return "locked" in message or "busy" in message
