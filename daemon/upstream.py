@@ -1,0 +1,409 @@
+"""The HTTP client for the Galtea API, and the classification of every outcome.
+
+Everything that crosses the network goes through ``UpstreamClient``. It raises
+only ``galtea_local.errors.UpstreamError`` subclasses (never httpx's), chosen by
+one function, ``classify()``, that encodes the delivery rules of design.md §6:
+
+    outcome                                             error            may re-send?
+    connect error/timeout, DNS, proxy CONNECT refused,  NotSentError     yes, freely
+      pool timeout, unsupported scheme
+    read/write timeout, read/write error, server        MaybeSentError   create: reconcile first
+      disconnected, any other transport error,                           update/delete: yes
+      500/502/504/other 5xx, 408, 1xx/3xx
+    429, 503 (``retry_after`` from Retry-After)         RetryLaterError  after the delay
+    401, 403                                            AuthError        no: pause all pushing
+    other 4xx (message from the JSON ``message``)       RejectedError    no: dead letter
+    2xx whose body is not the JSON we expect            MaybeSentError   reconcile (applied, id unknown)
+
+The API key never appears in a log line, a repr or an exception message.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.utils
+import ipaddress
+import json
+import logging
+import re
+import ssl
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from galtea_local.errors import (
+    AuthError,
+    ConfigError,
+    InvalidInputError,
+    MaybeSentError,
+    NotSentError,
+    RejectedError,
+    RetryLaterError,
+    UpstreamError,
+)
+from galtea_local_daemon.wire import (
+    EXTRA_HEADERS_ENV,
+    as_list,
+    checked_headers,
+    extra_headers_from_env,
+    path_segment,
+    query_string,
+    user_agent,
+)
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "DEFAULT_TIMEOUTS",
+    "EXTRA_HEADERS_ENV",
+    "UpstreamClient",
+    "api_message",
+    "checked_base_url",
+    "classify",
+    "extra_headers_from_env",
+    "parse_retry_after",
+    "user_agent",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.galtea.ai"
+DEFAULT_TIMEOUTS = (5.0, 30.0, 30.0, 5.0)  # connect, read, write, pool (seconds)
+MESSAGE_LIMIT = 500
+
+_API_KEY = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no blank
+
+# The request surely never left: no connection was made, or a proxy refused the tunnel.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError, httpx.UnsupportedProtocol)
+_DELTA_SECONDS = re.compile(r"\d+(\.\d+)?")
+
+
+def checked_base_url(base_url: str | None, *, allow_insecure_http: bool = False) -> str:
+    """The base URL with its trailing slash stripped, or ConfigError.
+
+    ``http://`` is refused unless the host is loopback (127.0.0.0/8, ::1,
+    localhost) or ``allow_insecure_http`` is set: the key would cross the
+    network in clear.
+    """
+    text = (base_url or DEFAULT_BASE_URL).strip().rstrip("/")
+    try:
+        url = httpx.URL(text)
+    except httpx.InvalidURL:
+        raise ConfigError("the Galtea API URL is not a valid URL") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError("the Galtea API URL must be http(s)://host[:port][/path]")
+    if url.userinfo or url.query or url.fragment:
+        raise ConfigError("the Galtea API URL must not carry credentials, a query or a fragment")
+    if url.scheme == "http" and not (allow_insecure_http or _is_loopback(url.host)):
+        raise ConfigError(
+            f"refusing plain http:// to {url.host}: the API key would travel unencrypted; "
+            "use https://, a loopback host, or set allow_insecure_http"
+        )
+    return text
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header value.
+
+    Delta-seconds or an HTTP-date (relative to ``now``, a Unix time, default the
+    clock; a date in the past gives 0). Absent or unreadable: None.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if _DELTA_SECONDS.fullmatch(text):
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000" parses naive; HTTP dates are always GMT
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def classify(
+    outcome: httpx.Response | BaseException,
+    *,
+    expect: type | None = None,
+    what: str = "request",
+    now: float | None = None,
+) -> UpstreamError | None:
+    """The error an outcome means, or None when it succeeded.
+
+    ``outcome`` is the response, or the exception raised while sending. With
+    ``expect`` (``dict`` or ``list``), a 2xx must carry a JSON body of that type;
+    otherwise it is MaybeSentError, since the server applied it but we cannot
+    read the result. ``what`` (e.g. ``"POST /inferenceResults"``) starts the
+    message. The module docstring holds the table.
+    """
+    if isinstance(outcome, BaseException):
+        return _classify_exception(outcome, what)
+    status = outcome.status_code
+    if 200 <= status < 300:
+        return _check_body(outcome, expect, what)
+    head = f"{what}: {status} {outcome.reason_phrase}".rstrip()
+    if status in (401, 403):
+        return AuthError(f"{head}: the API key was refused: {api_message(outcome)}", status=status)
+    if status in (429, 503):
+        retry_after = parse_retry_after(outcome.headers.get("retry-after"), now=now)
+        return RetryLaterError(f"{head}: retry after {retry_after} s", status=status, retry_after=retry_after)
+    # 408: the server gave up waiting for the request; a gateway may still have
+    # forwarded it, and dead-lettering a record for a timeout would be wrong.
+    if 400 <= status < 500 and status != 408:
+        return RejectedError(f"{head}: {api_message(outcome)}", status=status)
+    # 5xx, 408, and 1xx/3xx (redirects are not followed: a moved API is a config
+    # problem to retry after fixing, never a reason to drop a record).
+    return MaybeSentError(f"{head}: the server may have applied it", status=status)
+
+
+def _classify_exception(exc: BaseException, what: str) -> UpstreamError:
+    kind = type(exc).__name__
+    if isinstance(exc, UpstreamError):
+        return exc
+    if isinstance(exc, _NOT_SENT):
+        return NotSentError(f"{what}: not sent ({kind}: {exc})")
+    # Read/write timeouts and errors, a dropped connection, or anything we do not
+    # know: the bytes may have reached the server, so "maybe sent" is the safe class.
+    return MaybeSentError(f"{what}: may have been sent ({kind}: {exc})")
+
+
+def _check_body(response: httpx.Response, expect: type | None, what: str) -> MaybeSentError | None:
+    if expect is None:
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, expect):
+        return None
+    return MaybeSentError(
+        f"{what}: {response.status_code} with a body that is not a JSON {expect.__name__}; "
+        "the server applied it but the result cannot be read",
+        status=response.status_code,
+    )
+
+
+def api_message(response: httpx.Response) -> str:
+    """The API's own explanation: the JSON ``message`` field, else the body text.
+
+    A list of messages (validation errors) is joined with "; ". At most
+    ``MESSAGE_LIMIT`` characters.
+    """
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    message = body.get("message") if isinstance(body, dict) else None
+    if isinstance(message, list):
+        message = "; ".join(str(item) for item in message)
+    elif message is not None and not isinstance(message, str):
+        message = json.dumps(message)
+    text = message if message else response.text.strip()
+    if len(text) > MESSAGE_LIMIT:
+        text = text[:MESSAGE_LIMIT] + "…"
+    return text or "(no message)"
+
+
+class UpstreamClient:
+    """A thread-safe, synchronous client for the Galtea API inference-result calls.
+
+    One instance may be shared by many threads: it holds one ``httpx.Client``
+    whose pool has ``max_connections`` connections. TLS is always verified
+    (against ``ca_bundle`` when given); proxies come from the environment;
+    redirects are not followed. Each method returns the parsed JSON as the
+    server sends it (camelCase) or raises an ``UpstreamError`` subclass chosen by
+    ``classify()``; nothing else escapes it but a bug in the caller's arguments
+    (e.g. a body that is not JSON-serialisable raises TypeError before sending).
+    Constructor problems raise ConfigError.
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        api_key: str = "",
+        *,
+        timeouts: Sequence[float] = DEFAULT_TIMEOUTS,
+        ca_bundle: str | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        allow_insecure_http: bool = False,
+        transport: httpx.BaseTransport | None = None,
+        max_connections: int = 64,
+    ) -> None:
+        if not isinstance(api_key, str) or not _API_KEY.fullmatch(api_key):
+            # h11 would quote a malformed key in its error: refuse it here, unquoted.
+            raise ConfigError("the Galtea API key is empty or holds blanks or non-ASCII characters")
+        self.base_url = checked_base_url(base_url, allow_insecure_http=allow_insecure_http)
+        self._api_key = api_key
+        headers = {
+            **checked_headers(extra_headers or {}, "extra_headers"),
+            "Authorization": f"Bearer {api_key}",
+            "User-Agent": user_agent(),
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=_timeout(timeouts),
+            verify=_tls(ca_bundle),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            transport=transport,
+            follow_redirects=False,
+            trust_env=True,
+        )
+
+    def __repr__(self) -> str:
+        return f"UpstreamClient(base_url={self.base_url!r}, api_key='<redacted>')"
+
+    def close(self) -> None:
+        """Close the connection pool. The client must not be used afterwards."""
+        self._http.close()
+
+    def __enter__(self) -> UpstreamClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- inference results -------------------------------------------------
+
+    def create_inference_result(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """POST /inferenceResults with a wire body (see ``wire.create_body``); the created record."""
+        return self._call("POST", "/inferenceResults", body=body, expect=dict)
+
+    def update_inference_result(self, remote_id: str, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """PATCH /inferenceResults/{id} with a wire body (see ``wire.update_body``); the record."""
+        return self._call("PATCH", f"/inferenceResults/{path_segment(remote_id)}", body=changes, expect=dict)
+
+    def delete_inference_result(self, remote_id: str) -> None:
+        """DELETE /inferenceResults/{id}.
+
+        A 404 counts as success: the record is already gone, which is what a
+        delete asks for (it also makes a re-sent delete after "maybe sent"
+        idempotent). Other errors raise as usual.
+        """
+        self._call("DELETE", f"/inferenceResults/{path_segment(remote_id)}", expect=None, missing_ok=True)
+
+    def get_inference_result(self, remote_id: str) -> dict[str, Any]:
+        """GET /inferenceResults/{id}. A missing record raises RejectedError with status 404."""
+        return self._call("GET", f"/inferenceResults/{path_segment(remote_id)}", expect=dict)
+
+    def list_inference_results(
+        self,
+        *,
+        session_ids: Sequence[str] | None = None,
+        ids: Sequence[str] | None = None,
+        from_created_at: str | None = None,
+        to_created_at: str | None = None,
+        offset: int | None = None,
+        limit: int | None = None,
+        sort: str | None = "asc",
+    ) -> list[dict[str, Any]]:
+        """GET /inferenceResults: one page, sorted by ``createdAt`` (``sort`` "asc"/"desc"/None).
+
+        Timestamps are ISO 8601 strings, passed as given. Paging is the caller's.
+        """
+        if sort not in ("asc", "desc", None):
+            raise InvalidInputError("sort must be 'asc', 'desc' or None")
+        query = query_string(
+            [
+                ("ids", as_list(ids)),
+                ("sessionIds", as_list(session_ids)),
+                ("fromCreatedAt", from_created_at),
+                ("toCreatedAt", to_created_at),
+                ("offset", offset),
+                ("limit", limit),
+                ("sort", ["createdAt", sort] if sort else None),
+            ]
+        )
+        return self._call("GET", "/inferenceResults", query=query, expect=list)
+
+    # -- sessions -------------------------------------------------------------
+
+    def list_sessions(
+        self,
+        *,
+        custom_ids: Sequence[str] | None = None,
+        version_ids: Sequence[str] | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """GET /sessions filtered by ids, custom ids and version ids: one page."""
+        query = query_string(
+            [("ids", as_list(ids)), ("versionIds", as_list(version_ids)), ("customIds", as_list(custom_ids))]
+        )
+        return self._call("GET", "/sessions", query=query, expect=list)
+
+    def create_session(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """POST /sessions with a wire body (see ``wire.session_body``); the created session."""
+        return self._call("POST", "/sessions", body=body, expect=dict)
+
+    def get_session(self, session_id: str) -> dict[str, Any]:
+        """GET /sessions/{id}. A missing session raises RejectedError with status 404."""
+        return self._call("GET", f"/sessions/{path_segment(session_id)}", expect=dict)
+
+    # -- the one place a request is sent ------------------------------------
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Mapping[str, Any] | None = None,
+        query: str = "",
+        expect: type | None,
+        missing_ok: bool = False,
+    ) -> Any:
+        what = f"{method} {path}"
+        request = self._http.build_request(method, f"{path}?{query}" if query else path, json=body)
+        started = time.monotonic()
+        try:
+            response = self._http.send(request)
+        except Exception as exc:  # translated at the boundary: callers never see httpx errors
+            log.debug("%s failed after %.0f ms: %s", what, _ms(started), type(exc).__name__)
+            raise self._redacted(classify(exc, what=what)) from exc
+        log.debug("%s -> %d in %.0f ms", what, response.status_code, _ms(started))
+        if missing_ok and response.status_code == 404:
+            return None
+        error = classify(response, expect=expect, what=what)
+        if error is not None:
+            raise self._redacted(error)
+        return response.json() if expect is not None else None
+
+    def _redacted(self, error: UpstreamError) -> UpstreamError:
+        # A proxy or server may echo our request back in its answer.
+        if self._api_key in error.message:
+            error.message = error.message.replace(self._api_key, "<redacted>")
+            error.args = (error.message,)
+        return error
+
+
+def _timeout(timeouts: Sequence[float]) -> httpx.Timeout:
+    values = tuple(timeouts)
+    if len(values) != 4 or not all(isinstance(v, (int, float)) and v > 0 for v in values):
+        raise ConfigError("timeouts must be four positive numbers of seconds: (connect, read, write, pool)")
+    connect, read, write, pool = values
+    return httpx.Timeout(connect=connect, read=read, write=write, pool=pool)
+
+
+def _tls(ca_bundle: str | None) -> ssl.SSLContext | bool:
+    if ca_bundle is None:
+        return True
+    try:
+        return ssl.create_default_context(cafile=ca_bundle)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the CA bundle {ca_bundle}: {exc.strerror or exc}") from None
+
+
+def _ms(started: float) -> float:
+    return (time.monotonic() - started) * 1000
