@@ -30,7 +30,6 @@ _INITIAL = (
 )""",
     """CREATE TABLE inference_results (
     seq INTEGER NOT NULL,
-    id VARCHAR NOT NULL,
     lane VARCHAR NOT NULL,
     session_id VARCHAR,
     session_custom_id VARCHAR,
@@ -54,20 +53,19 @@ _INITIAL = (
     created_at FLOAT NOT NULL,
     updated_at FLOAT NOT NULL,
     sync_state VARCHAR NOT NULL,
+    create_sent INTEGER NOT NULL,
     deleted INTEGER NOT NULL,
     remote_id VARCHAR,
     remote_index INTEGER,
     remote_session_id VARCHAR,
     remote_created_at VARCHAR,
-    PRIMARY KEY (seq),
-    UNIQUE (id)
+    PRIMARY KEY (seq)
 )""",
     """CREATE UNIQUE INDEX ix_results_remote_id ON inference_results (remote_id) WHERE remote_id IS NOT NULL""",
-    """CREATE INDEX ix_results_session ON inference_results (session_id, seq)""",
-    """CREATE INDEX ix_results_unsynced ON inference_results (sync_state, created_at) WHERE sync_state != 'synced'""",
+    """CREATE INDEX ix_results_session ON inference_results (session_id)""",
     """CREATE TABLE outbox (
     seq INTEGER NOT NULL,
-    record_id VARCHAR NOT NULL,
+    record_seq INTEGER NOT NULL,
     lane VARCHAR NOT NULL,
     kind VARCHAR NOT NULL,
     payload VARCHAR,
@@ -81,11 +79,10 @@ _INITIAL = (
     created_at FLOAT NOT NULL,
     settled_at FLOAT,
     PRIMARY KEY (seq),
-    FOREIGN KEY(record_id) REFERENCES inference_results (id)
+    FOREIGN KEY(record_seq) REFERENCES inference_results (seq)
 )""",
-    """CREATE INDEX ix_outbox_dead ON outbox (seq) WHERE state = 'dead'""",
+    """CREATE INDEX ix_outbox_dead ON outbox (record_seq) WHERE state = 'dead'""",
     """CREATE INDEX ix_outbox_open ON outbox (lane, seq) WHERE state IN ('pending', 'sending')""",
-    """CREATE INDEX ix_outbox_record ON outbox (record_id, seq)""",
     """CREATE TABLE lanes (
     "key" VARCHAR NOT NULL,
     active INTEGER NOT NULL,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from sqlalchemy import Column, Index, text
+from sqlalchemy import Index, text
 from sqlmodel import Field, SQLModel
 
 
@@ -42,17 +42,12 @@ class SchemaMigration(SQLModel, table=True):
 
 
 class InferenceResultRow(SQLModel, table=True):
+    """A record. Its local id is ``loc_<store prefix>_<seq>``: derived, not stored, so the
+    hot path maintains no extra index for it; ``seq`` is never reused (retention keeps
+    the newest row)."""
+
     __tablename__ = "inference_results"
     __table_args__ = (
-        # Only rows not yet confirmed upstream are indexed: cheap to keep, and it
-        # answers "how many queued / how old is the oldest" without a table scan.
-        Index(
-            "ix_results_unsynced",
-            "sync_state",
-            "created_at",
-            sqlite_where=text("sync_state != 'synced'"),
-            postgresql_where=text("sync_state != 'synced'"),
-        ),
         Index(
             "ix_results_remote_id",
             "remote_id",
@@ -60,11 +55,10 @@ class InferenceResultRow(SQLModel, table=True):
             sqlite_where=text("remote_id IS NOT NULL"),
             postgresql_where=text("remote_id IS NOT NULL"),
         ),
-        Index("ix_results_session", "session_id", "seq"),
+        Index("ix_results_session", "session_id"),
     )
 
     seq: Optional[int] = Field(default=None, primary_key=True)
-    id: str = Field(unique=True, index=False)
     lane: str
     session_id: Optional[str] = None
     session_custom_id: Optional[str] = None
@@ -87,7 +81,8 @@ class InferenceResultRow(SQLModel, table=True):
     conversation_simulator_version: Optional[str] = None
     created_at: float
     updated_at: float
-    sync_state: str = "queued"
+    sync_state: str = "queued"  # queued | synced | dead
+    create_sent: int = 0  # 1 once the create left at least once: later updates cannot fold
     deleted: int = 0
     remote_id: Optional[str] = None
     remote_index: Optional[int] = None
@@ -107,17 +102,16 @@ class OutboxOperation(SQLModel, table=True):
             sqlite_where=text("state IN ('pending', 'sending')"),
             postgresql_where=text("state IN ('pending', 'sending')"),
         ),
-        Index("ix_outbox_record", "record_id", "seq"),
         Index(
             "ix_outbox_dead",
-            "seq",
+            "record_seq",
             sqlite_where=text("state = 'dead'"),
             postgresql_where=text("state = 'dead'"),
         ),
     )
 
     seq: Optional[int] = Field(default=None, primary_key=True)
-    record_id: str = Field(foreign_key="inference_results.id")
+    record_seq: int = Field(foreign_key="inference_results.seq")
     lane: str
     kind: str  # create | update | delete
     payload: Optional[str] = None  # JSON: the changed fields of an update

@@ -112,6 +112,7 @@ class Store:
         conn.execute(f"PRAGMA synchronous={DURABILITY_SYNCHRONOUS[self.durability]}")
         conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
         conn.execute("PRAGMA foreign_keys=ON")
+        conn.row_factory = sqlite3.Row
         with self._lock:
             self._connections.append(conn)
         return conn

@@ -1,0 +1,104 @@
+"""The outbox: every change of an operation's state happens in this module.
+
+Operation life cycle (``outbox.state``)::
+
+    pending --claim+mark_sending--> sending --settle_done--> done
+       ^                               |
+       +------- settle_retry ----------+  (not sent / maybe sent / retry later)
+                                       +--settle_dead--> dead --retry_dead--> pending
+
+Writers (the library) only append: :func:`enqueue_create`,
+:func:`enqueue_update`, :func:`enqueue_delete`, each inside the caller's
+transaction with the record row, so a record and its operation commit
+together. The sync engine uses the functions in :mod:`galtea_local.outbox_engine`
+(claiming, the write-ahead mark, settling), which live beside this module.
+
+Ordering: operations carry a global ``seq``; within a lane (a session) they go
+upstream in ``seq`` order.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from galtea_local.errors import NotFoundError
+
+_INSERT_OP = (
+    "INSERT INTO outbox (record_seq, lane, kind, payload, state, attempts, not_before, created_at)"
+    " VALUES (?, ?, ?, ?, 'pending', 0, 0, ?)"
+)
+# Re-activating an already active lane writes nothing (the WHERE is false).
+_ACTIVATE_LANE = "INSERT INTO lanes (key, active) VALUES (?, 1) ON CONFLICT(key) DO UPDATE SET active = 1 WHERE active = 0"
+
+
+def lane_for(session_id: str | None, custom_id: str | None, version_id: str | None, product_id: str | None) -> str:
+    """The ordering key: one lane per upstream session."""
+    if session_id is not None:
+        return "s:" + session_id
+    anchor = ("v:" + version_id) if version_id is not None else ("p:" + str(product_id))
+    return f"c:{anchor}:{custom_id}"
+
+
+def enqueue_create(conn: sqlite3.Connection, record_seq: int, lane: str, now: float) -> None:
+    conn.execute(_INSERT_OP, (record_seq, lane, "create", None, now))
+    conn.execute(_ACTIVATE_LANE, (lane,))
+
+
+def enqueue_update(conn: sqlite3.Connection, record: sqlite3.Row, changes: dict[str, Any], now: float) -> bool:
+    """Queue a PATCH unless the create never left; return True if the change folded.
+
+    ``changes`` maps column names to plain values (``input``/``actual_output``
+    as JSON text). Folding needs nothing more: a create sends the record row as
+    it is when the create leaves, which already has the change applied. The
+    engine sets ``create_sent`` in the same transaction as its write-ahead mark,
+    so a change never folds into a create that is already on its way.
+    """
+    if not record["create_sent"]:
+        return True
+    conn.execute(_INSERT_OP, (record["seq"], record["lane"], "update", json.dumps(changes), now))
+    conn.execute(_ACTIVATE_LANE, (record["lane"],))
+    return False
+
+
+def enqueue_delete(conn: sqlite3.Connection, record: sqlite3.Row, now: float) -> bool:
+    """Queue a DELETE; a record whose create never left is cancelled instead.
+
+    Returns True when the record will never reach upstream (cancelled locally).
+    """
+    if not record["create_sent"]:
+        conn.execute(
+            "UPDATE outbox SET state = 'done', settled_at = ?, last_error = 'cancelled: deleted before sync'"
+            " WHERE lane = ? AND state IN ('pending', 'sending') AND record_seq = ?",
+            (now, record["lane"], record["seq"]),
+        )
+        return True
+    conn.execute(_INSERT_OP, (record["seq"], record["lane"], "delete", None, now))
+    conn.execute(_ACTIVATE_LANE, (record["lane"],))
+    return False
+
+
+def local_id(prefix: str, seq: int) -> str:
+    """A record's local id: the store's prefix and the record's never-reused ``seq``."""
+    return f"loc_{prefix}_{seq}"
+
+
+def parse_local_id(prefix: str, any_id: str) -> int | None:
+    """The ``seq`` of a local id of this store, or None for anything else (a remote id)."""
+    head = f"loc_{prefix}_"
+    if any_id.startswith(head) and any_id[len(head):].isdigit():
+        return int(any_id[len(head):])
+    return None
+
+
+def require_record(conn: sqlite3.Connection, prefix: str, any_id: str) -> sqlite3.Row:
+    """The live record with this local or remote id, else :class:`NotFoundError`."""
+    seq = parse_local_id(prefix, any_id)
+    if seq is not None:
+        row = conn.execute("SELECT * FROM inference_results WHERE seq = ?", (seq,)).fetchone()
+    else:
+        row = conn.execute("SELECT * FROM inference_results WHERE remote_id = ?", (any_id,)).fetchone()
+    if row is None or row["deleted"]:
+        raise NotFoundError(f"inference result {any_id!r}: no such record in this store (local or remote id)")
+    return row

@@ -1,0 +1,128 @@
+"""What ``create()``/``get()``/``list()`` return: the official read model plus sync facts."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from enum import Enum
+from typing import Any
+
+
+class InferenceResultStatus(str, Enum):
+    """The status of a turn. Lookup is case-insensitive: ``InferenceResultStatus("pending")``."""
+
+    PENDING = "PENDING"
+    GENERATED = "GENERATED"
+    FAILED = "FAILED"
+    SKIPPED = "SKIPPED"
+
+    @classmethod
+    def _missing_(cls, value: object) -> InferenceResultStatus | None:
+        if isinstance(value, str):
+            return cls.__members__.get(value.upper())
+        return None
+
+
+class SyncState(str, Enum):
+    """Where a record stands with the upstream API."""
+
+    QUEUED = "queued"  # some local change is not yet confirmed upstream
+    SYNCED = "synced"  # upstream has exactly the local view
+    DEAD = "dead"  # the upstream refused an operation; see `galtea-local dead list`
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceResult:
+    """A turn as the official SDK's read model shows it, plus ``sync_state`` and ``remote_id``.
+
+    ``id`` is the local id, valid forever; ``remote_id`` and ``index`` are None
+    until the record is confirmed upstream. ``input`` is the user message as a
+    string and ``input_data`` the whole input object, as in the official SDK
+    (``actual_output``/``actual_output_data`` likewise).
+    """
+
+    id: str
+    session_id: str | None
+    index: int | None
+    status: str
+    error: str | None
+    input: str | None
+    input_data: dict[str, Any] | None
+    actual_output: str | None
+    actual_output_data: dict[str, Any] | None
+    retrieval_context: str | None
+    latency: float | None
+    input_tokens: int | None
+    output_tokens: int | None
+    cache_read_input_tokens: int | None
+    tokens: int | None
+    cost_per_input_token: float | None
+    cost_per_output_token: float | None
+    cost_per_cache_read_input_token: float | None
+    cost: float | None
+    conversation_simulator_version: str | None
+    created_at: str
+    session_custom_id: str | None
+    sync_state: str
+    remote_id: str | None
+
+    def model_dump(self) -> dict[str, Any]:
+        """The fields as a dict, like the official pydantic model's ``model_dump()``."""
+        return asdict(self)
+
+
+def iso_utc(epoch: float) -> str:
+    """ISO 8601 in UTC with milliseconds, the API's ``createdAt`` format."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + ".%03dZ" % (epoch % 1 * 1000)
+
+
+def _split(value: str | dict[str, Any] | None, key: str) -> tuple[str | None, dict[str, Any] | None]:
+    """Return the (primary text, whole object) pair the official read model exposes."""
+    if isinstance(value, dict):
+        text = value.get(key)
+        return (text if isinstance(text, str) else None), value
+    return value, None
+
+
+def _decoded(raw: str | None) -> Any:
+    return None if raw is None else json.loads(raw)
+
+
+def from_row(row: Any, local_id: str) -> InferenceResult:
+    """Build the read model from an ``inference_results`` row (a mapping by column name)."""
+    return build(row, local_id, _decoded(row["input"]), _decoded(row["actual_output"]))
+
+
+def build(row: Any, local_id: str, input_value: Any, output_value: Any) -> InferenceResult:
+    """Build the read model from a row whose ``input``/``actual_output`` are already decoded."""
+    text_in, data_in = _split(input_value, "user_message")
+    if data_in is None and text_in is not None:
+        data_in = {"user_message": text_in}  # the API stores a string input this way
+    text_out, data_out = _split(output_value, "assistant_message")
+    return InferenceResult(
+        id=local_id,
+        session_id=row["session_id"] or row["remote_session_id"],
+        index=row["remote_index"],
+        status=row["status"],
+        error=row["error"],
+        input=text_in,
+        input_data=data_in,
+        actual_output=text_out,
+        actual_output_data=data_out,
+        retrieval_context=row["retrieval_context"],
+        latency=row["latency"],
+        input_tokens=row["input_tokens"],
+        output_tokens=row["output_tokens"],
+        cache_read_input_tokens=row["cache_read_input_tokens"],
+        tokens=row["tokens"],
+        cost_per_input_token=row["cost_per_input_token"],
+        cost_per_output_token=row["cost_per_output_token"],
+        cost_per_cache_read_input_token=row["cost_per_cache_read_input_token"],
+        cost=row["cost"],
+        conversation_simulator_version=row["conversation_simulator_version"],
+        created_at=iso_utc(row["created_at"]),
+        session_custom_id=row["session_custom_id"],
+        sync_state=row["sync_state"],
+        remote_id=row["remote_id"],
+    )

@@ -1,0 +1,278 @@
+"""``inference_results`` / ``traces``: the official SDK's calls, answered from the local store.
+
+Every call is local: it validates, writes the record and its outbox operation
+in one transaction, and returns. Nothing here opens a network connection.
+"""
+
+from __future__ import annotations
+
+import builtins
+import sqlite3
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from galtea_local import outbox
+from galtea_local.errors import InvalidInputError, InvalidTypeError
+from galtea_local.read_model import InferenceResult, build, from_row
+from galtea_local.store import Store
+from galtea_local.validation import COST_KEYS, USAGE_KEYS, create_fields, update_fields
+
+_UNSET: Any = object()  # "not passed": distinct from None, which clears a field
+
+_CREATE_COLUMNS = (
+    "lane", "session_id", "session_custom_id", "version_id", "product_id", "status", "error",
+    "input", "actual_output", "retrieval_context", "latency", *USAGE_KEYS, *COST_KEYS,
+    "conversation_simulator_version", "created_at", "updated_at", "sync_state", "create_sent", "deleted",
+)
+_INSERT_RECORD = (
+    f"INSERT INTO inference_results ({', '.join(_CREATE_COLUMNS)})"
+    f" VALUES ({', '.join('?' * len(_CREATE_COLUMNS))})"
+)
+# Columns a new row does not set yet, for building its read model without a re-read.
+_READ_DEFAULTS = {**dict.fromkeys(_CREATE_COLUMNS), "remote_id": None, "remote_index": None, "remote_session_id": None}
+
+
+def _insert(conn: sqlite3.Connection, row: dict[str, Any]) -> int:
+    seq = conn.execute(_INSERT_RECORD, tuple(row.get(column) for column in _CREATE_COLUMNS)).lastrowid
+    outbox.enqueue_create(conn, seq, row["lane"], row["created_at"])
+    return seq
+
+
+def _new_row(fields: dict[str, Any], now: float) -> dict[str, Any]:
+    fields["lane"] = outbox.lane_for(
+        fields["session_id"], fields["session_custom_id"], fields["version_id"], fields["product_id"]
+    )
+    fields["created_at"] = fields["updated_at"] = now
+    fields["sync_state"], fields["create_sent"], fields["deleted"] = "queued", 0, 0
+    return fields
+
+
+def _epoch(name: str, value: str | int | float | None) -> float | None:
+    """ISO 8601 or UNIX seconds, as the official list() accepts."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            pass
+    raise InvalidInputError(f"{name}: {value!r} is not a time; pass ISO 8601 text or UNIX seconds")
+
+
+class InferenceResultService:
+    """The ``inference_results`` (alias ``traces``) service of :class:`galtea_local.Galtea`."""
+
+    def __init__(self, store: Store, max_record_bytes: int) -> None:
+        self._store = store
+        self._max_record_bytes = max_record_bytes
+        self._prefix = store.store_id[:8]
+
+    def _result(self, row: Any) -> InferenceResult:
+        return from_row(row, outbox.local_id(self._prefix, row["seq"]))
+
+    def create(
+        self,
+        session_id: str | None = None,
+        input: str | dict[str, Any] | None = None,
+        output: str | dict[str, Any] | None = None,
+        retrieval_context: str | None = None,
+        latency: float | None = None,
+        usage_info: dict[str, int] | None = None,
+        cost_info: dict[str, float] | None = None,
+        conversation_simulator_version: str | None = None,
+        status: str | None = None,
+        session_custom_id: str | None = None,
+        version_id: str | None = None,
+        product_id: str | None = None,
+    ) -> InferenceResult:
+        """Queue a new turn and return it at once.
+
+        Durable when it returns: the record survives a crash of this process
+        (``durability="process"``) or a power loss (``"power"``). Raises
+        ``ValueError``/``TypeError`` subclasses naming the field for bad input,
+        in which case nothing is written.
+        """
+        row = _new_row(create_fields(locals(), self._max_record_bytes), time.time())
+        seq = self._store.transaction(_insert, row)
+        return build({**_READ_DEFAULTS, **row}, outbox.local_id(self._prefix, seq), input, output)
+
+    def create_batch(
+        self,
+        session_id: str | None = None,
+        conversation_turns: builtins.list[dict[str, str]] | None = None,
+        conversation_simulator_version: str | None = None,
+        session_custom_id: str | None = None,
+        version_id: str | None = None,
+        product_id: str | None = None,
+    ) -> builtins.list[InferenceResult]:
+        """Queue a conversation as turns: each user message paired with the assistant reply after it.
+
+        All turns commit in one transaction and go upstream one by one, in order.
+        """
+        if not conversation_turns or not isinstance(conversation_turns, builtins.list):
+            raise InvalidInputError("conversation_turns: pass a non-empty list of {'role', 'content'} dicts")
+        now = time.time()
+        rows = []
+        for turn in _pair_turns(conversation_turns):
+            row = create_fields(
+                dict(session_id=session_id, session_custom_id=session_custom_id, version_id=version_id,
+                     product_id=product_id, conversation_simulator_version=conversation_simulator_version, **turn),
+                self._max_record_bytes,
+            )
+            rows.append(_new_row(row, now))
+        seqs = self._store.transaction(lambda conn: [_insert(conn, row) for row in rows])
+        return [self._result({**_READ_DEFAULTS, **row, "seq": seq}) for row, seq in zip(rows, seqs)]
+
+    def update(
+        self,
+        inference_result_id: str | None = None,
+        input: Any = _UNSET,
+        output: Any = _UNSET,
+        retrieval_context: Any = _UNSET,
+        latency: Any = _UNSET,
+        input_tokens: Any = _UNSET,
+        output_tokens: Any = _UNSET,
+        cache_read_input_tokens: Any = _UNSET,
+        tokens: Any = _UNSET,
+        cost: Any = _UNSET,
+        cost_per_input_token: Any = _UNSET,
+        cost_per_output_token: Any = _UNSET,
+        cost_per_cache_read_input_token: Any = _UNSET,
+        conversation_simulator_version: Any = _UNSET,
+        created_at: Any = _UNSET,
+        deleted_at: Any = _UNSET,
+        index: Any = _UNSET,
+        session_id: Any = _UNSET,
+        status: Any = _UNSET,
+        error: Any = _UNSET,
+        *,
+        trace_id: str | None = None,
+    ) -> InferenceResult:
+        """Change a turn (typically PENDING → GENERATED/FAILED). Not passed: left alone; ``None``: cleared.
+
+        Applied locally at once. Upstream, it folds into the create when the
+        create has not been sent yet, else it is queued as a PATCH that goes
+        after the create, in order.
+        """
+        record_id = _one_id(inference_result_id, trace_id)
+        passed = {k: v for k, v in locals().items() if v is not _UNSET and k not in _NOT_FIELDS}
+        if not passed:
+            return self.get(record_id)
+        changes = update_fields(passed, self._max_record_bytes)
+        row = self._store.transaction(_apply_update, self._prefix, record_id, changes, time.time())
+        return self._result(row)
+
+    def get(self, inference_result_id: str | None = None, *, trace_id: str | None = None) -> InferenceResult:
+        """The turn with this local or remote id; ``NotFoundError`` (a ``KeyError``) if none."""
+        record_id = _one_id(inference_result_id, trace_id)
+        return self._result(self._store.read(outbox.require_record, self._prefix, record_id))
+
+    def delete(self, inference_result_id: str | None = None, *, trace_id: str | None = None) -> None:
+        """Delete a turn locally at once, and upstream once it is there."""
+        record_id = _one_id(inference_result_id, trace_id)
+        self._store.transaction(_apply_delete, self._prefix, record_id, time.time())
+
+    def list(
+        self,
+        session_id: str | Sequence[str] | None = None,
+        from_created_at: str | int | None = None,
+        to_created_at: str | int | None = None,
+        sort_by_created_at: str | None = None,
+        offset: int | None = None,
+        limit: int | None = None,
+        id: str | Sequence[str] | None = None,
+    ) -> builtins.list[InferenceResult]:
+        """Turns of the given sessions and/or ids (local or remote), oldest first by default."""
+        ids = [id] if isinstance(id, str) else builtins.list(id or [])
+        sessions = [session_id] if isinstance(session_id, str) else builtins.list(session_id or [])
+        if not ids and not sessions:
+            raise InvalidInputError("list(): pass session_id or id (or both)")
+        order = (sort_by_created_at or "asc").lower()
+        if order not in ("asc", "desc"):
+            raise InvalidInputError(f"sort_by_created_at: {sort_by_created_at!r}; use 'asc' or 'desc'")
+        for name, value in (("offset", offset), ("limit", limit)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise InvalidTypeError(f"{name}: expected an int >= 0, got {value!r}")
+        query, params = _list_query(self._prefix, ids, sessions, _epoch("from_created_at", from_created_at),
+                                    _epoch("to_created_at", to_created_at), order, offset, limit)
+        rows = self._store.read(lambda conn: conn.execute(query, params).fetchall())
+        return [self._result(row) for row in rows]
+
+
+_NOT_FIELDS = frozenset({"self", "inference_result_id", "trace_id", "record_id"})
+
+
+def _one_id(inference_result_id: str | None, trace_id: str | None) -> str:
+    record_id = trace_id if inference_result_id is None else inference_result_id
+    if trace_id is not None and inference_result_id is not None and trace_id != inference_result_id:
+        raise InvalidInputError("inference_result_id / trace_id: pass one id, not two different ones")
+    if not isinstance(record_id, str) or not record_id:
+        raise InvalidTypeError(f"inference_result_id: expected a non-empty str, got {record_id!r}")
+    return record_id
+
+
+def _pair_turns(turns: builtins.list[Any]) -> builtins.list[dict[str, Any]]:
+    """[user, assistant, user, ...] → create() arguments, one per user message."""
+    pairs: builtins.list[dict[str, Any]] = []
+    for position, turn in enumerate(turns):
+        if not isinstance(turn, dict) or turn.get("role") not in ("user", "assistant"):
+            raise InvalidInputError(
+                f"conversation_turns[{position}]: expected a dict with role 'user' or 'assistant' and 'content'"
+            )
+        if turn["role"] == "user":
+            pairs.append({"input": turn.get("content")})
+        elif pairs and "output" not in pairs[-1]:
+            pairs[-1].update(output=turn.get("content"), retrieval_context=turn.get("retrieval_context"))
+        else:
+            raise InvalidInputError(f"conversation_turns[{position}]: an assistant turn must follow a user turn")
+    return pairs
+
+
+def _apply_update(conn: sqlite3.Connection, prefix: str, record_id: str, changes: dict[str, Any], now: float) -> dict:
+    row = outbox.require_record(conn, prefix, record_id)
+    assignments = ", ".join(f"{column} = ?" for column in changes)
+    folded = outbox.enqueue_update(conn, row, changes, now)
+    state = row["sync_state"] if folded or row["sync_state"] == "dead" else "queued"
+    conn.execute(
+        f"UPDATE inference_results SET {assignments}, updated_at = ?, sync_state = ? WHERE seq = ?",
+        (*changes.values(), now, state, row["seq"]),
+    )
+    return dict(conn.execute("SELECT * FROM inference_results WHERE seq = ?", (row["seq"],)).fetchone())
+
+
+def _apply_delete(conn: sqlite3.Connection, prefix: str, record_id: str, now: float) -> None:
+    row = outbox.require_record(conn, prefix, record_id)
+    cancelled = outbox.enqueue_delete(conn, row, now)
+    conn.execute(
+        "UPDATE inference_results SET deleted = 1, updated_at = ?, sync_state = ? WHERE seq = ?",
+        (now, "synced" if cancelled else "queued", row["seq"]),
+    )
+
+
+def _list_query(prefix, ids, sessions, since, until, order, offset, limit) -> tuple[str, builtins.list[Any]]:
+    where, params = ["deleted = 0"], []
+    matches = []
+    if ids:
+        seqs = [outbox.parse_local_id(prefix, any_id) for any_id in ids]
+        marks = ", ".join("?" * len(ids))
+        matches.append(f"(seq IN ({marks}) OR remote_id IN ({marks}))")
+        params += seqs + ids
+    if sessions:
+        marks = ", ".join("?" * len(sessions))
+        matches.append(f"(session_id IN ({marks}) OR remote_session_id IN ({marks}))")
+        params += sessions * 2
+    where.append(" AND ".join(matches))
+    if since is not None:
+        where.append("created_at >= ?")
+        params.append(since)
+    if until is not None:
+        where.append("created_at <= ?")
+        params.append(until)
+    query = f"SELECT * FROM inference_results WHERE {' AND '.join(where)} ORDER BY seq {order.upper()}"
+    query += " LIMIT ? OFFSET ?"
+    params += [-1 if limit is None else limit, offset or 0]
+    return query, params
