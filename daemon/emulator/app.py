@@ -1,0 +1,166 @@
+"""The emulator's HTTP surface: the Galtea API routes the SDK calls, plus control endpoints.
+
+API routes (camelCase JSON, as the official SDK 5.12 sends and reads them):
+``/inferenceResults[/{id}|/batch]``, ``/sessions[/{id}[/finish]]`` and
+``GET /minimum-sdk-version``. Control routes live under ``/_emulator/`` and are
+never delayed, faulted or authenticated:
+
+- ``GET /_emulator/dump[?log=0]``: everything stored plus the counters.
+- ``GET|POST /_emulator/faults``: read or change :class:`FaultConfig` fields
+  (``{"fail_rate": 0.5, ...}``; ``"seed"`` restarts the random sequence).
+- ``POST /_emulator/reset``: forget everything stored and zero the counters.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from galtea_local_daemon.emulator import rules
+from galtea_local_daemon.emulator.faults import FaultConfig, FaultInjector
+from galtea_local_daemon.emulator.layer import FaultLayer
+from galtea_local_daemon.emulator.rules import ApiError
+from galtea_local_daemon.emulator.state import RESULT_FILTERS, SESSION_FILTERS, Store
+
+# Far ahead of any real release, and no higher minimum than the SDK we test with:
+# the SDK neither warns about an update nor refuses to run.
+SDK_VERSIONS = {"minimumSdkVersionSupported": "0.0.0", "latestSdkVersionPublished": "0.0.0"}
+
+
+async def read_object(request: Request) -> dict[str, Any]:
+    """The request's JSON object body; an empty body is an empty object."""
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        raise rules.bad_request("request body is not valid JSON") from None
+    return rules.require_object(body)
+
+
+def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return JSONResponse({"message": exc.message, "statusCode": exc.status}, status_code=exc.status)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class EmulatorApp:
+    """The routes, bound to one :class:`Store` and one :class:`FaultInjector`."""
+
+    def __init__(self, store: Store, injector: FaultInjector) -> None:
+        self.store = store
+        self.injector = injector
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/inferenceResults", self.create_result, methods=["POST"]),
+            Route("/inferenceResults", self.list_results, methods=["GET"]),
+            Route("/inferenceResults/batch", self.create_batch, methods=["POST"]),
+            Route("/inferenceResults/{id}", self.get_result, methods=["GET"]),
+            Route("/inferenceResults/{id}", self.update_result, methods=["PATCH"]),
+            Route("/inferenceResults/{id}", self.delete_result, methods=["DELETE"]),
+            Route("/sessions", self.create_session, methods=["POST"]),
+            Route("/sessions", self.list_sessions, methods=["GET"]),
+            Route("/sessions/{id}", self.get_session, methods=["GET"]),
+            Route("/sessions/{id}", self.update_session, methods=["PATCH"]),
+            Route("/sessions/{id}", self.delete_session, methods=["DELETE"]),
+            Route("/sessions/{id}/finish", self.finish_session, methods=["PATCH"]),
+            Route("/minimum-sdk-version", self.sdk_versions, methods=["GET"]),
+            Route("/_emulator/dump", self.dump, methods=["GET"]),
+            Route("/_emulator/faults", self.get_faults, methods=["GET"]),
+            Route("/_emulator/faults", self.set_faults, methods=["POST"]),
+            Route("/_emulator/reset", self.reset, methods=["POST"]),
+        ]
+
+    # --- inference results ----------------------------------------------------------
+
+    async def create_result(self, request: Request) -> Response:
+        return JSONResponse(self.store.create_result(await read_object(request)), status_code=201)
+
+    async def create_batch(self, request: Request) -> Response:
+        return JSONResponse(self.store.create_batch(await read_object(request)), status_code=201)
+
+    async def list_results(self, request: Request) -> Response:
+        query = rules.parse_list_query(request.query_params.multi_items(), RESULT_FILTERS)
+        return JSONResponse(self.store.list_results(query))
+
+    async def get_result(self, request: Request) -> Response:
+        return JSONResponse(self.store.get_result(request.path_params["id"]))
+
+    async def update_result(self, request: Request) -> Response:
+        body = await read_object(request)
+        return JSONResponse(self.store.update_result(request.path_params["id"], body))
+
+    async def delete_result(self, request: Request) -> Response:
+        self.store.delete_result(request.path_params["id"])
+        return Response(status_code=204)
+
+    # --- sessions -------------------------------------------------------------------
+
+    async def create_session(self, request: Request) -> Response:
+        return JSONResponse(self.store.create_session(await read_object(request)), status_code=201)
+
+    async def list_sessions(self, request: Request) -> Response:
+        query = rules.parse_list_query(request.query_params.multi_items(), SESSION_FILTERS)
+        return JSONResponse(self.store.list_sessions(query))
+
+    async def get_session(self, request: Request) -> Response:
+        return JSONResponse(self.store.get_session(request.path_params["id"]))
+
+    async def update_session(self, request: Request) -> Response:
+        body = await read_object(request)
+        return JSONResponse(self.store.update_session(request.path_params["id"], body))
+
+    async def finish_session(self, request: Request) -> Response:
+        body = await read_object(request)
+        return JSONResponse(self.store.finish_session(request.path_params["id"], body))
+
+    async def delete_session(self, request: Request) -> Response:
+        self.store.delete_session(request.path_params["id"])
+        return Response(status_code=204)
+
+    async def sdk_versions(self, request: Request) -> Response:
+        return JSONResponse(SDK_VERSIONS)
+
+    # --- control and inspection -----------------------------------------------------
+
+    async def dump(self, request: Request) -> Response:
+        with_log = request.query_params.get("log", "1") not in ("0", "false")
+        return JSONResponse({**self.store.snapshot(), **self.injector.snapshot(with_log)})
+
+    async def get_faults(self, request: Request) -> Response:
+        return JSONResponse({**self.injector.config.as_dict(), "seed": self.injector.seed})
+
+    async def set_faults(self, request: Request) -> Response:
+        changes = await read_object(request)
+        seed = changes.pop("seed", None)
+        try:
+            self.injector.config = self.injector.config.changed(changes)
+        except ValueError as exc:
+            raise rules.bad_request(str(exc)) from None
+        if seed is not None:
+            self.injector.reseed(seed)
+        return await self.get_faults(request)
+
+    async def reset(self, request: Request) -> Response:
+        self.store.reset()
+        self.injector.reset()
+        return JSONResponse({"reset": True})
+
+
+def build_app(
+    config: FaultConfig | None = None, seed: int | None = None
+) -> tuple[FaultLayer, Store, FaultInjector]:
+    """The ASGI app to serve, with the store and injector behind it (for in-process inspection)."""
+    store, injector = Store(), FaultInjector(config, seed)
+    api = Starlette(routes=EmulatorApp(store, injector).routes(), exception_handlers={ApiError: _api_error})
+    return FaultLayer(api, injector), store, injector

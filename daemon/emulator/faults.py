@@ -1,0 +1,136 @@
+"""Fault settings, the seeded draw that picks a fault per request, and the counters tests read.
+
+One ``random.Random(seed)`` draws one number per API request, in arrival order,
+so a given seed and request sequence always misbehave the same way. The rates
+split [0, 1): ``fail`` first, then ``throttle``, then ``ambiguous``; their sum
+must not exceed 1. ``ambiguous`` applies only to writes (POST/PATCH/DELETE): a
+read that draws it is served normally.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Any
+
+FAIL = "fail"
+THROTTLE = "throttle"
+AMBIGUOUS = "ambiguous"
+WRITE_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
+LOG_LIMIT = 100_000  # enough for any test; bounded so a long benchmark cannot exhaust memory
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """How the emulator misbehaves, and which key it accepts.
+
+    ``api_key=None`` accepts any non-empty Bearer key. ``retry_after_http_date``
+    sends ``Retry-After`` as an HTTP date instead of seconds.
+    """
+
+    fail_rate: float = 0.0
+    throttle_rate: float = 0.0
+    ambiguous_rate: float = 0.0
+    latency_ms: float = 0.0
+    retry_after_s: int = 1
+    retry_after_http_date: bool = False
+    api_key: str | None = None
+
+    def __post_init__(self) -> None:
+        rates = (self.fail_rate, self.throttle_rate, self.ambiguous_rate)
+        if any(not 0.0 <= rate <= 1.0 for rate in rates):
+            raise ValueError("fault rates must be between 0 and 1")
+        if sum(rates) > 1.0 + 1e-9:
+            raise ValueError("fail_rate + throttle_rate + ambiguous_rate must not exceed 1")
+        if self.latency_ms < 0 or self.retry_after_s < 0:
+            raise ValueError("latency_ms and retry_after_s must not be negative")
+
+    def changed(self, changes: dict[str, Any]) -> FaultConfig:
+        """A copy with ``changes`` applied; unknown names or bad values raise ``ValueError``."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ValueError(f"unknown fault settings: {', '.join(unknown)}")
+        try:
+            return dataclasses.replace(self, **changes)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class FaultInjector:
+    """Draws the fault for each API request and counts what happened.
+
+    Counters: ``faults`` (per fault name), ``requests`` (per ``METHOD /route``),
+    ``in_flight``/``max_in_flight`` and a bounded request ``log`` whose entries
+    are ``{"t", "method", "path", "route", "fault", "status"}`` (``t`` is POSIX
+    seconds at arrival; ``status`` is what was or would have been answered).
+    """
+
+    def __init__(self, config: FaultConfig | None = None, seed: int | None = None) -> None:
+        self.config = config or FaultConfig()
+        self.seed = seed
+        self.reset(seed)
+
+    def reset(self, seed: int | None = None) -> None:
+        """Zero every counter and restart the random sequence (from ``seed`` if given)."""
+        if seed is not None:
+            self.seed = seed
+        self._rng = random.Random(self.seed)
+        self.faults: Counter[str] = Counter({FAIL: 0, THROTTLE: 0, AMBIGUOUS: 0})
+        self.requests: Counter[str] = Counter()
+        self.log: deque[dict[str, Any]] = deque(maxlen=LOG_LIMIT)
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    def reseed(self, seed: int | None) -> None:
+        """Restart the random sequence from ``seed``; the counters are kept."""
+        self.seed = seed
+        self._rng = random.Random(seed)
+
+    def draw(self, method: str) -> str | None:
+        """The fault for this request, or ``None`` to serve it normally."""
+        cfg = self.config
+        if not (cfg.fail_rate or cfg.throttle_rate or cfg.ambiguous_rate):
+            return None
+        roll = self._rng.random()
+        if roll < cfg.fail_rate:
+            return FAIL
+        if roll < cfg.fail_rate + cfg.throttle_rate:
+            return THROTTLE
+        if roll < cfg.fail_rate + cfg.throttle_rate + cfg.ambiguous_rate and method in WRITE_METHODS:
+            return AMBIGUOUS
+        return None
+
+    def begin(self, method: str, path: str, route: str) -> dict[str, Any]:
+        """Count a request in; the returned log entry is completed by :meth:`end`."""
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self.requests[f"{method} {route}"] += 1
+        entry = {"t": time.time(), "method": method, "path": path, "route": route, "fault": None, "status": None}
+        self.log.append(entry)
+        return entry
+
+    def end(self, entry: dict[str, Any]) -> None:
+        self.in_flight -= 1
+        if entry["fault"]:
+            self.faults[entry["fault"]] += 1
+
+    def snapshot(self, with_log: bool = True) -> dict[str, Any]:
+        """The counters as JSON-ready values."""
+        out: dict[str, Any] = {
+            "config": self.config.as_dict(),
+            "seed": self.seed,
+            "faults": dict(self.faults),
+            "requests": dict(self.requests),
+            "inFlight": self.in_flight,
+            "maxInFlight": self.max_in_flight,
+        }
+        if with_log:
+            out["log"] = list(self.log)
+        return out
