@@ -33,6 +33,7 @@ from typing import Any
 
 import httpx
 
+from galtea_local.config_schema import Secret
 from galtea_local.errors import (
     AuthError,
     ConfigError,
@@ -231,7 +232,7 @@ class UpstreamClient:
     def __init__(
         self,
         base_url: str = DEFAULT_BASE_URL,
-        api_key: str = "",
+        api_key: str | Secret = "",
         *,
         timeouts: Sequence[float] = DEFAULT_TIMEOUTS,
         ca_bundle: str | None = None,
@@ -240,14 +241,14 @@ class UpstreamClient:
         transport: httpx.BaseTransport | None = None,
         max_connections: int = 64,
     ) -> None:
-        if not isinstance(api_key, str) or not _API_KEY.fullmatch(api_key):
+        self._api_key = api_key if isinstance(api_key, Secret) else Secret(api_key)
+        if not isinstance(self._api_key.reveal(), str) or not _API_KEY.fullmatch(self._api_key.reveal()):
             # h11 would quote a malformed key in its error: refuse it here, unquoted.
             raise ConfigError("the Galtea API key is empty or holds blanks or non-ASCII characters")
         self.base_url = checked_base_url(base_url, allow_insecure_http=allow_insecure_http)
-        self._api_key = api_key
         headers = {
             **checked_headers(extra_headers or {}, "extra_headers"),
-            "Authorization": f"Bearer {api_key}",
+            "Authorization": f"Bearer {self._api_key.reveal()}",
             "User-Agent": user_agent(),
             "Content-Type": "application/json",
             "Accept": "application/json",
@@ -264,7 +265,7 @@ class UpstreamClient:
         )
 
     def __repr__(self) -> str:
-        return f"UpstreamClient(base_url={self.base_url!r}, api_key='<redacted>')"
+        return f"UpstreamClient(base_url={self.base_url!r}, api_key={self._api_key!r})"
 
     def close(self) -> None:
         """Close the connection pool. The client must not be used afterwards."""
@@ -382,8 +383,9 @@ class UpstreamClient:
 
     def _redacted(self, error: UpstreamError) -> UpstreamError:
         # A proxy or server may echo our request back in its answer.
-        if self._api_key in error.message:
-            error.message = error.message.replace(self._api_key, "<redacted>")
+        key = self._api_key.reveal()
+        if key in error.message:
+            error.message = error.message.replace(key, "<redacted>")
             error.args = (error.message,)
         return error
 

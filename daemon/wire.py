@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 import json
-import logging
 import platform
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -38,8 +37,6 @@ __all__ = [
     "update_body",
     "user_agent",
 ]
-
-log = logging.getLogger(__name__)
 
 DEFAULT_STATUS = "GENERATED"
 
@@ -139,9 +136,9 @@ def _rename(fields: Mapping[str, Any], names: Mapping[str, str], kind: str) -> d
 
 
 EXTRA_HEADERS_ENV = "GALTEA_EXTRA_HEADERS"
-# We set these ourselves; a configured header with one of these names is dropped
-# with a warning, as the official SDK does, so a GALTEA_EXTRA_HEADERS that works
-# with the SDK works here unchanged.
+# We set these ourselves. A configured header with one of these names is refused
+# (the official SDK drops it with a warning): silently ignoring it would hide a
+# mistake, and galtea_local.config refuses the same names, so both paths agree.
 RESERVED_HEADERS = frozenset({"authorization", "user-agent", "content-type", "content-length", "host"})
 # RFC 9110 token for names; values: no line break, no leading blank, Latin-1.
 # Checked up front because h11 quotes the offending value in its error.
@@ -162,9 +159,10 @@ def extra_headers_from_env(env: Mapping[str, str]) -> dict[str, str]:
     """Headers from ``GALTEA_EXTRA_HEADERS``: a JSON object of name -> string.
 
     Unset or blank: ``{}``. Reserved names (Authorization, User-Agent,
-    Content-Type, Content-Length, Host) are dropped with a warning, as the
-    official SDK does. Anything else malformed raises ConfigError naming the
-    variable; the message never quotes the value (it may hold credentials).
+    Content-Type, Content-Length, Host) raise ConfigError, as in
+    ``galtea_local.config`` (the official SDK drops them with a warning
+    instead). Anything malformed raises ConfigError naming the variable; the
+    message never quotes a value (it may hold credentials).
     """
     raw = (env.get(EXTRA_HEADERS_ENV) or "").strip()
     if not raw:
@@ -182,14 +180,17 @@ def extra_headers_from_env(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def checked_headers(headers: Mapping[Any, Any], source: str) -> dict[str, str]:
+    """The headers as a plain dict, or ConfigError naming ``source`` (never a value)."""
     result: dict[str, str] = {}
     for name, value in headers.items():
         if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
             # Not echoed either: a mangled name may be a pasted value.
             raise ConfigError(f"{source} holds an invalid header name: use letters, digits and !#$%&'*+-.^_`|~")
         if name.lower() in RESERVED_HEADERS:
-            log.warning("ignoring the %s header from %s: galtea-local sets it itself", name, source)
-            continue
+            raise ConfigError(
+                f"{source} may not set the {name} header: galtea-local sets it itself "
+                "(the key goes in GALTEA_API_KEY or upstream.api_key)"
+            )
         if not isinstance(value, str) or not _latin1(value) or not _HEADER_VALUE.fullmatch(value):
             raise ConfigError(
                 f"{source}: the value of header {name} must be a string of Latin-1 text "
