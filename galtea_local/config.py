@@ -272,13 +272,19 @@ def _check_across(settings: Settings, given: _Layers) -> None:
               "or set upstream.allow_insecure_http = true (loopback hosts are always allowed)")  # fmt: skip
     if up.ca_bundle and not Path(up.ca_bundle).is_file():
         _fail(given, "upstream", "ca_bundle", up.ca_bundle, "no such file; give a PEM file of CA certificates or \"\"")
-    if sync.backoff_max_s < sync.backoff_initial_s:
-        _fail(given, "sync", "backoff_max_s", sync.backoff_max_s,
-              f"must be ≥ sync.backoff_initial_s ({sync.backoff_initial_s:g})")  # fmt: skip
-    if sync.lease_s <= up.read_timeout_s:
-        # A lease that ends mid-request lets another pass treat a live push as 'maybe sent'.
-        _fail(given, "sync", "lease_s", sync.lease_s,
-              f"must be greater than upstream.read_timeout_s ({up.read_timeout_s:g})")  # fmt: skip
+    _ordered(given, settings, ("sync", "backoff_initial_s"), ("sync", "backoff_max_s"), strict=False)
+    # A lease that ends mid-request lets another pass treat a live push as 'maybe sent'.
+    _ordered(given, settings, ("upstream", "read_timeout_s"), ("sync", "lease_s"), strict=True)
+
+
+def _ordered(given: _Layers, settings: Settings, low: tuple[str, str], high: tuple[str, str], *, strict: bool) -> None:
+    """Require ``low`` ≤ ``high`` (< when strict); blame the one a source set, not a default."""
+    low_value, high_value = (getattr(getattr(settings, s), k) for s, k in (low, high))
+    if low_value < high_value or (not strict and low_value == high_value):
+        return
+    if high in given or low not in given:
+        _fail(given, *high, high_value, f"must be {'>' if strict else '≥'} {'.'.join(low)} ({low_value:g})")
+    _fail(given, *low, low_value, f"must be {'<' if strict else '≤'} {'.'.join(high)} ({high_value:g})")
 
 
 def _fail(given: _Layers, section: str, name: str, value: Any, problem: str) -> None:

@@ -171,16 +171,20 @@ def mode(required: int) -> Check:
     return check
 
 
+_API_KEY = re.compile(r"[\x21-\x7e]+")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field-name
+_HEADER_VALUE = re.compile(r"(?:[\x21-\x7e\x80-\xff](?:[\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?")
+_RESERVED_HEADERS = {"authorization", "host", "content-length", "content-type", "user-agent"}
+
+
 def api_key(value: Any, text: bool) -> Secret | None:
     if not isinstance(value, str):
         raise Invalid(f'must be a string ("" for none), not {_type_name(value)}')
     value = value.strip()
-    if any(ch.isspace() or ord(ch) < 32 for ch in value):
-        raise Invalid("must be one token with no spaces or control characters")
+    if value and not _API_KEY.fullmatch(value):
+        # Same rule as the upstream client: it becomes an HTTP header value.
+        raise Invalid("must be one token of printable ASCII characters, with no blanks")
     return Secret(value) if value else None
-
-
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field-name
 
 
 def headers(value: Any, text: bool) -> Headers:
@@ -189,11 +193,11 @@ def headers(value: Any, text: bool) -> Headers:
     for name, item in value.items():
         if not _TOKEN.fullmatch(name):
             raise Invalid(f"header name {name!r} is not a valid HTTP header name")
-        if name.lower() in {"authorization", "host", "content-length"}:
-            # The key goes through api_key (so it stays masked); the rest is the client's job.
+        if name.lower() in _RESERVED_HEADERS:
+            # The key goes through api_key (so it stays masked); the rest the client sets itself.
             raise Invalid(f"header {name!r} may not be set here (use upstream.api_key for the key)")
-        if not isinstance(item, str) or "\r" in item or "\n" in item:
-            raise Invalid(f"header {name!r} must have a one-line string value")
+        if not isinstance(item, str) or not _HEADER_VALUE.fullmatch(item):
+            raise Invalid(f"header {name!r} must have a one-line Latin-1 string value with no leading blank")
     return Headers(value)
 
 
