@@ -1,17 +1,4 @@
-"""The outbox: every change of an operation's state happens in this module.
-
-Operation life cycle (``outbox.state``)::
-
-    pending --claim+mark_sending--> sending --settle_done--> done
-       ^                               |
-       +------- settle_retry ----------+  (not sent / maybe sent / retry later)
-                                       +--settle_dead--> dead --retry_dead--> pending
-
-Writers (the library) only append: :func:`enqueue_create`,
-:func:`enqueue_update`, :func:`enqueue_delete`, each inside the caller's
-transaction with the record row, so a record and its operation commit
-together. The sync engine uses the functions in :mod:`galtea_local.outbox_engine`
-(claiming, the write-ahead mark, settling), which live beside this module.
+"""What the library appends to the outbox, in the same transaction as the record row.
 
 Ordering: operations carry a global ``seq``; within a lane (a session) they go
 upstream in ``seq`` order.
