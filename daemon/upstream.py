@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime
 import email.utils
-import ipaddress
 import json
 import logging
 import re
@@ -45,8 +44,10 @@ from galtea_local.errors import (
     UpstreamError,
 )
 from galtea_local_daemon.wire import (
+    DEFAULT_BASE_URL,
     EXTRA_HEADERS_ENV,
     as_list,
+    checked_base_url,
     checked_headers,
     extra_headers_from_env,
     path_segment,
@@ -69,7 +70,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "https://api.galtea.ai"
 DEFAULT_TIMEOUTS = (5.0, 30.0, 30.0, 5.0)  # connect, read, write, pool (seconds)
 MESSAGE_LIMIT = 500
 
@@ -78,39 +78,6 @@ _API_KEY = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no blank
 # The request surely never left: no connection was made, or a proxy refused the tunnel.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError, httpx.UnsupportedProtocol)
 _DELTA_SECONDS = re.compile(r"\d+(\.\d+)?")
-
-
-def checked_base_url(base_url: str | None, *, allow_insecure_http: bool = False) -> str:
-    """The base URL with its trailing slash stripped, or ConfigError.
-
-    ``http://`` is refused unless the host is loopback (127.0.0.0/8, ::1,
-    localhost) or ``allow_insecure_http`` is set: the key would cross the
-    network in clear.
-    """
-    text = (base_url or DEFAULT_BASE_URL).strip().rstrip("/")
-    try:
-        url = httpx.URL(text)
-    except httpx.InvalidURL:
-        raise ConfigError("the Galtea API URL is not a valid URL") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ConfigError("the Galtea API URL must be http(s)://host[:port][/path]")
-    if url.userinfo or url.query or url.fragment:
-        raise ConfigError("the Galtea API URL must not carry credentials, a query or a fragment")
-    if url.scheme == "http" and not (allow_insecure_http or _is_loopback(url.host)):
-        raise ConfigError(
-            f"refusing plain http:// to {url.host}: the API key would travel unencrypted; "
-            "use https://, a loopback host, or set allow_insecure_http"
-        )
-    return text
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:

@@ -1,7 +1,7 @@
 """What goes on the wire to the Galtea API, shaped as the official SDK 5.12 shapes it.
 
 Pure functions, no I/O: JSON bodies (snake_case record fields in, camelCase
-out), query strings, and the headers we send. Bodies are checked for names, not
+out), query strings, paths, the base URL and the headers we send. Bodies are checked for names, not
 values: validating a record is the library's job, done before it was queued
 (design.md §4 lists the wire fields and their meaning).
 """
@@ -9,6 +9,7 @@ values: validating a record is the library's job, done before it was queued
 from __future__ import annotations
 
 import enum
+import ipaddress
 import json
 import platform
 import re
@@ -23,10 +24,12 @@ from galtea_local.errors import ConfigError, InvalidInputError
 
 __all__ = [
     "CREATE_FIELDS",
+    "DEFAULT_BASE_URL",
     "DEFAULT_STATUS",
     "EXTRA_HEADERS_ENV",
     "RESERVED_HEADERS",
     "as_list",
+    "checked_base_url",
     "UPDATE_FIELDS",
     "checked_headers",
     "create_body",
@@ -38,6 +41,7 @@ __all__ = [
     "user_agent",
 ]
 
+DEFAULT_BASE_URL = "https://api.galtea.ai"
 DEFAULT_STATUS = "GENERATED"
 
 # Fields a PATCH /inferenceResults/{id} accepts (the SDK's TraceUpdate, minus the
@@ -233,3 +237,36 @@ def path_segment(remote_id: str) -> str:
     if not isinstance(remote_id, str) or not remote_id or "/" in remote_id or remote_id in (".", ".."):
         raise InvalidInputError("a remote id must be a non-empty string without '/'")
     return remote_id
+
+
+def checked_base_url(base_url: str | None, *, allow_insecure_http: bool = False) -> str:
+    """The base URL with its trailing slash stripped, or ConfigError.
+
+    ``http://`` is refused unless the host is loopback (127.0.0.0/8, ::1,
+    localhost) or ``allow_insecure_http`` is set: the key would cross the
+    network in clear.
+    """
+    text = (base_url or DEFAULT_BASE_URL).strip().rstrip("/")
+    try:
+        url = httpx.URL(text)
+    except httpx.InvalidURL:
+        raise ConfigError("the Galtea API URL is not a valid URL") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError("the Galtea API URL must be http(s)://host[:port][/path]")
+    if url.userinfo or url.query or url.fragment:
+        raise ConfigError("the Galtea API URL must not carry credentials, a query or a fragment")
+    if url.scheme == "http" and not (allow_insecure_http or _is_loopback(url.host)):
+        raise ConfigError(
+            f"refusing plain http:// to {url.host}: the API key would travel unencrypted; "
+            "use https://, a loopback host, or set allow_insecure_http"
+        )
+    return text
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

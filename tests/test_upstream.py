@@ -32,6 +32,7 @@ from galtea_local.errors import (
 )
 from galtea_local_daemon import upstream, wire
 from galtea_local_daemon.upstream import UpstreamClient, classify, extra_headers_from_env, parse_retry_after
+from tests.emulator_fixture import emulator, emulator_factory  # noqa: F401 (fixtures)
 
 KEY = "gsk_s3cr3t-KEY-never-shown"
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -523,3 +524,49 @@ def test_session_body_always_sends_is_production_like_the_sdk() -> None:
     assert wire.session_body({"custom_id": "c", "version_id": "v", "product_id": "p", "metadata": None}) == {
         "customId": "c", "versionId": "v", "isProduction": None}
     assert wire.session_body({"product_id": "p", "is_production": True}) == {"productId": "p", "isProduction": True}
+
+
+# -- against the emulator, a real HTTP server on loopback ---------------------------------------
+
+@pytest.fixture
+def real_client(emulator) -> Iterator[UpstreamClient]:
+    with UpstreamClient(emulator.url, emulator.api_key) as client:
+        yield client
+
+
+def test_round_trip_against_the_emulator(real_client: UpstreamClient) -> None:
+    session = real_client.create_session(wire.session_body({"version_id": "v1", "custom_id": "conv-1"}))
+    assert real_client.list_sessions(custom_ids=["conv-1"], version_ids=["v1"])[0]["id"] == session["id"]
+    first = real_client.create_inference_result(
+        wire.create_body({"session_id": session["id"], "input": "hi", "status": "pending", "latency": None}))
+    second = real_client.create_inference_result(wire.create_body(
+        {"session_custom_id": "conv-1", "version_id": "v1", "product_id": "p1", "input": "again",
+         "actual_output": "ok", "input_tokens": 3, "cost": 0.5}))
+    assert (first["status"], first["index"], second["index"]) == ("PENDING", 0, 1)
+    assert second["sessionId"] == session["id"]
+
+    updated = real_client.update_inference_result(
+        first["id"], wire.update_body({"status": "generated", "actual_output": "hello", "error": None}))
+    assert (updated["status"], updated["actualOutput"]) == ("GENERATED", "hello")
+
+    listed = real_client.list_inference_results(session_ids=[session["id"]], from_created_at=first["createdAt"])
+    assert [r["id"] for r in listed] == [first["id"], second["id"]]
+    assert (listed[1]["inputTokens"], listed[1]["cost"]) == (3, 0.5)
+    assert real_client.get_inference_result(first["id"])["actualOutput"] == "hello"
+
+    real_client.delete_inference_result(first["id"])
+    real_client.delete_inference_result(first["id"])  # already gone: still success
+    with pytest.raises(RejectedError) as info:
+        real_client.get_inference_result(first["id"])
+    assert info.value.status == 404
+
+
+def test_emulator_refusals_are_classified(emulator, real_client: UpstreamClient) -> None:
+    with pytest.raises(RejectedError, match="sessionCustomId"):
+        real_client.create_inference_result(wire.create_body({"session_custom_id": "c"}))
+    with UpstreamClient(emulator.url, "gsk_wrong_key") as wrong, pytest.raises(AuthError):
+        wrong.list_sessions(ids=["s"])
+    emulator.set_faults(throttle_rate=1.0, retry_after_s=2)
+    with pytest.raises(RetryLaterError) as info:
+        real_client.get_session("s")
+    assert info.value.retry_after == 2.0
