@@ -93,7 +93,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         return float(text)
     try:
         when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:  # "-0000" parses naive; HTTP dates are always GMT
         when = when.replace(tzinfo=datetime.timezone.utc)
@@ -125,7 +125,8 @@ def classify(
         return AuthError(f"{head}: the API key was refused: {api_message(outcome)}", status=status)
     if status in (429, 503):
         retry_after = parse_retry_after(outcome.headers.get("retry-after"), now=now)
-        return RetryLaterError(f"{head}: retry after {retry_after} s", status=status, retry_after=retry_after)
+        hint = f"retry after {retry_after:g} s" if retry_after is not None else "retry later (no usable Retry-After)"
+        return RetryLaterError(f"{head}: {hint}", status=status, retry_after=retry_after)
     # 408: the server gave up waiting for the request; a gateway may still have
     # forwarded it, and dead-lettering a record for a timeout would be wrong.
     if 400 <= status < 500 and status != 408:
