@@ -35,7 +35,6 @@ from galtea_local.config_schema import (
     StoreSettings,
     SyncSettings,
     UpstreamSettings,
-    api_key,
     default_store_path,
     is_path_key,
     keys_of,
@@ -230,35 +229,22 @@ def _shown(name: str, value: Any) -> str:
 
 
 def _resolve_api_key(upstream: UpstreamSettings, given: _Layers, env: Mapping[str, str]) -> UpstreamSettings:
-    """flag > $GALTEA_API_KEY > file's api_key > api_key_file > $CREDENTIALS_DIRECTORY/galtea-api-key."""
+    """flag > $GALTEA_API_KEY > file's api_key > api_key_file > $CREDENTIALS_DIRECTORY/galtea-api-key.
+
+    Key files are not read here (see :class:`Secret`); ``require_api_key()`` reads them.
+    """
     if upstream.api_key is not None:
         return replace(upstream, api_key_source=given[("upstream", "api_key")].origin)
     if upstream.api_key_file:
-        where = given[("upstream", "api_key_file")].origin
-        secret = _read_key_file(upstream.api_key_file, f"{where}: upstream.api_key_file")
+        where = f"{given[('upstream', 'api_key_file')].origin}: upstream.api_key_file"
+        secret = Secret.from_file(upstream.api_key_file, where)
         return replace(upstream, api_key=secret, api_key_source=f"upstream.api_key_file {upstream.api_key_file}")
     credentials = env.get("CREDENTIALS_DIRECTORY")
     if credentials and (Path(credentials) / CREDENTIAL_NAME).is_file():
         path = str(Path(credentials) / CREDENTIAL_NAME)
-        secret = _read_key_file(path, f"systemd credential {CREDENTIAL_NAME}")
+        secret = Secret.from_file(path, f"systemd credential {CREDENTIAL_NAME}")
         return replace(upstream, api_key=secret, api_key_source=f"systemd credential {path}")
     return upstream
-
-
-def _read_key_file(path: str, where: str) -> Secret:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ConfigError(f"{where} = {_toml(path)}: cannot read it ({reason}); "
-                          "give a readable file that holds the key") from None  # fmt: skip
-    try:
-        secret = api_key(text, True)
-    except Invalid as exc:
-        raise ConfigError(f"{where} = {_toml(path)}: the key in the file {exc}") from None
-    if secret is None:
-        raise ConfigError(f"{where} = {_toml(path)}: the file is empty; it must hold the API key")
-    return secret
 
 
 # -- checks that span keys ----------------------------------------------------------
@@ -302,6 +288,12 @@ def _loopback_url(url: str) -> bool:
 
 def effective_settings_text(settings: Settings) -> str:
     """The effective settings as TOML (secrets masked), for ``galtea-local config check``."""
+    key_note = f"  # from {settings.upstream.api_key_source}"
+    try:
+        if settings.upstream.api_key is not None:
+            settings.upstream.api_key.reveal()  # a key file is read here, so a check reports it
+    except ConfigError as exc:  # never holds the key: only its file's name and the reason
+        key_note = f"  # UNUSABLE: {exc}"
     lines = [f"# effective settings; file: {settings.source or '(none)'}"]
     for section, values in settings.to_display_dict().items():
         lines += ["", f"[{section}]"]
@@ -310,7 +302,7 @@ def effective_settings_text(settings: Settings) -> str:
             if section == "store" and name == "path" and not value:
                 line += f"  # default: {default_store_path()}"
             if section == "upstream" and name == "api_key":
-                line += f"  # from {settings.upstream.api_key_source}" if value else "  # not set"
+                line += key_note if value else "  # not set"
             lines.append(line)
     return "\n".join(lines) + "\n"
 

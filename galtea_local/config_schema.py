@@ -10,6 +10,7 @@ sections never read files or the environment themselves.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
@@ -18,6 +19,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import platformdirs
+
+from galtea_local.errors import ConfigError
 
 Check = Callable[[Any, bool], Any]
 
@@ -30,31 +33,65 @@ class Secret:
     """A string that never shows itself: ``repr``/``str`` give at most the public ``gsk_`` prefix.
 
     Call :meth:`reveal` at the one place that needs the text (the HTTP auth header).
+    A secret from a file (:meth:`from_file`) is read on the first ``reveal()``, not
+    when the settings load: app processes load the same settings for the store
+    and must neither need nor read a key file only the daemon may read.
     """
 
-    __slots__ = ("_value",)
+    __slots__ = ("_value", "_path", "_where")
 
     def __init__(self, value: str) -> None:
-        self._value = value
+        self._value: str | None = value
+        self._path: str | None = None
+        self._where = ""
+
+    @classmethod
+    def from_file(cls, path: str, where: str) -> Secret:
+        """A key held in ``path``; ``where`` names the setting in errors (``reveal`` raises ConfigError)."""
+        secret = cls("")
+        secret._value, secret._path, secret._where = None, path, where
+        return secret
 
     def reveal(self) -> str:
+        if self._value is None:
+            self._value = _read_key_file(self._path or "", self._where)
         return self._value
 
     def masked(self) -> str:
         # Only the fixed, public key-type prefix is shown: it tells an operator
         # which kind of key is set without giving away a single secret character.
-        return "gsk_****" if self._value.startswith("gsk_") and len(self._value) > 8 else "****"
+        value = self._value or ""
+        return "gsk_****" if value.startswith("gsk_") and len(value) > 8 else "****"
 
     def __repr__(self) -> str:
         return f"Secret({self.masked()!r})"
 
     __str__ = masked
 
+    def _identity(self) -> tuple[str | None, str | None]:
+        return (self._path, None) if self._path is not None else (None, self._value)
+
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
+        return isinstance(other, Secret) and other._identity() == self._identity()
 
     def __hash__(self) -> int:
-        return hash(self._value)
+        return hash(self._identity())
+
+
+def _read_key_file(path: str, where: str) -> str:
+    shown = f"{where} = {json.dumps(path)}"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"{shown}: cannot read it ({reason}); give a readable file that holds the key") from None
+    try:
+        secret = api_key(text, True)
+    except Invalid as exc:
+        raise ConfigError(f"{shown}: the key in the file {exc}") from None
+    if secret is None:
+        raise ConfigError(f"{shown}: the file is empty; it must hold the API key")
+    return secret.reveal()
 
 
 class Headers(Mapping[str, str]):
@@ -303,6 +340,15 @@ class UpstreamSettings:
     allow_insecure_http: bool = key(False, boolean)
     # Derived, not a key: where api_key came from ("environment GALTEA_API_KEY", ...).
     api_key_source: str | None = None
+
+    def require_api_key(self) -> str:
+        """The key's text, for the Authorization header. ConfigError when none is set or its file is unreadable."""
+        if self.api_key is None:
+            raise ConfigError(
+                "upstream.api_key: no API key; set GALTEA_API_KEY, upstream.api_key or upstream.api_key_file, "
+                "or give the daemon a systemd credential named galtea-api-key"
+            )
+        return self.api_key.reveal()
 
 
 @dataclass(frozen=True)

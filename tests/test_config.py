@@ -270,18 +270,34 @@ def test_api_key_resolution_order(config, tmp_path):
     assert key(None, {}) == (None, None)
 
 
+def test_key_files_are_read_only_when_the_key_is_needed(tmp_path):
+    """An app process loads the same settings for its store; it must not need the daemon's key file."""
+    missing = str(tmp_path / "missing")
+    settings = load_settings(overrides={"upstream.api_key_file": missing}, env={})
+    assert str(settings.upstream.api_key) == "****"
+    with pytest.raises(ConfigError) as info:
+        settings.upstream.require_api_key()
+    message = str(info.value)
+    assert message.startswith(f'command line: upstream.api_key_file = "{missing}": cannot read it')
+    assert "UNUSABLE: command line: upstream.api_key_file" in effective_settings_text(settings)
+
+
 def test_api_key_file_problems(tmp_path):
-    missing = error_of(overrides={"upstream.api_key_file": str(tmp_path / "missing")})
-    assert "upstream.api_key_file" in missing and "cannot read it" in missing
+    def problem(env):
+        with pytest.raises(ConfigError) as info:
+            load_settings(env=env).upstream.require_api_key()
+        return str(info.value)
+
     empty = tmp_path / "empty"
     empty.write_text("\n")
-    assert "the file is empty" in error_of(env={"GALTEA_LOCAL_API_KEY_FILE": str(empty)})
+    assert "the file is empty" in problem({"GALTEA_LOCAL_API_KEY_FILE": str(empty)})
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "galtea-api-key").write_text("gsk bad key")
-    message = error_of(env={"CREDENTIALS_DIRECTORY": str(creds)})
+    message = problem({"CREDENTIALS_DIRECTORY": str(creds)})
     assert "systemd credential galtea-api-key" in message and "no blanks" in message
     assert "gsk bad key" not in message
+    assert "no API key" in problem({})
 
 
 def test_bad_api_key_is_never_quoted():
@@ -299,6 +315,14 @@ def test_api_key_never_appears_in_repr_str_or_effective_text(config):
         assert KEY not in text and "0123456789" not in text and "tok_SECRET" not in text
     assert str(settings.upstream.api_key) == "gsk_****"
     assert str(Secret("sk-other-kind-of-key")) == "****"
+
+
+def test_key_from_a_file_is_masked_in_effective_text(tmp_path):
+    (tmp_path / "key").write_text(KEY + "\n")
+    settings = load_settings(env={"GALTEA_LOCAL_API_KEY_FILE": str(tmp_path / "key")})
+    text = effective_settings_text(settings)
+    assert 'api_key = "gsk_****"  # from upstream.api_key_file' in text and KEY not in text
+    assert settings.upstream.require_api_key() == KEY and KEY not in repr(settings)
 
 
 def test_effective_settings_text_is_toml_of_the_effective_values(config):
