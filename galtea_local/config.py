@@ -21,7 +21,7 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from galtea_local.config_schema import (
@@ -47,7 +47,7 @@ __all__ = [
     "CREDENTIAL_NAME", "ConfigError", "LogSettings", "MetricsSettings", "RetentionSettings",
     "Secret", "Settings", "StoreSettings", "SyncSettings", "UpstreamSettings",
     "default_store_path", "effective_settings_text", "load_settings",
-]  # fmt: skip
+]
 
 ENV_STORE = "GALTEA_LOCAL_STORE"
 ENV_CONFIG = "GALTEA_LOCAL_CONFIG"
@@ -166,7 +166,7 @@ def _apply_env(given: _Layers, env: Mapping[str, str]) -> None:
                 value = json.loads(value)
             except ValueError as exc:
                 raise ConfigError(f"{origin}: {section}.{name}: not valid JSON ({exc}); "
-                                  'give a JSON object like {"X-Tenant": "acme"}') from None  # fmt: skip
+                                  'give a JSON object like {"X-Tenant": "acme"}') from None
         _put(given, section, name, value, origin, text=True)
 
 
@@ -255,7 +255,7 @@ def _check_across(settings: Settings, given: _Layers) -> None:
     if up.base_url.startswith("http://") and not up.allow_insecure_http and not _loopback_url(up.base_url):
         _fail(given, "upstream", "base_url", up.base_url,
               "plain http:// would send the API key unencrypted; use https://, "
-              "or set upstream.allow_insecure_http = true (loopback hosts are always allowed)")  # fmt: skip
+              "or set upstream.allow_insecure_http = true (loopback hosts are always allowed)")
     if up.ca_bundle and not Path(up.ca_bundle).is_file():
         _fail(given, "upstream", "ca_bundle", up.ca_bundle, "no such file; give a PEM file of CA certificates or \"\"")
     _ordered(given, settings, ("sync", "backoff_initial_s"), ("sync", "backoff_max_s"), strict=False)
@@ -273,7 +273,7 @@ def _ordered(given: _Layers, settings: Settings, low: tuple[str, str], high: tup
     _fail(given, *low, low_value, f"must be {'<' if strict else '≤'} {'.'.join(high)} ({high_value:g})")
 
 
-def _fail(given: _Layers, section: str, name: str, value: Any, problem: str) -> None:
+def _fail(given: _Layers, section: str, name: str, value: Any, problem: str) -> NoReturn:
     origin = given[(section, name)].origin if (section, name) in given else "defaults"
     raise ConfigError(f"{origin}: {section}.{name} = {_toml(value)}: {problem}")
 

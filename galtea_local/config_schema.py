@@ -4,13 +4,15 @@ A key is a dataclass field whose metadata holds a ``check``: a function that
 takes the raw value (and whether it came as text, from the environment or a
 flag) and returns the typed value, or raises :class:`Invalid` with what is
 allowed. :mod:`galtea_local.config` layers the sources and builds these; the
-sections never read files or the environment themselves.
+sections never read the environment or a config file (a key file is read by
+:meth:`Secret.reveal`, only when the key is needed).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
@@ -120,13 +122,13 @@ class Headers(Mapping[str, str]):
 # -- checks ------------------------------------------------------------------
 
 
-def _from_text(value: Any, text: bool, parse: Callable[[str], Any]) -> Any:
+def _from_text(value: Any, text: bool, parse: Callable[[str], Any], allowed: str) -> Any:
     """Environment variables and flags arrive as text; a config file must use the real TOML type."""
     if text and isinstance(value, str):
         try:
             return parse(value.strip())
         except ValueError:
-            return value
+            raise Invalid(f"must be {allowed}") from None
     return value
 
 
@@ -134,7 +136,7 @@ def integer(low: int, high: int | None = None) -> Check:
     allowed = f"an integer ≥ {low}" + (f" and ≤ {high}" if high is not None else "")
 
     def check(value: Any, text: bool) -> int:
-        value = _from_text(value, text, int)
+        value = _from_text(value, text, int, allowed)
         # bool is a subclass of int in Python; `true` is never a count.
         if isinstance(value, bool) or not isinstance(value, int):
             raise Invalid(f"must be {allowed}, not {_type_name(value)}")
@@ -150,7 +152,7 @@ def number(low: float, *, above: bool) -> Check:
     allowed = f"a number {'>' if above else '≥'} {low:g}"
 
     def check(value: Any, text: bool) -> float:
-        value = _from_text(value, text, float)
+        value = _from_text(value, text, float, allowed)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise Invalid(f"must be {allowed}, not {_type_name(value)}")
         if value != value or value < low or (above and value == low) or value == float("inf"):
@@ -185,6 +187,8 @@ def choice(*options: str, upper: bool = False) -> Check:
 
 def optional_text(value: Any, text: bool) -> str | None:
     """A string where "" means 'not set' (TOML has no null)."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
     if not isinstance(value, str):
         raise Invalid(f'must be a string ("" for none), not {_type_name(value)}')
     return value.strip() or None
@@ -280,9 +284,11 @@ def textfile(value: Any, text: bool) -> str | None:
     return path
 
 
+_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", dict: "a table", list: "an array"}
+
+
 def _type_name(value: Any) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", dict: "a table", list: "an array"}
-    return names.get(type(value), f"a {type(value).__name__}")
+    return _TYPE_NAMES.get(type(value), f"a {type(value).__name__}")
 
 
 def key(default: Any, check: Check, *, path: bool = False, factory: Callable[[], Any] | None = None) -> Any:

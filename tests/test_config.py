@@ -85,6 +85,7 @@ def test_relative_paths_in_a_file_are_relative_to_the_file(config, tmp_path):
     assert settings.store.path == str(tmp_path / "data" / "store.db")
     assert settings.metrics.textfile == str(tmp_path / "galtea.prom")
     assert load_settings(env={"GALTEA_LOCAL_STORE": "rel.db"}).store.path == "rel.db"
+    assert load_settings(env={}, overrides={"store.path": tmp_path / "p.db"}).store.path == str(tmp_path / "p.db")
 
 
 # -- precedence --------------------------------------------------------------------
@@ -228,8 +229,9 @@ def test_bad_file_value_is_an_error_even_when_a_flag_overrides_it(config):
 def test_env_and_flag_errors_name_their_source():
     assert error_of(env={"GALTEA_API_URL": "ftp://x"}).startswith("environment GALTEA_API_URL: upstream.base_url")
     assert error_of(overrides={"sync.concurrency": "many"}).startswith(
-        'command line: sync.concurrency = "many": must be an integer'
+        'command line: sync.concurrency = "many": must be an integer ≥ 1 and ≤ 1024'
     )
+    assert error_of(overrides={"sync.concurrency": "many"}).endswith("≤ 1024")
     message = error_of(env={"GALTEA_EXTRA_HEADERS": "X-A: 1"})
     assert message.startswith("environment GALTEA_EXTRA_HEADERS: upstream.extra_headers: not valid JSON")
 
@@ -310,7 +312,7 @@ def test_api_key_never_appears_in_repr_str_or_effective_text(config):
     settings = load_settings(path, env={"GALTEA_API_KEY": KEY})
     assert settings.upstream.api_key == Secret(KEY)
     shown = [repr(settings), str(settings), repr(settings.upstream), str(settings.upstream.api_key),
-             f"{settings.upstream.api_key}", effective_settings_text(settings), repr(settings.to_display_dict())]  # fmt: skip
+             f"{settings.upstream.api_key}", effective_settings_text(settings), repr(settings.to_display_dict())]
     for text in shown:
         assert KEY not in text and "0123456789" not in text and "tok_SECRET" not in text
     assert str(settings.upstream.api_key) == "gsk_****"
