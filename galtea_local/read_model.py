@@ -39,7 +39,9 @@ class InferenceResult:
     ``id`` is the local id, valid forever; ``remote_id`` and ``index`` are None
     until the record is confirmed upstream. ``input`` is the user message as a
     string and ``input_data`` the whole input object, as in the official SDK
-    (``actual_output``/``actual_output_data`` likewise).
+    (``actual_output``/``actual_output_data`` likewise). ``input_files`` and
+    ``actual_output_files`` list the ``{"uri", "filename", "mime_type"}`` of the
+    file parts in the object's ``content``, as the official read model does.
     """
 
     id: str
@@ -51,6 +53,8 @@ class InferenceResult:
     input_data: dict[str, Any] | None
     actual_output: str | None
     actual_output_data: dict[str, Any] | None
+    input_files: list[dict[str, str | None]]
+    actual_output_files: list[dict[str, str | None]]
     retrieval_context: str | None
     latency: float | None
     input_tokens: int | None
@@ -85,6 +89,18 @@ def _split(value: str | dict[str, Any] | None, key: str) -> tuple[str | None, di
     return value, None
 
 
+def _files(data: dict[str, Any] | None) -> list[dict[str, str | None]]:
+    """The file parts of an input/output object's ``content`` list; never raises on odd shapes."""
+    parts = data.get("content") if data else None
+    if not isinstance(parts, list):
+        return []
+    return [
+        {"uri": part["uri"], "filename": part.get("filename"), "mime_type": part.get("mimeType")}
+        for part in parts
+        if isinstance(part, dict) and str(part.get("type")).lower() == "file" and isinstance(part.get("uri"), str)
+    ]
+
+
 def _decoded(raw: str | None) -> Any:
     return None if raw is None else json.loads(raw)
 
@@ -110,6 +126,8 @@ def build(row: Any, local_id: str, input_value: Any, output_value: Any) -> Infer
         input_data=data_in,
         actual_output=text_out,
         actual_output_data=data_out,
+        input_files=_files(data_in),
+        actual_output_files=_files(data_out),
         retrieval_context=row["retrieval_context"],
         latency=row["latency"],
         input_tokens=row["input_tokens"],
