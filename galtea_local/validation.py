@@ -105,7 +105,8 @@ def check_session(
 
 
 def check_size(fields: Mapping[str, Any], limit: int) -> None:
-    size = sum(len(v) for v in fields.values() if isinstance(v, str))
+    # The limit is in UTF-8 bytes; isascii() is O(1) in CPython, so ASCII text skips the encode.
+    size = sum(len(v) if v.isascii() else len(v.encode()) for v in fields.values() if isinstance(v, str))
     if size > limit:
         raise RecordTooLargeError(
             f"record: {size} bytes of text is over the store's limit of {limit}; "

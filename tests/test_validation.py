@@ -1,0 +1,130 @@
+"""Bad input: the documented error, naming the field, and not one byte written.
+
+Each case snapshots every table of the store file before and after the call
+(through a separate connection) and asserts they are equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from galtea_local import Galtea, InvalidInputError, InvalidTypeError, NotFoundError, RecordTooLargeError
+from tests.helpers import snapshot
+
+OK = dict(session_id="s", input="q", output="a")
+
+
+@pytest.fixture
+def seeded(galtea: Galtea) -> Galtea:
+    """A store holding one record (its id is ``galtea.seeded_id``), so 'unchanged' means something."""
+    galtea.seeded_id = galtea.inference_results.create(**OK, status="PENDING").id  # type: ignore[attr-defined]
+    return galtea
+
+
+def assert_refused(galtea: Galtea, call: Callable[[], object], error: type[Exception], field: str) -> None:
+    before = snapshot(galtea.store_path)
+    with pytest.raises(error) as raised:
+        call()
+    assert field in str(raised.value), f"message does not name {field!r}: {raised.value}"
+    assert snapshot(galtea.store_path) == before
+
+
+CREATE_CASES = [
+    ({"status": "DONE"}, InvalidInputError, "status"),
+    ({"status": 3}, InvalidTypeError, "status"),
+    ({"latency": "fast"}, InvalidTypeError, "latency"),
+    ({"latency": -1.0}, InvalidInputError, "latency"),
+    ({"latency": float("inf")}, InvalidInputError, "latency"),
+    ({"input": 123}, InvalidTypeError, "input"),
+    ({"output": ["a"]}, InvalidTypeError, "output"),
+    ({"retrieval_context": 5}, InvalidTypeError, "retrieval_context"),
+    ({"input": {"a", "b"}}, InvalidTypeError, "input"),
+    ({"input": {"score": float("nan")}}, InvalidInputError, "input"),
+    ({"output": {"when": object()}}, InvalidInputError, "output"),
+    ({"usage_info": {"input_tokens": 1, "prompt_tokens": 2}}, InvalidInputError, "prompt_tokens"),
+    ({"usage_info": {"tokens": 1.5}}, InvalidTypeError, "usage_info"),
+    ({"usage_info": ["tokens"]}, InvalidTypeError, "usage_info"),
+    ({"cost_info": {"price": 1.0}}, InvalidInputError, "cost_info"),
+    ({"cost_info": {"cost": "1"}}, InvalidTypeError, "cost_info"),
+    ({"session_custom_id": "c", "version_id": "v"}, InvalidInputError, "session_custom_id"),
+    ({"session_id": None}, InvalidInputError, "session_id"),
+    ({"session_id": None, "session_custom_id": "c"}, InvalidInputError, "version_id"),
+    ({"session_id": ""}, InvalidTypeError, "session_id"),
+]
+
+
+@pytest.mark.parametrize("changes, error, field", CREATE_CASES, ids=lambda v: repr(v)[:40])
+def test_bad_create_is_refused_and_writes_nothing(seeded, changes, error, field):
+    assert_refused(seeded, lambda: seeded.inference_results.create(**{**OK, **changes}), error, field)
+
+
+def test_errors_are_value_and_type_errors():
+    assert issubclass(InvalidInputError, ValueError) and issubclass(RecordTooLargeError, ValueError)
+    assert issubclass(InvalidTypeError, TypeError)
+    assert issubclass(NotFoundError, KeyError)
+
+
+UPDATE_CASES = [
+    ({"status": "nope"}, InvalidInputError, "status"),
+    ({"latency": "slow"}, InvalidTypeError, "latency"),
+    ({"input_tokens": 1.5}, InvalidTypeError, "input_tokens"),
+    ({"input": {"x": float("nan")}}, InvalidInputError, "input"),
+    ({"index": 3}, InvalidInputError, "index"),
+    ({"session_id": "other"}, InvalidInputError, "session_id"),
+]
+
+
+@pytest.mark.parametrize("changes, error, field", UPDATE_CASES, ids=lambda v: repr(v)[:40])
+def test_bad_update_is_refused_and_writes_nothing(seeded, changes, error, field):
+    record_id = seeded.seeded_id  # type: ignore[attr-defined]
+    assert_refused(seeded, lambda: seeded.inference_results.update(record_id, **changes), error, field)
+
+
+@pytest.mark.parametrize("method", ["update", "get", "delete"])
+def test_unknown_id_is_not_found(seeded, method):
+    def call() -> object:
+        kwargs = {"status": "FAILED"} if method == "update" else {}
+        return getattr(seeded.inference_results, method)("loc_deadbeef_1", **kwargs)
+
+    assert_refused(seeded, call, NotFoundError, "loc_deadbeef_1")
+
+
+def test_bad_batch_writes_no_turn(seeded):
+    turns = [{"role": "user", "content": "ok"}, {"role": "user", "content": {"bad": float("nan")}}]
+    assert_refused(seeded, lambda: seeded.inference_results.create_batch(session_id="s", conversation_turns=turns),
+                   InvalidInputError, "input")  # fmt: skip
+
+
+# -- the record size limit, from a config file -----------------------------------------------
+
+
+@pytest.fixture
+def small_limit_config(tmp_path: Path) -> Path:
+    path = tmp_path / "galtea-local.toml"
+    path.write_text("[store]\nmax_record_bytes = 100\n")
+    return path
+
+
+def test_size_limit_from_config_argument(store_path, small_limit_config):
+    with Galtea(store=store_path, config=small_limit_config) as galtea:
+        galtea.inference_results.create(session_id="s", input="q" * 50)
+        assert_refused(galtea, lambda: galtea.inference_results.create(session_id="s", input="q" * 101),
+                       RecordTooLargeError, "max_record_bytes")  # fmt: skip
+
+
+def test_size_limit_from_config_environment(store_path, small_limit_config, monkeypatch):
+    monkeypatch.setenv("GALTEA_LOCAL_CONFIG", str(small_limit_config))
+    with Galtea(store=store_path) as galtea:
+        record = galtea.inference_results.create(session_id="s", input="q")
+        assert_refused(galtea, lambda: galtea.inference_results.update(record.id, output="a" * 200),
+                       RecordTooLargeError, "record")  # fmt: skip
+
+
+def test_size_limit_counts_bytes_not_characters(store_path, small_limit_config):
+    # 40 characters of 3-byte UTF-8 text are 120 bytes: over a 100-byte limit.
+    with Galtea(store=store_path, config=small_limit_config) as galtea:
+        assert_refused(galtea, lambda: galtea.inference_results.create(session_id="s", input="€" * 40),
+                       RecordTooLargeError, "record")  # fmt: skip
