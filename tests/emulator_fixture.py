@@ -72,7 +72,7 @@ def start_thread(api_key: str | None, seed: int | None, faults: dict[str, Any]) 
     return EmulatorHandle(server.url, api_key, server.stop)
 
 
-def _read_address(proc: subprocess.Popen[str]) -> str:
+def read_address(proc: subprocess.Popen[str]) -> str:
     selector = selectors.DefaultSelector()
     selector.register(proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
     if not selector.select(START_TIMEOUT_S):
@@ -112,7 +112,7 @@ def start_process(api_key: str | None, seed: int | None, faults: dict[str, Any])
         proc.stdout.close()  # type: ignore[union-attr]
 
     try:
-        return EmulatorHandle(_read_address(proc), api_key, stop)
+        return EmulatorHandle(read_address(proc), api_key, stop)
     except BaseException:
         stop()
         raise

@@ -8,7 +8,7 @@ import subprocess
 import httpx
 import pytest
 
-from tests.emulator_fixture import EMULATOR_API_KEY, _read_address, emulator_command, emulator_factory  # noqa: F401
+from tests.emulator_fixture import EMULATOR_API_KEY, read_address, emulator_command, emulator_factory  # noqa: F401
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
@@ -20,7 +20,7 @@ def test_serves_until_signal_then_exits_zero(stop_signal: signal.Signals) -> Non
         text=True,
     )
     try:
-        url = _read_address(proc)
+        url = read_address(proc)
         assert url.startswith("http://127.0.0.1:")
         headers = {"Authorization": f"Bearer {EMULATOR_API_KEY}"}
         response = httpx.post(f"{url}/sessions", json={"versionId": "v1"}, headers=headers)
