@@ -114,11 +114,17 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
 ]
 
 
-def upgrade(conn: sqlite3.Connection, path: Path) -> list[str]:
-    """Apply every migration this store lacks, in order; return their names."""
+def refuse_foreign(conn: sqlite3.Connection, path: Path) -> set[str]:
+    """The store's table names; :class:`NotAStoreError` if it is some other SQLite database."""
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if tables and "schema_migrations" not in tables:
         raise NotAStoreError(f"store {path}: the file is an SQLite database but not a galtea-local store")
+    return tables
+
+
+def upgrade(conn: sqlite3.Connection, path: Path) -> list[str]:
+    """Apply every migration this store lacks, in order; return their names."""
+    tables = refuse_foreign(conn, path)
     applied = set()
     if tables:
         applied = {row[0] for row in conn.execute("SELECT name FROM schema_migrations")}

@@ -101,11 +101,21 @@ class Store:
             conn = sqlite3.connect(
                 self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
             )
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
-            raise NotAStoreError(f"store {self.path}: not a galtea-local store ({exc})") from None
         except sqlite3.Error as exc:
             raise StoreOpenError(f"store {self.path}: cannot open it ({exc})") from None
+        try:
+            # Refuse somebody else's database *before* switching it to WAL: the
+            # journal mode is persistent, and a refused file must be left as it was.
+            migrations.refuse_foreign(conn, self.path)
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except BaseException as exc:
+            conn.close()
+            # OperationalError (cannot open, I/O) is a DatabaseError too; only the rest means "not a database".
+            if isinstance(exc, sqlite3.OperationalError):
+                raise StoreOpenError(f"store {self.path}: cannot open it ({exc})") from None
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise NotAStoreError(f"store {self.path}: not a galtea-local store ({exc})") from None
+            raise
         if mode.lower() != "wal":
             conn.close()
             raise StoreOpenError(f"store {self.path}: WAL mode refused (network file system?); use a local disk")
