@@ -77,6 +77,8 @@ class UpstreamError(GaltealocalError):
         super().__init__(message)
         self.message = message
         self.status = status
+        # Set by the sync engine once it has stored the operation's next due time.
+        self.retry_in: float | None = None
 
 
 class NotSentError(UpstreamError):

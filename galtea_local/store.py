@@ -148,8 +148,8 @@ class Store:
 
     # -- transactions ------------------------------------------------------
 
-    def transaction(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(conn, *args)`` in one ``BEGIN IMMEDIATE`` transaction and commit.
+    def transaction(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(conn, *args, **kwargs)`` in one ``BEGIN IMMEDIATE`` transaction and commit.
 
         On SQLITE_BUSY the whole function runs again (never one statement of
         it). Any other error rolls back and propagates: nothing is half-written.
@@ -160,7 +160,7 @@ class Store:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    result = fn(conn, *args)
+                    result = fn(conn, *args, **kwargs)
                     conn.execute("COMMIT")
                     return result
                 except BaseException:

@@ -17,7 +17,7 @@ _INSERT_OP = (
     " VALUES (?, ?, ?, ?, 'pending', 0, 0, ?)"
 )
 # Re-activating an already active lane writes nothing (the WHERE is false).
-_ACTIVATE_LANE = "INSERT INTO lanes (key, active) VALUES (?, 1) ON CONFLICT(key) DO UPDATE SET active = 1 WHERE active = 0"
+ACTIVATE_LANE = "INSERT INTO lanes (key, active) VALUES (?, 1) ON CONFLICT(key) DO UPDATE SET active = 1 WHERE active = 0"
 
 
 def lane_for(session_id: str | None, custom_id: str | None, version_id: str | None, product_id: str | None) -> str:
@@ -30,7 +30,7 @@ def lane_for(session_id: str | None, custom_id: str | None, version_id: str | No
 
 def enqueue_create(conn: sqlite3.Connection, record_seq: int, lane: str, now: float) -> None:
     conn.execute(_INSERT_OP, (record_seq, lane, "create", None, now))
-    conn.execute(_ACTIVATE_LANE, (lane,))
+    conn.execute(ACTIVATE_LANE, (lane,))
 
 
 def enqueue_update(conn: sqlite3.Connection, record: sqlite3.Row, changes: dict[str, Any], now: float) -> bool:
@@ -45,7 +45,7 @@ def enqueue_update(conn: sqlite3.Connection, record: sqlite3.Row, changes: dict[
     if not record["create_sent"]:
         return True
     conn.execute(_INSERT_OP, (record["seq"], record["lane"], "update", json.dumps(changes), now))
-    conn.execute(_ACTIVATE_LANE, (record["lane"],))
+    conn.execute(ACTIVATE_LANE, (record["lane"],))
     return False
 
 
@@ -62,7 +62,7 @@ def enqueue_delete(conn: sqlite3.Connection, record: sqlite3.Row, now: float) ->
         )
         return True
     conn.execute(_INSERT_OP, (record["seq"], record["lane"], "delete", None, now))
-    conn.execute(_ACTIVATE_LANE, (record["lane"],))
+    conn.execute(ACTIVATE_LANE, (record["lane"],))
     return False
 
 

@@ -1,0 +1,325 @@
+"""The sync engine: one pass pushes what is due, in order per session, exactly once.
+
+:meth:`SyncEngine.run_once` is the whole loop body; the daemon's scheduler and
+``galtea-local sync`` only call it. A pass claims lanes (sessions) with a
+lease, drains each one in order on a thread pool (different sessions in
+parallel, up to ``concurrency``), and settles every outcome as design.md §6
+says. Nothing is held open across an HTTP call: each step is its own short
+transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from galtea_local.errors import (
+    AuthError,
+    MaybeSentError,
+    RejectedError,
+    UpstreamError,
+)
+from galtea_local.outbox import attempts as ob
+from galtea_local.outbox import health
+from galtea_local.store import Store
+from galtea_local_daemon import reconcile, wire
+from galtea_local_daemon.backoff import Backoff, retry_after_of
+from galtea_local_daemon.upstream import UpstreamClient
+
+log = logging.getLogger("galtea_local.sync")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    concurrency: int = 32
+    batch_size: int = 100  # operations of one lane per claim, so lanes take turns
+    lease_s: float = 60.0
+    clock_skew_s: float = 120.0
+    pass_budget_s: float = 30.0  # a pass stops claiming after this long; the next pass goes on
+
+
+@dataclass
+class PassReport:
+    """What one pass did. ``more_due`` tells the scheduler to come back at once."""
+
+    pushed: int = 0
+    adopted: int = 0
+    retried: int = 0
+    dead: int = 0
+    auth_failing: bool = False
+    throttled_until: float | None = None
+    more_due: bool = False
+    errors: list[str] = field(default_factory=list)
+
+    def merge(self, other: PassReport) -> None:
+        self.pushed += other.pushed
+        self.adopted += other.adopted
+        self.retried += other.retried
+        self.dead += other.dead
+        self.errors.extend(other.errors)
+
+
+def _decoded(record: dict[str, Any], names: Any) -> dict[str, Any]:
+    fields = {name: record[name] for name in names if name in record}
+    for name in ("input", "actual_output"):
+        if fields.get(name) is not None:
+            fields[name] = json.loads(fields[name])
+    return fields
+
+
+def build_body(record: dict[str, Any], attempt: ob.Attempt) -> dict[str, Any]:
+    """The request body for an attempt, from the record row as it is at the write-ahead mark."""
+    if attempt.kind == "create":
+        return wire.create_body(_decoded(record, wire.CREATE_FIELDS))
+    if attempt.kind == "update":
+        return wire.update_body(_decoded(attempt.payload or {}, wire.UPDATE_FIELDS))
+    return {}
+
+
+class SyncEngine:
+    """Pushes the outbox upstream. Thread-safe to stop from another thread (:meth:`request_stop`)."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: UpstreamClient,
+        settings: EngineSettings | None = None,
+        *,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.time,
+        owner: str | None = None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.settings = settings or EngineSettings()
+        self.backoff = backoff or Backoff()
+        self.clock = clock
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._halt = threading.Event()  # auth failure or throttle: stop claiming for this pass
+        self._throttled_until = 0.0
+        self._lock = threading.Lock()
+
+    # -- control -------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self.backoff.stop_event.is_set()
+
+    def request_stop(self) -> None:
+        """Stop claiming; in-flight pushes finish; any backoff sleep ends now."""
+        self.backoff.stop_event.set()
+
+    def release_stale_leases(self) -> int:
+        """For a pusher holding the store's exclusive lock: every existing lease is a dead pusher's."""
+        return self.store.transaction(ob.release_all_leases)
+
+    # -- one pass ------------------------------------------------------------
+
+    def run_once(self, now: float | None = None) -> PassReport:
+        """Push everything due at ``now`` (default: the clock); return what happened."""
+        now = self.clock() if now is None else now
+        report = PassReport()
+        self._halt.clear()
+        self._throttled_until = max(self._throttled_until, self.store.read(_throttle_of))
+        if self._throttled_until > now:
+            report.throttled_until = self._throttled_until
+            return report
+        self.store.transaction(ob.deactivate_drained_lanes)
+        auth_was_failing = self.store.read(health.get, health.AUTH_FAILING) is not None
+        concurrency = 1 if auth_was_failing else self.settings.concurrency  # probe with one lane
+        self._drain(now, concurrency, report)
+        self._record_health(report, auth_was_failing)
+        report.more_due = not self.stopping and not self._halt.is_set() and self._has_due()
+        return report
+
+    def _drain(self, now: float, concurrency: int, report: PassReport) -> None:
+        deadline = time.monotonic() + self.settings.pass_budget_s
+        active: dict[Future[PassReport], str] = {}
+        at = now  # the first claim sees the pass's `now`; later claims the clock
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="push") as pool:
+            while True:
+                free = concurrency - len(active)
+                if free and not self._should_stop_claiming(deadline):
+                    lanes = self.store.transaction(
+                        ob.claim_lanes, self.owner, at, self.settings.lease_s, free, frozenset(active.values())
+                    )
+                    at = self.clock()
+                    for lane in lanes:
+                        active[pool.submit(self._drain_lane, lane)] = lane
+                if not active:
+                    return
+                done, _ = wait(active, return_when=FIRST_COMPLETED)
+                for future in done:
+                    del active[future]
+                    report.merge(future.result())
+
+    def _should_stop_claiming(self, deadline: float) -> bool:
+        return self.stopping or self._halt.is_set() or time.monotonic() > deadline
+
+    def _has_due(self) -> bool:
+        lanes = self.store.read(lambda conn: ob.due_lanes(conn, self.clock(), 1))
+        return bool(lanes)
+
+    # -- one lane ------------------------------------------------------------
+
+    def _drain_lane(self, lane: str) -> PassReport:
+        report = PassReport()
+        try:
+            for _ in range(self.settings.batch_size):
+                if self.stopping or self._halt.is_set() or not self._step_with_retries(lane, report):
+                    break
+        except UpstreamError as error:
+            report.errors.append(str(error))
+        except Exception:  # a bug must not kill the pass: log it, keep the lane's state durable
+            log.exception("unexpected error while pushing lane %s", lane)
+            report.errors.append(f"internal error on lane {lane}")
+        finally:
+            self.store.transaction(ob.release_lane, lane, self.owner)
+        return report
+
+    def _step_with_retries(self, lane: str, report: PassReport) -> bool:
+        """Settle the lane's head operation, retrying in place while waits are short.
+
+        Returns False when the lane has nothing due now (empty, backing off, lease lost).
+        """
+        for attempt_manager in self.backoff.retrying(self._halt.is_set):
+            with attempt_manager:
+                return self._step(lane, report)
+        return False
+
+    def _step(self, lane: str, report: PassReport) -> bool:
+        if self.stopping or self._halt.is_set():
+            return False
+        self._wait_for_throttle()
+        attempt = self.store.transaction(ob.next_attempt, lane, self.owner, self.clock(), self.settings.lease_s)
+        if attempt is None:
+            return False
+        try:
+            return self._settle_success(attempt, report, self._perform(attempt, report))
+        except AuthError as error:
+            self._on_auth_failure(attempt, error, report)
+            raise
+        except RejectedError as error:
+            self.store.transaction(ob.settle_dead, attempt, self.clock(), error.message, error.status)
+            log.warning("dead-lettered %s of record %s: %s", attempt.kind, attempt.record["seq"], error.message)
+            report.dead += 1
+            return True
+        except UpstreamError as error:
+            self._settle_failure(attempt, error, report)
+            raise
+
+    def _perform(self, attempt: ob.Attempt, report: PassReport) -> dict[str, Any] | None | bool:
+        """Reconcile if needed, mark, send. Returns the server's answer; True when adopted."""
+        if attempt.kind == "create" and attempt.maybe_sent_since is not None and attempt.sent_body:
+            if self._adopt(attempt):
+                report.adopted += 1
+                return True
+        if attempt.kind == "delete" and not attempt.record["remote_id"]:
+            # Its create was dead-lettered: nothing upstream to delete, nothing left to hold.
+            self.store.transaction(ob.cancel_with_record, attempt, self.clock(), "cancelled: deleted")
+            return True
+        if attempt.kind == "update" and not attempt.record["remote_id"]:
+            raise RejectedError("update of a record whose create is dead-lettered; retry the create first")
+        body = self.store.transaction(ob.begin_attempt, attempt, self.owner, self.clock(), self.settings.lease_s,
+                                      build_body)
+        if body is None:
+            return False
+        return self._send(attempt, body)
+
+    def _adopt(self, attempt: ob.Attempt) -> bool:
+        """Reconcile a maybe-sent create; True when the upstream already had it (now settled)."""
+        try:
+            found = reconcile.find_adoptable(
+                self.client, attempt.sent_body or {}, attempt.maybe_sent_since or 0.0, self.settings.clock_skew_s,
+                attempt.lane_session_id, lambda ids: self.store.read(ob.owners_of, ids),
+            )
+        except UpstreamError as error:
+            error.before_send = True  # nothing new was sent: the earlier attempt is still "maybe sent"
+            raise
+        if found is None:
+            return False
+        self.store.transaction(ob.settle_done, attempt, self.clock(), found)
+        return True
+
+    def _send(self, attempt: ob.Attempt, body: dict[str, Any]) -> dict[str, Any] | None:
+        if attempt.kind == "create":
+            return self.client.create_inference_result(body)
+        if attempt.kind == "update":
+            return self.client.update_inference_result(attempt.record["remote_id"], body)
+        self.client.delete_inference_result(attempt.record["remote_id"])
+        return None
+
+    def _settle_success(self, attempt: ob.Attempt, report: PassReport, answer: Any) -> bool:
+        if answer is True:  # adopted by reconciliation, already settled
+            return True
+        if answer is False:  # the head or the lease changed under us
+            return False
+        remote = answer if attempt.kind == "create" else None
+        self.store.transaction(ob.settle_done, attempt, self.clock(), remote)
+        report.pushed += 1
+        return True
+
+    def _settle_failure(self, attempt: ob.Attempt, error: UpstreamError, report: PassReport) -> None:
+        retry_after = retry_after_of(error)
+        if retry_after is not None:
+            self._throttle(retry_after)
+        delay = self.backoff.delay(attempt.attempts + 1, retry_after)
+        maybe_sent = isinstance(error, MaybeSentError) or getattr(error, "before_send", False)
+        self.store.transaction(
+            ob.settle_retry, attempt, self.clock() + delay, error.message, error.status, maybe_sent=maybe_sent
+        )
+        error.retry_in = delay
+        report.retried += 1
+        log.info("will retry %s of record %s in %.1fs: %s", attempt.kind, attempt.record["seq"], delay, error.message)
+
+    def _on_auth_failure(self, attempt: ob.Attempt, error: AuthError, report: PassReport) -> None:
+        self._halt.set()
+        report.auth_failing = True
+        self.store.transaction(
+            ob.settle_retry, attempt, self.clock(), error.message, error.status,
+            maybe_sent=getattr(error, "before_send", False),
+        )
+        log.error("the Galtea API refused the API key (HTTP %s): pushing paused until it is fixed", error.status)
+
+    # -- throttling ------------------------------------------------------------
+
+    def _throttle(self, retry_after: float) -> None:
+        until = self.clock() + retry_after
+        with self._lock:
+            if until <= self._throttled_until:
+                return
+            self._throttled_until = until
+        self.store.transaction(health.put, health.THROTTLED_UNTIL, until)
+
+    def _wait_for_throttle(self) -> None:
+        """No request leaves before a Retry-After has passed, whichever lane got it."""
+        remaining = self._throttled_until - self.clock()
+        if remaining > 0:
+            self.backoff.sleep(remaining)
+
+    def _record_health(self, report: PassReport, auth_was_failing: bool) -> None:
+        def write(conn: Any) -> None:
+            now = self.clock()
+            if report.pushed or report.adopted:
+                health.put(conn, health.LAST_SUCCESS, now)
+            if report.errors:
+                health.put(conn, health.LAST_ERROR, report.errors[-1][:500])
+                health.put(conn, health.LAST_ERROR_AT, now)
+            if report.auth_failing and not auth_was_failing:
+                health.put(conn, health.AUTH_FAILING, now)
+            elif auth_was_failing and not report.auth_failing and (report.pushed or report.adopted):
+                health.put(conn, health.AUTH_FAILING, None)
+
+        self.store.transaction(write)
+
+
+def _throttle_of(conn: Any) -> float:
+    return health.get_float(conn, health.THROTTLED_UNTIL) or 0.0

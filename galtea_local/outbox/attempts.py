@@ -1,0 +1,216 @@
+"""The sync engine's side of the outbox: claim lanes, mark attempts, settle outcomes.
+
+A lane (one upstream session) is claimed with a lease, so one pusher works on
+it at a time and its operations go upstream in ``seq`` order. Before a request
+leaves, :func:`begin_attempt` durably marks the operation ``sending`` with the
+attempt's start time and the exact body: after a crash, a ``sending`` operation
+means "maybe sent", never "not sent".
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+_HEAD = (
+    "SELECT * FROM outbox WHERE lane = ? AND state IN ('pending', 'sending') ORDER BY seq LIMIT 1"
+)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One operation at the head of its lane, as the engine needs it."""
+
+    op_seq: int
+    kind: str  # create | update | delete
+    lane: str
+    record: dict[str, Any]  # the record row as it is now
+    payload: dict[str, Any] | None  # an update's changed columns
+    maybe_sent_since: float | None  # set when an earlier attempt may have reached the server
+    sent_body: dict[str, Any] | None  # what that earlier attempt sent
+    attempts: int  # attempts made before this one
+    lane_session_id: str | None  # the remote session learned for this lane, if any
+
+
+def deactivate_drained_lanes(conn: sqlite3.Connection) -> int:
+    """Mark lanes with no open operation inactive, so claiming skips them."""
+    return conn.execute(
+        "UPDATE lanes SET active = 0 WHERE active = 1 AND NOT EXISTS ("
+        " SELECT 1 FROM outbox o WHERE o.lane = lanes.key AND o.state IN ('pending', 'sending'))"
+    ).rowcount
+
+
+def due_lanes(conn: sqlite3.Connection, now: float, limit: int) -> list[str]:
+    """Unleased lanes whose head operation is due at ``now``, oldest head first."""
+    rows = conn.execute(
+        "SELECT key FROM ("
+        " SELECT l.key, (SELECT o.seq FROM outbox o WHERE o.lane = l.key AND o.state IN ('pending', 'sending')"
+        "   ORDER BY o.seq LIMIT 1) AS head"
+        " FROM lanes l WHERE l.active = 1 AND (l.lease_until IS NULL OR l.lease_until < ?)) AS heads"
+        " JOIN outbox h ON h.seq = heads.head WHERE h.not_before <= ? ORDER BY heads.head LIMIT ?",
+        (now, now, limit),
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def claim_lanes(conn: sqlite3.Connection, owner: str, now: float, lease_s: float, limit: int,
+                skip: frozenset[str] = frozenset()) -> list[str]:
+    """Lease up to ``limit`` due lanes (not in ``skip``), oldest head first."""
+    keys = [key for key in due_lanes(conn, now, limit + len(skip)) if key not in skip][:limit]
+    conn.executemany(
+        "UPDATE lanes SET lease_owner = ?, lease_until = ? WHERE key = ?",
+        [(owner, now + lease_s, key) for key in keys],
+    )
+    return keys
+
+
+def release_lane(conn: sqlite3.Connection, lane: str, owner: str) -> None:
+    conn.execute(
+        "UPDATE lanes SET lease_owner = NULL, lease_until = NULL WHERE key = ? AND lease_owner = ?", (lane, owner)
+    )
+
+
+def release_all_leases(conn: sqlite3.Connection) -> int:
+    """Forget every lease: for a pusher that holds the store's exclusive lock, all are stale."""
+    return conn.execute("UPDATE lanes SET lease_owner = NULL, lease_until = NULL WHERE lease_owner IS NOT NULL").rowcount
+
+
+def _holds(conn: sqlite3.Connection, lane: str, owner: str, now: float, lease_s: float) -> bool:
+    """Renew our lease on the lane; False when another pusher took it over."""
+    return conn.execute(
+        "UPDATE lanes SET lease_until = ? WHERE key = ? AND lease_owner = ?", (now + lease_s, lane, owner)
+    ).rowcount == 1
+
+
+def next_attempt(conn: sqlite3.Connection, lane: str, owner: str, now: float, lease_s: float) -> Attempt | None:
+    """The lane's head operation if it is due and the lease is still ours, else None."""
+    if not _holds(conn, lane, owner, now, lease_s):
+        return None
+    op = conn.execute(_HEAD, (lane,)).fetchone()
+    if op is None or op["not_before"] > now:
+        return None
+    record = dict(conn.execute("SELECT * FROM inference_results WHERE seq = ?", (op["record_seq"],)).fetchone())
+    lane_row = conn.execute("SELECT remote_session_id FROM lanes WHERE key = ?", (lane,)).fetchone()
+    maybe = op["state"] == "sending"
+    return Attempt(
+        op_seq=op["seq"],
+        kind=op["kind"],
+        lane=lane,
+        record=record,
+        payload=json.loads(op["payload"]) if op["payload"] else None,
+        maybe_sent_since=op["sending_since"] if maybe else None,
+        sent_body=json.loads(op["sent_body"]) if maybe and op["sent_body"] else None,
+        attempts=op["attempts"],
+        lane_session_id=lane_row["remote_session_id"] if lane_row else None,
+    )
+
+
+def begin_attempt(
+    conn: sqlite3.Connection,
+    attempt: Attempt,
+    owner: str,
+    now: float,
+    lease_s: float,
+    build_body: Callable[[dict[str, Any], Attempt], dict[str, Any]],
+) -> dict[str, Any] | None:
+    """The write-ahead mark: build the body from the record *now* and mark the op ``sending``.
+
+    Building and marking share one transaction with ``create_sent = 1``, so an
+    ``update()`` either folded into this body or is queued after it. Returns
+    the body to send, or None if the lease or the head changed meanwhile.
+    """
+    if not _holds(conn, attempt.lane, owner, now, lease_s):
+        return None
+    head = conn.execute(_HEAD, (attempt.lane,)).fetchone()
+    if head is None or head["seq"] != attempt.op_seq:
+        return None
+    record = dict(conn.execute("SELECT * FROM inference_results WHERE seq = ?", (head["record_seq"],)).fetchone())
+    body = build_body(record, attempt)
+    conn.execute(
+        "UPDATE outbox SET state = 'sending', attempts = attempts + 1, sending_since = ?, sent_body = ?,"
+        " last_error = NULL WHERE seq = ?",
+        (now, json.dumps(body), attempt.op_seq),
+    )
+    if attempt.kind == "create":
+        conn.execute("UPDATE inference_results SET create_sent = 1 WHERE seq = ?", (head["record_seq"],))
+    return body
+
+
+def _record_settled_state(conn: sqlite3.Connection, lane: str, record_seq: int) -> str:
+    """``synced`` once no operation of the record is open or dead, else what holds it."""
+    if conn.execute("SELECT 1 FROM outbox WHERE record_seq = ? AND state = 'dead' LIMIT 1", (record_seq,)).fetchone():
+        return "dead"
+    open_op = conn.execute(
+        "SELECT 1 FROM outbox WHERE lane = ? AND state IN ('pending', 'sending') AND record_seq = ? LIMIT 1",
+        (lane, record_seq),
+    ).fetchone()
+    return "queued" if open_op else "synced"
+
+
+def settle_done(conn: sqlite3.Connection, attempt: Attempt, now: float, remote: dict[str, Any] | None) -> None:
+    """The operation is applied upstream; for a create, record what the server assigned."""
+    record_seq = attempt.record["seq"]
+    conn.execute(
+        "UPDATE outbox SET state = 'done', settled_at = ?, sent_body = NULL, last_error = NULL WHERE seq = ?",
+        (now, attempt.op_seq),
+    )
+    if attempt.kind == "create" and remote is not None:
+        conn.execute(
+            "UPDATE inference_results SET remote_id = ?, remote_index = ?, remote_session_id = ?,"
+            " remote_created_at = ? WHERE seq = ?",
+            (remote.get("id"), remote.get("index"), remote.get("sessionId"), remote.get("createdAt"), record_seq),
+        )
+        if remote.get("sessionId"):
+            conn.execute(
+                "UPDATE lanes SET remote_session_id = ? WHERE key = ? AND remote_session_id IS NULL",
+                (remote["sessionId"], attempt.lane),
+            )
+    state = _record_settled_state(conn, attempt.lane, record_seq)
+    conn.execute("UPDATE inference_results SET sync_state = ? WHERE seq = ?", (state, record_seq))
+
+
+def settle_retry(
+    conn: sqlite3.Connection, attempt: Attempt, not_before: float, error: str, status: int | None, *, maybe_sent: bool
+) -> None:
+    """Try again later. A maybe-sent operation stays ``sending``: the next attempt reconciles."""
+    if maybe_sent:
+        conn.execute(
+            "UPDATE outbox SET not_before = ?, last_error = ?, last_status = ? WHERE seq = ?",
+            (not_before, error, status, attempt.op_seq),
+        )
+    else:
+        conn.execute(
+            "UPDATE outbox SET state = 'pending', not_before = ?, last_error = ?, last_status = ?,"
+            " sending_since = NULL, sent_body = NULL WHERE seq = ?",
+            (not_before, error, status, attempt.op_seq),
+        )
+
+
+def settle_dead(conn: sqlite3.Connection, attempt: Attempt, now: float, error: str, status: int | None) -> None:
+    """The upstream refused the operation for good: keep it, with the API's message, for the operator."""
+    conn.execute(
+        "UPDATE outbox SET state = 'dead', settled_at = ?, last_error = ?, last_status = ? WHERE seq = ?",
+        (now, error, status, attempt.op_seq),
+    )
+    conn.execute("UPDATE inference_results SET sync_state = 'dead' WHERE seq = ?", (attempt.record["seq"],))
+
+
+def cancel_with_record(conn: sqlite3.Connection, attempt: Attempt, now: float, reason: str) -> None:
+    """A delete of a record that never reached upstream: nothing to send, and nothing left to hold."""
+    conn.execute(
+        "UPDATE outbox SET state = 'done', settled_at = ?, last_error = ? WHERE record_seq = ? AND state = 'dead'",
+        (now, reason, attempt.record["seq"]),
+    )
+    settle_done(conn, attempt, now, None)
+
+
+def owners_of(conn: sqlite3.Connection, remote_ids: list[str]) -> set[str]:
+    """Which of these remote ids a local record already owns (reconciliation must not adopt them)."""
+    if not remote_ids:
+        return set()
+    marks = ", ".join("?" * len(remote_ids))
+    rows = conn.execute(f"SELECT remote_id FROM inference_results WHERE remote_id IN ({marks})", remote_ids)
+    return {row[0] for row in rows}

@@ -1,0 +1,31 @@
+"""Pusher health kept in the store's ``meta`` table, so ``status`` can read it from any process."""
+
+from __future__ import annotations
+
+import sqlite3
+
+LAST_SUCCESS = "last_success_at"
+LAST_ERROR = "last_error"
+LAST_ERROR_AT = "last_error_at"
+AUTH_FAILING = "auth_failing_since"
+THROTTLED_UNTIL = "throttled_until"
+
+
+def put(conn: sqlite3.Connection, key: str, value: object | None) -> None:
+    if value is None:
+        conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+    else:
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, str(value)),
+        )
+
+
+def get(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else row[0]
+
+
+def get_float(conn: sqlite3.Connection, key: str) -> float | None:
+    value = get(conn, key)
+    return None if value is None else float(value)
