@@ -1,0 +1,50 @@
+"""The library imports no HTTP client and opens no socket: 'zero network latency' by construction.
+
+The check runs in a fresh interpreter, so modules other tests imported (the
+emulator, httpx) cannot hide or fake a result. Sockets are booby-trapped
+before galtea_local is imported.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+PROBE = textwrap.dedent(
+    """
+    import socket, sys
+
+    calls = []
+
+    def trap(name):
+        def refuse(*args, **kwargs):
+            calls.append(name)
+            raise AssertionError(f"galtea_local used the network: {name}")
+        return refuse
+
+    socket.socket.__init__ = trap("socket.socket")
+    socket.socket.connect = trap("socket.connect")
+    socket.create_connection = trap("socket.create_connection")
+    socket.getaddrinfo = trap("socket.getaddrinfo")
+
+    from galtea_local import Galtea
+
+    with Galtea(api_key="gsk_not_used", store=sys.argv[1]) as galtea:
+        service = galtea.inference_results
+        record = service.create(session_id="s", input="What is the capital of France?", output="Paris", latency=150.5)
+        service.update(record.id, status="FAILED", error="x")
+        service.create_batch(session_id="s", conversation_turns=[{"role": "user", "content": "hi"}])
+        service.list(session_id="s")
+        service.delete(service.get(record.id).id)
+
+    clients = sorted({"httpx", "requests", "urllib3", "http.client", "aiohttp"} & set(sys.modules))
+    print("clients:", clients, "calls:", calls)
+    """
+)
+
+
+def test_creating_records_needs_no_network(store_path):
+    probe = subprocess.run([sys.executable, "-c", PROBE, str(store_path)], capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip() == "clients: [] calls: []"
