@@ -249,7 +249,7 @@ def _apply_delete(conn: sqlite3.Connection, prefix: str, record_id: str, now: fl
     cancelled = outbox.enqueue_delete(conn, row, now)
     conn.execute(
         "UPDATE inference_results SET deleted = 1, updated_at = ?, sync_state = ? WHERE seq = ?",
-        (now, "synced" if cancelled else "queued", row["seq"]),
+        (now, "cancelled" if cancelled else "queued", row["seq"]),
     )
 
 

@@ -9,6 +9,8 @@ import pytest
 
 from galtea_local import Galtea
 
+pytest_plugins = ["tests.emulator_fixture"]
+
 
 @pytest.fixture
 def store_path(tmp_path: Path) -> Path:

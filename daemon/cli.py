@@ -1,0 +1,172 @@
+"""``galtea-local``: the command line.
+
+    galtea-local daemon                  run the sync daemon in the foreground until SIGTERM
+    galtea-local sync                    one pass: push everything due, then exit (0: nothing waits, 2: some does)
+    galtea-local status [--json]         counts and health
+    galtea-local dead list|retry|drop    inspect, replay or discard dead letters
+    galtea-local config check [FILE]     validate a config file, print the effective settings (key masked)
+    galtea-local emulator [...]          the local Galtea API emulator
+
+Settings, highest first: flags, environment, config file, defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from galtea_local.config import Settings, effective_settings_text, load_settings
+from galtea_local.errors import GaltealocalError
+from galtea_local.outbox import dead as dead_letters
+from galtea_local.outbox import parse_local_id
+from galtea_local.status import format_status, store_status
+
+EXIT_OK, EXIT_WAITING, EXIT_ERROR = 0, 2, 1
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML config file (default: $GALTEA_LOCAL_CONFIG)")
+    parser.add_argument("--store", help="store file path or sqlite:/// URL (default: $GALTEA_LOCAL_STORE, config)")
+
+
+def _pusher(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--api-url", help="Galtea API base URL (default: $GALTEA_API_URL, config)")
+    parser.add_argument("--concurrency", type=int, help="sessions pushed in parallel")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument("--log-format", choices=("text", "json"), help="log line format")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="galtea-local", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, text in (("daemon", "run the sync daemon in the foreground"), ("sync", "push everything due once")):
+        command = commands.add_parser(name, help=text)
+        _common(command)
+        _pusher(command)
+    command = commands.add_parser("status", help="counts and health")
+    _common(command)
+    command.add_argument("--json", action="store_true", help="one JSON object")
+    command = commands.add_parser("dead", help="dead letters")
+    _common(command)
+    command.add_argument("action", choices=("list", "retry", "drop"))
+    command.add_argument("ids", nargs="*", help="local record ids (retry/drop); none with --all")
+    command.add_argument("--all", action="store_true", help="every dead letter")
+    command.add_argument("--json", action="store_true", help="list as JSON")
+    command = commands.add_parser("config", help="configuration")
+    command.add_argument("action", choices=("check",))
+    command.add_argument("file", nargs="?", help="config file (default: $GALTEA_LOCAL_CONFIG)")
+    from galtea_local_daemon.emulator import cli as emulator_cli
+
+    emulator_cli.add_arguments(commands.add_parser("emulator", help="the local Galtea API emulator"))
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides = {
+        "store.path": getattr(args, "store", None),
+        "upstream.base_url": getattr(args, "api_url", None),
+        "sync.concurrency": getattr(args, "concurrency", None),
+        "log.level": getattr(args, "log_level", None),
+        "log.format": getattr(args, "log_format", None),
+    }
+    return load_settings(getattr(args, "config", None), overrides=overrides)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from galtea_local_daemon.runtime import open_store
+
+    status = store_status(open_store(settings_from(args)))
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return EXIT_OK
+
+
+def _record_seqs(prefix: str, ids: Sequence[str]) -> list[int]:
+    seqs = [parse_local_id(prefix, any_id) for any_id in ids]
+    unknown = [any_id for any_id, seq in zip(ids, seqs) if seq is None]
+    if unknown:
+        raise GaltealocalError(f"not local record ids of this store: {', '.join(unknown)}")
+    return [seq for seq in seqs if seq is not None]
+
+
+def cmd_dead(args: argparse.Namespace) -> int:
+    from galtea_local_daemon.runtime import open_store
+
+    store = open_store(settings_from(args))
+    prefix = store.store_id[:8]
+    if args.action == "list":
+        rows = store.read(dead_letters.list_dead, prefix)
+        print(json.dumps(rows, indent=2) if args.json else _dead_table(rows))
+        return EXIT_OK
+    if not args.ids and not args.all:
+        raise GaltealocalError(f"dead {args.action}: name record ids, or pass --all")
+    seqs = None if args.all else _record_seqs(prefix, args.ids)
+    if args.action == "retry":
+        count = store.transaction(dead_letters.retry_dead, seqs)
+        print(f"{count} operation(s) queued again")
+    else:
+        count = store.transaction(dead_letters.drop_dead, time.time(), seqs)
+        print(f"{count} operation(s) dropped")
+    return EXIT_OK
+
+
+def _dead_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no dead letters"
+    return "\n".join(
+        f"{row['record_id']}  {row['kind']:<6}  HTTP {row['last_status'] or '-'}  {row['last_error']}" for row in rows
+    )
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    settings = load_settings(args.file)
+    print(effective_settings_text(settings))
+    return EXIT_OK
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from galtea_local_daemon.sync_once import sync_once
+
+    return sync_once(settings_from(args))
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from galtea_local_daemon.service import run_daemon
+
+    return run_daemon(settings_from(args))
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    from galtea_local_daemon.emulator import cli as emulator_cli
+
+    return emulator_cli.main(args)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "status": cmd_status,
+    "dead": cmd_dead,
+    "config": cmd_config,
+    "sync": cmd_sync,
+    "daemon": cmd_daemon,
+    "emulator": cmd_emulator,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except GaltealocalError as error:
+        print(f"galtea-local {args.command}: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

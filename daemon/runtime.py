@@ -1,0 +1,60 @@
+"""Build the daemon's parts from settings: the store, the upstream client, the engine.
+
+The one place that turns a :class:`Settings` value into live objects, so the
+CLI commands and the daemon wire them the same way.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from galtea_local.config import Settings
+from galtea_local.store import Store
+from galtea_local_daemon.backoff import Backoff
+from galtea_local_daemon.engine import EngineSettings, SyncEngine
+from galtea_local_daemon.upstream import UpstreamClient
+
+
+def open_store(settings: Settings) -> Store:
+    store = settings.store
+    return Store(
+        store.location(),
+        durability=store.durability,
+        busy_timeout_s=store.busy_timeout_s,
+        file_mode=store.file_mode,
+        dir_mode=store.dir_mode,
+    )
+
+
+def make_client(settings: Settings, *, concurrency: int | None = None) -> UpstreamClient:
+    """The upstream client; raises ConfigError when there is no usable API key."""
+    upstream = settings.upstream
+    upstream.require_api_key()
+    return UpstreamClient(
+        upstream.base_url,
+        upstream.api_key,  # a Secret: revealed only inside the client, for the auth header
+        timeouts=(upstream.connect_timeout_s, upstream.read_timeout_s, upstream.write_timeout_s,
+                  upstream.pool_timeout_s),
+        ca_bundle=upstream.ca_bundle,
+        extra_headers=dict(upstream.extra_headers),
+        allow_insecure_http=upstream.allow_insecure_http,
+        max_connections=max(8, concurrency or settings.sync.concurrency),
+    )
+
+
+def make_engine(settings: Settings, store: Store, client: UpstreamClient,
+                stop_event: threading.Event | None = None) -> SyncEngine:
+    sync = settings.sync
+    backoff = Backoff(
+        initial_s=sync.backoff_initial_s,
+        max_s=sync.backoff_max_s,
+        jitter_s=sync.backoff_jitter_s,
+        stop_event=stop_event,
+    )
+    engine_settings = EngineSettings(
+        concurrency=sync.concurrency,
+        batch_size=sync.batch_size,
+        lease_s=sync.lease_s,
+        clock_skew_s=sync.clock_skew_s,
+    )
+    return SyncEngine(store, client, engine_settings, backoff=backoff)

@@ -1,0 +1,80 @@
+"""What ``galtea-local status`` shows: counts and health, read from the store by any process."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Any
+
+from galtea_local.outbox import health
+from galtea_local.store import Store
+
+_STATES = ("queued", "synced", "dead", "dropped", "cancelled")
+
+
+def _counts(conn: sqlite3.Connection) -> dict[str, int]:
+    counts = dict.fromkeys(_STATES, 0)
+    for state, count in conn.execute("SELECT sync_state, COUNT(*) FROM inference_results GROUP BY sync_state"):
+        counts[state] = count
+    return counts
+
+
+def _queue_facts(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
+    in_flight, oldest = conn.execute(
+        "SELECT COUNT(DISTINCT CASE WHEN state = 'sending' THEN record_seq END), MIN(created_at)"
+        " FROM outbox WHERE state IN ('pending', 'sending')"
+    ).fetchone()
+    dead_ops = conn.execute("SELECT COUNT(*) FROM outbox WHERE state = 'dead'").fetchone()[0]
+    return {
+        "in_flight": in_flight or 0,
+        "dead_operations": dead_ops,
+        "oldest_queued_age_s": round(now - oldest, 3) if oldest is not None else None,
+    }
+
+
+def _health(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
+    auth_since = health.get_float(conn, health.AUTH_FAILING)
+    throttled = health.get_float(conn, health.THROTTLED_UNTIL)
+    return {
+        "last_success_at": health.get_float(conn, health.LAST_SUCCESS),
+        "last_error": health.get(conn, health.LAST_ERROR),
+        "last_error_at": health.get_float(conn, health.LAST_ERROR_AT),
+        "auth_failing": auth_since is not None,
+        "auth_failing_since": auth_since,
+        "throttled_until": throttled if throttled and throttled > now else None,
+    }
+
+
+def store_status(store: Store, now: float | None = None) -> dict[str, Any]:
+    """Record counts by sync state, queue facts and pusher health, as one JSON-ready dict.
+
+    ``queued`` counts records not yet confirmed upstream (in flight included);
+    ``synced``, ``dead`` likewise count records.
+    """
+    now = time.time() if now is None else now
+
+    def read(conn: sqlite3.Connection) -> dict[str, Any]:
+        return {**_counts(conn), **_queue_facts(conn, now), **_health(conn, now)}
+
+    return {"store_id": store.store_id, "store": str(store.path), **store.read(read)}
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """The human view: one fact per line."""
+    def when(epoch: float | None) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch)) if epoch else "never"
+
+    lines = [
+        f"store       {status['store']} (id {status['store_id']})",
+        f"queued      {status['queued']} (in flight {status['in_flight']})",
+        f"synced      {status['synced']}",
+        f"dead        {status['dead']} records ({status['dead_operations']} operations; see `galtea-local dead list`)",
+        f"oldest      {status['oldest_queued_age_s'] if status['oldest_queued_age_s'] is not None else '-'} s",
+        f"last push   {when(status['last_success_at'])}",
+        f"last error  {status['last_error'] or '-'}",
+    ]
+    if status["auth_failing"]:
+        lines.append(f"AUTH FAILING since {when(status['auth_failing_since'])}: pushing is paused; fix the API key")
+    if status["throttled_until"]:
+        lines.append(f"throttled   until {when(status['throttled_until'])} (the API asked us to slow down)")
+    return "\n".join(lines)
