@@ -76,9 +76,20 @@ class InferenceResult:
         return asdict(self)
 
 
+_last_second: tuple[int, str] = (-1, "")
+
+
 def iso_utc(epoch: float) -> str:
     """ISO 8601 in UTC with milliseconds, the API's ``createdAt`` format."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + ".%03dZ" % (epoch % 1 * 1000)
+    global _last_second
+    # Formatting the seconds is most of create()'s read-model cost, and nearly every
+    # call falls in the same second as the last one: reuse it. One tuple swap, thread-safe.
+    second, text = _last_second
+    if second != int(epoch):
+        second = int(epoch)
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _last_second = (second, text)
+    return text + ".%03dZ" % (epoch % 1 * 1000)
 
 
 def _split(value: str | dict[str, Any] | None, key: str) -> tuple[str | None, dict[str, Any] | None]:

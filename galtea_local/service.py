@@ -35,7 +35,7 @@ _READ_DEFAULTS = {**dict.fromkeys(_CREATE_COLUMNS), "remote_id": None, "remote_i
 
 
 def _insert(conn: sqlite3.Connection, row: dict[str, Any]) -> int:
-    seq = conn.execute(_INSERT_RECORD, tuple(row.get(column) for column in _CREATE_COLUMNS)).lastrowid
+    seq = conn.execute(_INSERT_RECORD, tuple(map(row.get, _CREATE_COLUMNS))).lastrowid
     outbox.enqueue_create(conn, seq, row["lane"], row["created_at"])
     return seq
 
