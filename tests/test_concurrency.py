@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from galtea_local import Galtea
+from galtea_local.migrations import MIGRATIONS
 from tests.helpers import WRITER, integrity, query
 
 PROCESSES, THREADS, PER_THREAD = 4, 2, 5_000
@@ -44,5 +45,7 @@ def test_racing_first_open_of_a_new_store(store_path):
     ]
     reports = [json.loads(w.communicate(timeout=60)[0]) for w in writers]
     assert [r["error_count"] for r in reports] == [0] * PROCESSES
-    assert query(store_path, "SELECT count(*) FROM schema_migrations") == [(1,)]
+    assert query(store_path, "SELECT count(*), count(DISTINCT name) FROM schema_migrations") == [
+        (len(MIGRATIONS), len(MIGRATIONS))
+    ]
     assert query(store_path, "SELECT count(*) FROM inference_results") == [(PROCESSES * 50,)]
