@@ -6,6 +6,7 @@
     galtea-local dead list|retry|drop    inspect, replay or discard dead letters
     galtea-local config check [FILE]     validate a config file, print the effective settings (key masked)
     galtea-local emulator [...]          the local Galtea API emulator
+    galtea-local demo [--dir DIR]        emulator + burst of turns + daemon drain + exactly-once check
 
 Settings, highest first: flags, environment, config file, defaults.
 """
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=text)
         _common(command)
         _pusher(command)
+        if name == "daemon":
+            command.add_argument("--interval", type=float, help="seconds between idle sync passes")
+            command.add_argument("--shutdown-timeout", type=float, help="seconds in-flight pushes get on SIGTERM")
     command = commands.add_parser("status", help="counts and health")
     _common(command)
     command.add_argument("--json", action="store_true", help="one JSON object")
@@ -64,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     from galtea_local_daemon.emulator import cli as emulator_cli
 
     emulator_cli.add_arguments(commands.add_parser("emulator", help="the local Galtea API emulator"))
+    from galtea_local_daemon import demo
+
+    demo.add_arguments(commands.add_parser("demo", help="the whole product against a local emulator"))
     return parser
 
 
@@ -74,6 +81,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "sync.concurrency": getattr(args, "concurrency", None),
         "log.level": getattr(args, "log_level", None),
         "log.format": getattr(args, "log_format", None),
+        "sync.interval_s": getattr(args, "interval", None),
+        "sync.shutdown_timeout_s": getattr(args, "shutdown_timeout", None),
     }
     return load_settings(getattr(args, "config", None), overrides=overrides)
 
@@ -141,6 +150,12 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     return run_daemon(settings_from(args))
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from galtea_local_daemon import demo
+
+    return demo.main(args)
+
+
 def cmd_emulator(args: argparse.Namespace) -> int:
     from galtea_local_daemon.emulator import cli as emulator_cli
 
@@ -154,6 +169,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "sync": cmd_sync,
     "daemon": cmd_daemon,
     "emulator": cmd_emulator,
+    "demo": cmd_demo,
 }
 
 

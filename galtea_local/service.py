@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from galtea_local import outbox
+from galtea_local import outbox, retention
 from galtea_local.errors import InvalidInputError, InvalidTypeError
 from galtea_local.read_model import InferenceResult, build, from_row
 from galtea_local.store import Store
@@ -35,6 +35,7 @@ _READ_DEFAULTS = {**dict.fromkeys(_CREATE_COLUMNS), "remote_id": None, "remote_i
 
 
 def _insert(conn: sqlite3.Connection, row: dict[str, Any]) -> int:
+    retention.refuse_if_full(conn)  # the daemon's size-cap verdict; checked inside the write transaction
     seq = conn.execute(_INSERT_RECORD, tuple(map(row.get, _CREATE_COLUMNS))).lastrowid
     outbox.enqueue_create(conn, seq, row["lane"], row["created_at"])
     return seq
@@ -94,7 +95,8 @@ class InferenceResultService:
         Durable when it returns: the record survives a crash of this process
         (``durability="process"``) or a power loss (``"power"``). Raises
         ``ValueError``/``TypeError`` subclasses naming the field for bad input,
-        in which case nothing is written.
+        and ``StoreFullError`` when the store is at its size cap under
+        ``when_full = "refuse"``; in either case nothing is written.
         """
         row = _new_row(create_fields(locals(), self._max_record_bytes), time.time())
         seq = self._store.transaction(_insert, row)

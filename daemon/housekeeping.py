@@ -1,0 +1,158 @@
+"""Housekeeping the daemon runs between sync passes: retention, the size cap, WAL checkpoints.
+
+Policy (``[retention]``; docs/daemon.md has the operator's view):
+
+- Records confirmed upstream are deleted ``synced_days`` after they synced.
+  Nothing unsynced is ever deleted (see :mod:`galtea_local.retention`).
+- ``max_store_mb`` caps the bytes the database's pages hold (0: no cap). At the
+  cap, ``when_full = "refuse"`` makes ``create()`` raise ``StoreFullError``
+  until space frees up (retention, or an operator); ``"drop_synced"`` first
+  deletes the oldest synced records and refuses only when unsynced records
+  alone fill the cap. The cap is checked after each pass, so apps can overshoot
+  it by what they write in between.
+- The WAL is checkpointed (``TRUNCATE``) when no pass has run for
+  ``checkpoint_idle_s``, and at once when it outgrows :data:`WAL_LIMIT_BYTES`
+  under a steady load, so it stays bounded even when the daemon never idles.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+
+from galtea_local import retention
+from galtea_local.config import RetentionSettings
+from galtea_local.store import Store
+
+log = logging.getLogger("galtea_local.housekeeping")
+
+DAY_S = 86_400.0
+WAL_LIMIT_BYTES = 16 * 1024 * 1024  # 4x SQLite's auto-checkpoint size: past it, readers starved the checkpoints
+RETENTION_EVERY_S = 60.0  # an age limit in days needs no finer clock
+CHECKPOINT_BUSY_MS = 1000  # wait this long for readers, then settle for a partial checkpoint
+DROP_BATCH = 500
+
+
+@dataclass
+class HousekeepingReport:
+    expired: int = 0
+    dropped_for_space: int = 0
+    store_full: bool = False
+    checkpointed: bool = False
+
+
+class Housekeeper:
+    """Runs on the daemon's scheduler thread, between passes (never during one)."""
+
+    def __init__(self, store: Store, settings: RetentionSettings, clock=time.time) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self._last_retention = float("-inf")
+        self._last_activity = time.monotonic()
+        self._checkpointed_since_activity = False
+        self._full: bool | None = None  # None: not known yet, so the first check writes the flag either way
+
+    def note_activity(self) -> None:
+        """A pass moved something: the idle clock restarts."""
+        self._last_activity = time.monotonic()
+        self._checkpointed_since_activity = False
+
+    def run(self, now: float | None = None) -> HousekeepingReport:
+        now = self.clock() if now is None else now
+        report = HousekeepingReport()
+        if now - self._last_retention >= RETENTION_EVERY_S:
+            self._last_retention = now
+            report.expired = self.expire(now)
+        if self.settings.max_store_mb:
+            report.dropped_for_space, report.store_full = self.enforce_cap()
+        else:
+            self._set_full(None)  # a cap removed from the config must not keep refusing
+        report.checkpointed = self._maybe_checkpoint()
+        return report
+
+    # -- retention -------------------------------------------------------------
+
+    def expire(self, now: float) -> int:
+        """Delete synced records older than ``synced_days``; return how many."""
+        cutoff = now - self.settings.synced_days * DAY_S
+        total = 0
+        while True:  # batches keep each write transaction short for the app processes
+            deleted = self.store.transaction(retention.delete_synced_before, cutoff)
+            total += deleted
+            if deleted < 2000:
+                break
+        if total:
+            log.info("retention: deleted %d synced record(s) older than %g day(s)", total, self.settings.synced_days)
+        return total
+
+    # -- size cap --------------------------------------------------------------
+
+    def enforce_cap(self) -> tuple[int, bool]:
+        """Apply ``when_full``; return (records dropped, whether new records are now refused)."""
+        cap = self.settings.max_store_mb * 1024 * 1024
+        dropped = 0
+        used = self.store.read(retention.used_bytes)
+        if used > cap and self.settings.when_full == "drop_synced":
+            while used > cap:
+                deleted = self.store.transaction(retention.delete_oldest_synced, DROP_BATCH)
+                if not deleted:
+                    break  # only unsynced records left: those are never dropped
+                dropped += deleted
+                used = self.store.read(retention.used_bytes)
+            if dropped:
+                log.warning("store at its %d MiB cap: dropped the %d oldest synced record(s)",
+                            self.settings.max_store_mb, dropped)
+        reason = None
+        if used > cap:
+            reason = (f"the store {self.store.path} is full ({used / 1048576:.1f} MiB used, cap "
+                      f"retention.max_store_mb = {self.settings.max_store_mb}); new records are refused until "
+                      "queued ones are pushed and retention frees space")
+        self._set_full(reason)
+        return dropped, reason is not None
+
+    def _set_full(self, reason: str | None) -> None:
+        full = reason is not None
+        if full == self._full:
+            return  # the flag already says so: no write per pass
+        self.store.transaction(retention.set_store_full, reason)
+        if full:
+            log.error("%s", reason)
+        elif self._full is not None:
+            log.info("store below its size cap again: new records are accepted")
+        self._full = full
+
+    # -- WAL -------------------------------------------------------------------
+
+    def wal_bytes(self) -> int:
+        try:
+            return os.path.getsize(f"{self.store.path}-wal")
+        except OSError:
+            return 0
+
+    def _maybe_checkpoint(self) -> bool:
+        idle = time.monotonic() - self._last_activity >= self.settings.checkpoint_idle_s
+        if idle and not self._checkpointed_since_activity:
+            self._checkpointed_since_activity = True
+            return self.checkpoint()
+        if self.wal_bytes() > WAL_LIMIT_BYTES:
+            return self.checkpoint()
+        return False
+
+    def checkpoint(self) -> bool:
+        """``wal_checkpoint(TRUNCATE)`` on a private connection; True when the WAL was emptied."""
+        conn = sqlite3.connect(self.store.path, timeout=CHECKPOINT_BUSY_MS / 1000, isolation_level=None)
+        try:
+            # A short busy wait: a checkpoint is worth less than a writer's progress.
+            conn.execute(f"PRAGMA busy_timeout={CHECKPOINT_BUSY_MS}")
+            busy, frames, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            log.debug("WAL checkpoint skipped: %s", exc)
+            return False
+        finally:
+            conn.close()
+        log.debug("WAL checkpoint: busy=%s frames=%s checkpointed=%s", busy, frames, done)
+        return not busy
