@@ -41,7 +41,7 @@ class Backoff:
         in_pass_max_wait_s: float = 2.0,
         stop_event: threading.Event | None = None,
     ) -> None:
-        self._wait = tenacity.wait_exponential_jitter(initial=initial_s, max=max_s, jitter=jitter_s)
+        self._wait = tenacity.wait_exponential_jitter(multiplier=initial_s, max=max_s, jitter=jitter_s)
         self._in_pass_max_wait_s = in_pass_max_wait_s
         self.stop_event = stop_event or threading.Event()
 

@@ -26,6 +26,7 @@ from galtea_local.config import Settings, effective_settings_text, load_settings
 from galtea_local.errors import GaltealocalError
 from galtea_local.outbox import dead as dead_letters
 from galtea_local.outbox import parse_local_id
+from galtea_local.outbox.sessions import parse_session_id
 from galtea_local.status import format_status, store_status
 
 EXIT_OK, EXIT_WAITING, EXIT_ERROR = 0, 2, 1
@@ -95,12 +96,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _record_seqs(prefix: str, ids: Sequence[str]) -> list[int]:
-    seqs = [parse_local_id(prefix, any_id) for any_id in ids]
-    unknown = [any_id for any_id, seq in zip(ids, seqs) if seq is None]
-    if unknown:
-        raise GaltealocalError(f"not local record ids of this store: {', '.join(unknown)}")
-    return [seq for seq in seqs if seq is not None]
+def _targets(prefix: str, ids: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Local record ids and local session ids → their seqs; anything else is an error."""
+    records, sessions = [], []
+    for any_id in ids:
+        record, session = parse_local_id(prefix, any_id), parse_session_id(prefix, any_id)
+        if record is None and session is None:
+            raise GaltealocalError(f"{any_id!r} is not a local record or session id of this store")
+        (records if record is not None else sessions).append(record if record is not None else session)
+    return records, sessions
 
 
 def cmd_dead(args: argparse.Namespace) -> int:
@@ -113,13 +117,13 @@ def cmd_dead(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2) if args.json else _dead_table(rows))
         return EXIT_OK
     if not args.ids and not args.all:
-        raise GaltealocalError(f"dead {args.action}: name record ids, or pass --all")
-    seqs = None if args.all else _record_seqs(prefix, args.ids)
+        raise GaltealocalError(f"dead {args.action}: name record or session ids, or pass --all")
+    records, sessions = (None, None) if args.all else _targets(prefix, args.ids)
     if args.action == "retry":
-        count = store.transaction(dead_letters.retry_dead, seqs)
+        count = store.transaction(dead_letters.retry_dead, records, sessions)
         print(f"{count} operation(s) queued again")
     else:
-        count = store.transaction(dead_letters.drop_dead, time.time(), seqs)
+        count = store.transaction(dead_letters.drop_dead, time.time(), records, sessions)
         print(f"{count} operation(s) dropped")
     return EXIT_OK
 
@@ -128,7 +132,7 @@ def _dead_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no dead letters"
     return "\n".join(
-        f"{row['record_id']}  {row['kind']:<6}  HTTP {row['last_status'] or '-'}  {row['last_error']}" for row in rows
+        f"{row['id']}  {row['kind']:<14}  HTTP {row['last_status'] or '-'}  {row['last_error']}" for row in rows
     )
 
 

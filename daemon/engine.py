@@ -75,12 +75,38 @@ def _decoded(record: dict[str, Any], names: Any) -> dict[str, Any]:
     return fields
 
 
-def build_body(record: dict[str, Any], attempt: ob.Attempt) -> dict[str, Any]:
-    """The request body for an attempt, from the record row as it is at the write-ahead mark."""
+_SESSION_CREATE_FIELDS = ("custom_id", "version_id", "product_id", "test_case_id", "context")
+_SESSION_PATCH_FIELDS = {"status": "status", "context": "context", "stopping_reason": "stoppingReason",
+                         "error": "error"}
+
+
+def _session_create_body(session: dict[str, Any]) -> dict[str, Any]:
+    fields = {name: session[name] for name in _SESSION_CREATE_FIELDS}
+    fields["metadata"] = json.loads(session["metadata_json"]) if session["metadata_json"] else None
+    fields["is_production"] = None if session["is_production"] is None else bool(session["is_production"])
+    return wire.session_body(fields)
+
+
+def _session_patch_body(changes: dict[str, Any]) -> dict[str, Any]:
+    body = {_SESSION_PATCH_FIELDS[name]: value for name, value in changes.items() if name in _SESSION_PATCH_FIELDS}
+    if "metadata_json" in changes:
+        body["metadata"] = json.loads(changes["metadata_json"]) if changes["metadata_json"] else None
+    return body
+
+
+def build_body(row: dict[str, Any], attempt: ob.Attempt) -> dict[str, Any]:
+    """The request body for an attempt, from the target row as it is at the write-ahead mark."""
     if attempt.kind == "create":
-        return wire.create_body(_decoded(record, wire.CREATE_FIELDS))
+        fields = _decoded(row, wire.CREATE_FIELDS)
+        if attempt.lane.startswith("ls:") and fields.get("session_id"):
+            fields["session_id"] = attempt.lane_session_id  # a local session id: send its remote id
+        return wire.create_body(fields)
     if attempt.kind == "update":
         return wire.update_body(_decoded(attempt.payload or {}, wire.UPDATE_FIELDS))
+    if attempt.kind == "session_create":
+        return _session_create_body(row)
+    if attempt.kind in ("session_update", "session_finish"):
+        return _session_patch_body(attempt.payload or {})
     return {}
 
 
@@ -218,7 +244,7 @@ class SyncEngine:
 
     def _perform(self, attempt: ob.Attempt, report: PassReport) -> dict[str, Any] | None | bool:
         """Reconcile if needed, mark, send. Returns the server's answer; True when adopted."""
-        if attempt.kind == "create" and attempt.maybe_sent_since is not None and attempt.sent_body:
+        if attempt.kind in ("create", "session_create") and attempt.maybe_sent_since is not None and attempt.sent_body:
             if self._adopt(attempt):
                 report.adopted += 1
                 return True
@@ -237,10 +263,14 @@ class SyncEngine:
     def _adopt(self, attempt: ob.Attempt) -> bool:
         """Reconcile a maybe-sent create; True when the upstream already had it (now settled)."""
         try:
-            found = reconcile.find_adoptable(
-                self.client, attempt.sent_body or {}, attempt.maybe_sent_since or 0.0, self.settings.clock_skew_s,
-                attempt.lane_session_id, lambda ids: self.store.read(ob.owners_of, ids),
-            )
+            if attempt.kind == "session_create":
+                found = reconcile.find_session(self.client, attempt.sent_body or {})
+            else:
+                found = reconcile.find_adoptable(
+                    self.client, attempt.sent_body or {}, attempt.maybe_sent_since or 0.0,
+                    self.settings.clock_skew_s, attempt.lane_session_id,
+                    lambda ids: self.store.read(ob.owners_of, ids),
+                )
         except UpstreamError as error:
             error.before_send = True  # nothing new was sent: the earlier attempt is still "maybe sent"
             raise
@@ -250,11 +280,18 @@ class SyncEngine:
         return True
 
     def _send(self, attempt: ob.Attempt, body: dict[str, Any]) -> dict[str, Any] | None:
+        remote_id = attempt.record["remote_id"]
         if attempt.kind == "create":
             return self.client.create_inference_result(body)
         if attempt.kind == "update":
-            return self.client.update_inference_result(attempt.record["remote_id"], body)
-        self.client.delete_inference_result(attempt.record["remote_id"])
+            return self.client.update_inference_result(remote_id, body)
+        if attempt.kind == "session_create":
+            return self.client.create_session(body)
+        if attempt.kind == "session_update":
+            return self.client.update_session(remote_id, body)
+        if attempt.kind == "session_finish":
+            return self.client.finish_session(remote_id, body["stoppingReason"])
+        self.client.delete_inference_result(remote_id)
         return None
 
     def _settle_success(self, attempt: ob.Attempt, report: PassReport, answer: Any) -> bool:
@@ -262,7 +299,7 @@ class SyncEngine:
             return True
         if answer is False:  # the head or the lease changed under us
             return False
-        remote = answer if attempt.kind == "create" else None
+        remote = answer if attempt.kind in ("create", "session_create") else None
         self.store.transaction(ob.settle_done, attempt, self.clock(), remote)
         report.pushed += 1
         return True

@@ -1,5 +1,9 @@
 """Find out whether a create that may have been sent did reach the server.
 
+Sessions are simpler: every session we create carries a custom id, unique per
+version, so a lost ``POST /sessions`` is found by looking that id up.
+
+
 The API has no idempotency key, so a create whose answer was lost cannot be
 blindly re-sent. Instead: list the session's records created since the attempt
 started (less the allowed clock skew) and adopt the earliest one whose fields
@@ -86,3 +90,12 @@ def find_adoptable(
     taken = owned([c["id"] for c in found])
     free = [c for c in found if c["id"] not in taken]
     return free[0] if free else None
+
+
+def find_session(client: UpstreamClient, sent: dict[str, Any]) -> dict[str, Any] | None:
+    """The session a lost ``POST /sessions`` made, found by its custom id (unique per version)."""
+    versions = [sent["versionId"]] if sent.get("versionId") else None
+    sessions = client.list_sessions(custom_ids=[sent["customId"]], version_ids=versions)
+    if not versions:
+        sessions = [s for s in sessions if s.get("productId") == sent.get("productId")]
+    return sessions[0] if sessions else None

@@ -317,6 +317,17 @@ class UpstreamClient:
         """POST /sessions with a wire body (see ``wire.session_body``); the created session."""
         return self._call("POST", "/sessions", body=body, expect=dict)
 
+    def update_session(self, session_id: str, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """PATCH /sessions/{id} with only the fields being changed (null clears one)."""
+        return self._call("PATCH", f"/sessions/{path_segment(session_id)}", body=changes, expect=dict)
+
+    def finish_session(self, session_id: str, stopping_reason: str) -> dict[str, Any]:
+        """PATCH /sessions/{id}/finish: the session is COMPLETED (finishing twice is harmless)."""
+        return self._call(
+            "PATCH", f"/sessions/{path_segment(session_id)}/finish", body={"stoppingReason": stopping_reason},
+            expect=dict,
+        )
+
     def get_session(self, session_id: str) -> dict[str, Any]:
         """GET /sessions/{id}. A missing session raises RejectedError with status 404."""
         return self._call("GET", f"/sessions/{path_segment(session_id)}", expect=dict)

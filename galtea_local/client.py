@@ -7,6 +7,7 @@ from typing import Any
 
 from galtea_local.config import load_settings
 from galtea_local.service import InferenceResultService
+from galtea_local.sessions import SessionService
 from galtea_local.store import Store
 
 
@@ -41,6 +42,7 @@ class Galtea:
         )
         self.inference_results = InferenceResultService(self._store, settings.max_record_bytes)
         self.traces = self.inference_results  # the official SDK's new name for the same service
+        self.sessions = SessionService(self._store)
 
     @property
     def store_path(self) -> str:

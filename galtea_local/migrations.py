@@ -109,8 +109,71 @@ def _initial(conn: sqlite3.Connection) -> None:
     )
 
 
+_SESSIONS = (
+    """CREATE TABLE sessions (
+    seq INTEGER NOT NULL,
+    custom_id VARCHAR NOT NULL,
+    custom_id_generated INTEGER NOT NULL,
+    version_id VARCHAR,
+    product_id VARCHAR,
+    test_case_id VARCHAR,
+    context VARCHAR,
+    metadata_json VARCHAR,
+    is_production INTEGER,
+    status VARCHAR,
+    stopping_reason VARCHAR,
+    created_at FLOAT NOT NULL,
+    updated_at FLOAT NOT NULL,
+    sync_state VARCHAR NOT NULL,
+    create_sent INTEGER NOT NULL,
+    remote_id VARCHAR,
+    remote_version_id VARCHAR,
+    PRIMARY KEY (seq)
+)""",
+    """CREATE INDEX ix_sessions_custom_id ON sessions (custom_id, version_id)""",
+    """CREATE UNIQUE INDEX ix_sessions_remote_id ON sessions (remote_id) WHERE remote_id IS NOT NULL""",
+    # SQLite cannot relax NOT NULL in place: rebuild the outbox, keeping every queued operation.
+    """CREATE TABLE outbox_v2 (
+    seq INTEGER NOT NULL,
+    record_seq INTEGER,
+    session_seq INTEGER,
+    lane VARCHAR NOT NULL,
+    kind VARCHAR NOT NULL,
+    payload VARCHAR,
+    state VARCHAR NOT NULL,
+    attempts INTEGER NOT NULL,
+    not_before FLOAT NOT NULL,
+    sending_since FLOAT,
+    sent_body VARCHAR,
+    last_error VARCHAR,
+    last_status INTEGER,
+    created_at FLOAT NOT NULL,
+    settled_at FLOAT,
+    PRIMARY KEY (seq),
+    FOREIGN KEY(record_seq) REFERENCES inference_results (seq),
+    FOREIGN KEY(session_seq) REFERENCES sessions (seq)
+)""",
+    """INSERT INTO outbox_v2 (seq, record_seq, session_seq, lane, kind, payload, state, attempts, not_before,
+    sending_since, sent_body, last_error, last_status, created_at, settled_at)
+    SELECT seq, record_seq, NULL, lane, kind, payload, state, attempts, not_before,
+    sending_since, sent_body, last_error, last_status, created_at, settled_at FROM outbox""",
+    """DROP TABLE outbox""",
+    """ALTER TABLE outbox_v2 RENAME TO outbox""",
+    """CREATE INDEX ix_outbox_dead ON outbox (record_seq) WHERE state = 'dead'""",
+    """CREATE INDEX ix_outbox_open ON outbox (lane, seq) WHERE state IN ('pending', 'sending')""",
+    """CREATE INDEX ix_outbox_record ON outbox (record_seq)""",
+    """CREATE INDEX ix_outbox_session ON outbox (session_seq) WHERE session_seq IS NOT NULL""",
+)
+
+
+def _offline_sessions(conn: sqlite3.Connection) -> None:
+    for statement in _SESSIONS:
+        conn.execute(statement)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", _initial),
+    ("0002_offline_sessions", _offline_sessions),
 ]
 
 

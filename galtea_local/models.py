@@ -108,12 +108,22 @@ class OutboxOperation(SQLModel, table=True):
             sqlite_where=text("state = 'dead'"),
             postgresql_where=text("state = 'dead'"),
         ),
+        # Retention and dead-letter handling find a record's operations by it.
+        Index("ix_outbox_record", "record_seq"),
+        Index(
+            "ix_outbox_session",
+            "session_seq",
+            sqlite_where=text("session_seq IS NOT NULL"),
+            postgresql_where=text("session_seq IS NOT NULL"),
+        ),
     )
 
     seq: Optional[int] = Field(default=None, primary_key=True)
-    record_seq: int = Field(foreign_key="inference_results.seq")
+    # Exactly one of the two: the record or the session the operation applies to.
+    record_seq: Optional[int] = Field(default=None, foreign_key="inference_results.seq")
+    session_seq: Optional[int] = Field(default=None, foreign_key="sessions.seq")
     lane: str
-    kind: str  # create | update | delete
+    kind: str  # create | update | delete | session_create | session_update | session_finish
     payload: Optional[str] = None  # JSON: the changed fields of an update
     state: str = "pending"  # pending | sending | done | dead
     attempts: int = 0
@@ -124,6 +134,41 @@ class OutboxOperation(SQLModel, table=True):
     last_status: Optional[int] = None
     created_at: float
     settled_at: Optional[float] = None
+
+
+class SessionRow(SQLModel, table=True):
+    """A session created offline. Its local id is ``ses_<store prefix>_<seq>``; its lane is
+    ``ls:<seq>``, shared with its turns so the session goes upstream before any of them."""
+
+    __tablename__ = "sessions"
+    __table_args__ = (
+        Index("ix_sessions_custom_id", "custom_id", "version_id"),
+        Index(
+            "ix_sessions_remote_id",
+            "remote_id",
+            unique=True,
+            sqlite_where=text("remote_id IS NOT NULL"),
+            postgresql_where=text("remote_id IS NOT NULL"),
+        ),
+    )
+
+    seq: Optional[int] = Field(default=None, primary_key=True)
+    custom_id: str  # generated when the caller gives none, so a lost answer is found again
+    custom_id_generated: int = 0
+    version_id: Optional[str] = None
+    product_id: Optional[str] = None
+    test_case_id: Optional[str] = None
+    context: Optional[str] = None
+    metadata_json: Optional[str] = None
+    is_production: Optional[int] = None
+    status: Optional[str] = None
+    stopping_reason: Optional[str] = None
+    created_at: float
+    updated_at: float
+    sync_state: str = "queued"
+    create_sent: int = 0  # 1 once the create left: later changes are PATCHes, not folded
+    remote_id: Optional[str] = None
+    remote_version_id: Optional[str] = None
 
 
 class Lane(SQLModel, table=True):
@@ -144,5 +189,12 @@ class Lane(SQLModel, table=True):
     remote_session_id: Optional[str] = None  # learned for session_custom_id lanes
 
 
-TABLES = [Meta.__table__, SchemaMigration.__table__, InferenceResultRow.__table__, OutboxOperation.__table__, Lane.__table__]
+TABLES = [
+    Meta.__table__,
+    SchemaMigration.__table__,
+    InferenceResultRow.__table__,
+    SessionRow.__table__,
+    OutboxOperation.__table__,
+    Lane.__table__,
+]
 COLUMNS = [c.name for c in InferenceResultRow.__table__.columns]

@@ -14,7 +14,8 @@ from datetime import datetime
 from typing import Any
 
 from galtea_local import outbox, retention
-from galtea_local.errors import InvalidInputError, InvalidTypeError
+from galtea_local.errors import InvalidInputError, InvalidTypeError, NotFoundError
+from galtea_local.outbox import sessions as sessions_queue
 from galtea_local.read_model import InferenceResult, build, from_row
 from galtea_local.store import Store
 from galtea_local.validation import COST_KEYS, USAGE_KEYS, create_fields, update_fields
@@ -34,8 +35,25 @@ _INSERT_RECORD = (
 _READ_DEFAULTS = {**dict.fromkeys(_CREATE_COLUMNS), "remote_id": None, "remote_index": None, "remote_session_id": None}
 
 
-def _insert(conn: sqlite3.Connection, row: dict[str, Any]) -> int:
+def _route_to_local_session(conn: sqlite3.Connection, row: dict[str, Any], prefix: str) -> None:
+    """A turn of a session created offline joins that session's lane, behind its create."""
+    if row["session_id"] is not None:
+        seq = sessions_queue.parse_session_id(prefix, row["session_id"])
+        if seq is None:
+            return  # a remote session id
+        if conn.execute("SELECT 1 FROM sessions WHERE seq = ?", (seq,)).fetchone() is None:
+            raise NotFoundError(f"session_id: {row['session_id']!r} is not a session of this store")
+        row["lane"] = sessions_queue.session_lane(seq)
+        return
+    found = sessions_queue.find_by_custom_id(conn, row["session_custom_id"], row["version_id"], row["product_id"])
+    if found is not None:
+        row["lane"] = sessions_queue.session_lane(found["seq"])
+
+
+def _insert(conn: sqlite3.Connection, row: dict[str, Any], prefix: str | None = None) -> int:
     retention.refuse_if_full(conn)  # the daemon's size-cap verdict; checked inside the write transaction
+    if prefix is not None:
+        _route_to_local_session(conn, row, prefix)
     seq = conn.execute(_INSERT_RECORD, tuple(map(row.get, _CREATE_COLUMNS))).lastrowid
     outbox.enqueue_create(conn, seq, row["lane"], row["created_at"])
     return seq
@@ -99,7 +117,9 @@ class InferenceResultService:
         ``when_full = "refuse"``; in either case nothing is written.
         """
         row = _new_row(create_fields(locals(), self._max_record_bytes), time.time())
-        seq = self._store.transaction(_insert, row)
+        # Only a local session id or a custom id can name a session created offline.
+        local = session_custom_id is not None or session_id.startswith("ses_")
+        seq = self._store.transaction(_insert, row, self._prefix if local else None)
         return build({**_READ_DEFAULTS, **row}, outbox.local_id(self._prefix, seq), input, output)
 
     def create_batch(
@@ -126,7 +146,7 @@ class InferenceResultService:
                 self._max_record_bytes,
             )
             rows.append(_new_row(row, now))
-        seqs = self._store.transaction(lambda conn: [_insert(conn, row) for row in rows])
+        seqs = self._store.transaction(lambda conn: [_insert(conn, row, self._prefix) for row in rows])
         return [self._result({**_READ_DEFAULTS, **row, "seq": seq}) for row, seq in zip(rows, seqs)]
 
     def update(

@@ -25,7 +25,11 @@ def _queue_facts(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
         " FROM outbox WHERE state IN ('pending', 'sending')"
     ).fetchone()
     dead_ops = conn.execute("SELECT COUNT(*) FROM outbox WHERE state = 'dead'").fetchone()[0]
+    sessions = dict(conn.execute("SELECT sync_state, COUNT(*) FROM sessions GROUP BY sync_state").fetchall())
     return {
+        "sessions_queued": sessions.get("queued", 0),
+        "sessions_synced": sessions.get("synced", 0),
+        "sessions_dead": sessions.get("dead", 0),
         "in_flight": in_flight or 0,
         "dead_operations": dead_ops,
         "oldest_queued_age_s": round(now - oldest, 3) if oldest is not None else None,
@@ -69,6 +73,8 @@ def format_status(status: dict[str, Any]) -> str:
         f"queued      {status['queued']} (in flight {status['in_flight']})",
         f"synced      {status['synced']}",
         f"dead        {status['dead']} records ({status['dead_operations']} operations; see `galtea-local dead list`)",
+        f"sessions    {status['sessions_queued']} queued, {status['sessions_synced']} synced,"
+        f" {status['sessions_dead']} dead (a dead session holds its turns)",
         f"oldest      {status['oldest_queued_age_s'] if status['oldest_queued_age_s'] is not None else '-'} s",
         f"last push   {when(status['last_success_at'])}",
         f"last error  {status['last_error'] or '-'}",

@@ -51,6 +51,10 @@ class EmulatorHandle:
         response.raise_for_status()
         return response.json()
 
+    def set_versions(self, version_ids: list[str] | None) -> None:
+        """Only these version ids exist from now on (None: any id is accepted, the default)."""
+        self._control.post("/_emulator/versions", json={"versionIds": version_ids}).raise_for_status()
+
     def reset(self) -> None:
         """Forget everything stored and zero the counters; fault settings stay."""
         self._control.post("/_emulator/reset").raise_for_status()

@@ -79,6 +79,7 @@ class EmulatorApp:
             Route("/_emulator/faults", self.get_faults, methods=["GET"]),
             Route("/_emulator/faults", self.set_faults, methods=["POST"]),
             Route("/_emulator/reset", self.reset, methods=["POST"]),
+            Route("/_emulator/versions", self.set_versions, methods=["POST"]),
         ]
 
     # --- inference results ----------------------------------------------------------
@@ -150,6 +151,14 @@ class EmulatorApp:
         if seed is not None:
             self.injector.reseed(seed)
         return await self.get_faults(request)
+
+    async def set_versions(self, request: Request) -> Response:
+        """``{"versionIds": [...]}`` makes only those versions exist; ``null`` accepts any again."""
+        versions = (await read_object(request)).get("versionIds")
+        if versions is not None and not (isinstance(versions, list) and all(isinstance(v, str) for v in versions)):
+            raise rules.bad_request("versionIds must be a list of strings or null")
+        self.store.known_versions = None if versions is None else set(versions)
+        return JSONResponse({"versionIds": versions})
 
     async def reset(self, request: Request) -> Response:
         self.store.reset()

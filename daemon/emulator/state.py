@@ -47,6 +47,8 @@ class Store:
     """Sessions and inference results, with the API's rules for creating, changing and listing them."""
 
     def __init__(self) -> None:
+        # None: any version id is accepted. A set: only those (a registry, for unknown-version tests).
+        self.known_versions: set[str] | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -82,6 +84,8 @@ class Store:
             raise bad_request("either versionId or productId must be provided")
         if version_id:
             product_id = None
+            if self.known_versions is not None and version_id not in self.known_versions:
+                raise bad_request(f"version {version_id} does not exist")
         status = rules.check_status(body.get("status") or "PENDING", rules.SESSION_STATUSES)
         custom_id = body.get("customId")
         key = self._anchor_key(version_id, product_id, custom_id) if custom_id else None

@@ -25,9 +25,9 @@ class Attempt:
     """One operation at the head of its lane, as the engine needs it."""
 
     op_seq: int
-    kind: str  # create | update | delete
+    kind: str  # create | update | delete | session_create | session_update | session_finish
     lane: str
-    record: dict[str, Any]  # the record row as it is now
+    record: dict[str, Any]  # the target row as it is now: a record, or a session for session_* kinds
     payload: dict[str, Any] | None  # an update's changed columns
     maybe_sent_since: float | None  # set when an earlier attempt may have reached the server
     sent_body: dict[str, Any] | None  # what that earlier attempt sent
@@ -49,8 +49,12 @@ def due_lanes(conn: sqlite3.Connection, now: float, limit: int) -> list[str]:
         "SELECT key FROM ("
         " SELECT l.key, (SELECT o.seq FROM outbox o WHERE o.lane = l.key AND o.state IN ('pending', 'sending')"
         "   ORDER BY o.seq LIMIT 1) AS head"
+        "   , l.remote_session_id"
         " FROM lanes l WHERE l.active = 1 AND (l.lease_until IS NULL OR l.lease_until < ?)) AS heads"
-        " JOIN outbox h ON h.seq = heads.head WHERE h.not_before <= ? ORDER BY heads.head LIMIT ?",
+        " JOIN outbox h ON h.seq = heads.head WHERE h.not_before <= ?"
+        # A session created offline whose create is dead holds its turns: nothing to claim there.
+        " AND NOT (heads.key LIKE 'ls:%' AND heads.remote_session_id IS NULL AND h.kind != 'session_create')"
+        " ORDER BY heads.head LIMIT ?",
         (now, now, limit),
     ).fetchall()
     return [row[0] for row in rows]
@@ -92,8 +96,10 @@ def next_attempt(conn: sqlite3.Connection, lane: str, owner: str, now: float, le
     op = conn.execute(_HEAD, (lane,)).fetchone()
     if op is None or op["not_before"] > now:
         return None
-    record = dict(conn.execute("SELECT * FROM inference_results WHERE seq = ?", (op["record_seq"],)).fetchone())
     lane_row = conn.execute("SELECT remote_session_id FROM lanes WHERE key = ?", (lane,)).fetchone()
+    if lane.startswith("ls:") and lane_row["remote_session_id"] is None and op["kind"] != "session_create":
+        return None  # held behind a dead session create
+    record = _target(conn, op)
     maybe = op["state"] == "sending"
     return Attempt(
         op_seq=op["seq"],
@@ -127,8 +133,7 @@ def begin_attempt(
     head = conn.execute(_HEAD, (attempt.lane,)).fetchone()
     if head is None or head["seq"] != attempt.op_seq:
         return None
-    record = dict(conn.execute("SELECT * FROM inference_results WHERE seq = ?", (head["record_seq"],)).fetchone())
-    body = build_body(record, attempt)
+    body = build_body(_target(conn, head), attempt)
     conn.execute(
         "UPDATE outbox SET state = 'sending', attempts = attempts + 1, sending_since = ?, sent_body = ?,"
         " last_error = NULL WHERE seq = ?",
@@ -136,18 +141,46 @@ def begin_attempt(
     )
     if attempt.kind == "create":
         conn.execute("UPDATE inference_results SET create_sent = 1 WHERE seq = ?", (head["record_seq"],))
+    elif attempt.kind == "session_create":
+        conn.execute("UPDATE sessions SET create_sent = 1 WHERE seq = ?", (head["session_seq"],))
     return body
 
 
-def _record_settled_state(conn: sqlite3.Connection, lane: str, record_seq: int) -> str:
-    """``synced`` once no operation of the record is open or dead, else what holds it."""
-    if conn.execute("SELECT 1 FROM outbox WHERE record_seq = ? AND state = 'dead' LIMIT 1", (record_seq,)).fetchone():
+def _target(conn: sqlite3.Connection, op: sqlite3.Row) -> dict[str, Any]:
+    if op["session_seq"] is not None:
+        return dict(conn.execute("SELECT * FROM sessions WHERE seq = ?", (op["session_seq"],)).fetchone())
+    return dict(conn.execute("SELECT * FROM inference_results WHERE seq = ?", (op["record_seq"],)).fetchone())
+
+
+def _is_session(attempt: Attempt) -> bool:
+    return attempt.kind.startswith("session_")
+
+
+def _settled_state(conn: sqlite3.Connection, attempt: Attempt) -> str:
+    """``synced`` once no operation of the target is open or dead, else what holds it."""
+    column = "session_seq" if _is_session(attempt) else "record_seq"
+    target = attempt.record["seq"]
+    if conn.execute(f"SELECT 1 FROM outbox WHERE {column} = ? AND state = 'dead' LIMIT 1", (target,)).fetchone():
         return "dead"
     open_op = conn.execute(
-        "SELECT 1 FROM outbox WHERE lane = ? AND state IN ('pending', 'sending') AND record_seq = ? LIMIT 1",
-        (lane, record_seq),
+        f"SELECT 1 FROM outbox WHERE lane = ? AND state IN ('pending', 'sending') AND {column} = ? LIMIT 1",
+        (attempt.lane, target),
     ).fetchone()
     return "queued" if open_op else "synced"
+
+
+def _set_sync_state(conn: sqlite3.Connection, attempt: Attempt, state: str) -> None:
+    table = "sessions" if _is_session(attempt) else "inference_results"
+    conn.execute(f"UPDATE {table} SET sync_state = ? WHERE seq = ?", (state, attempt.record["seq"]))
+
+
+def _adopt_session(conn: sqlite3.Connection, attempt: Attempt, remote: dict[str, Any]) -> None:
+    conn.execute(
+        "UPDATE sessions SET remote_id = ?, remote_version_id = ? WHERE seq = ?",
+        (remote.get("id"), remote.get("versionId"), attempt.record["seq"]),
+    )
+    # Its turns wait on this: they go up with the remote id from now on.
+    conn.execute("UPDATE lanes SET remote_session_id = ? WHERE key = ?", (remote.get("id"), attempt.lane))
 
 
 def settle_done(conn: sqlite3.Connection, attempt: Attempt, now: float, remote: dict[str, Any] | None) -> None:
@@ -157,7 +190,9 @@ def settle_done(conn: sqlite3.Connection, attempt: Attempt, now: float, remote: 
         "UPDATE outbox SET state = 'done', settled_at = ?, sent_body = NULL, last_error = NULL WHERE seq = ?",
         (now, attempt.op_seq),
     )
-    if attempt.kind == "create" and remote is not None:
+    if attempt.kind == "session_create" and remote is not None:
+        _adopt_session(conn, attempt, remote)
+    elif attempt.kind == "create" and remote is not None:
         conn.execute(
             "UPDATE inference_results SET remote_id = ?, remote_index = ?, remote_session_id = ?,"
             " remote_created_at = ? WHERE seq = ?",
@@ -168,8 +203,7 @@ def settle_done(conn: sqlite3.Connection, attempt: Attempt, now: float, remote: 
                 "UPDATE lanes SET remote_session_id = ? WHERE key = ? AND remote_session_id IS NULL",
                 (remote["sessionId"], attempt.lane),
             )
-    state = _record_settled_state(conn, attempt.lane, record_seq)
-    conn.execute("UPDATE inference_results SET sync_state = ? WHERE seq = ?", (state, record_seq))
+    _set_sync_state(conn, attempt, _settled_state(conn, attempt))
 
 
 def settle_retry(
@@ -195,7 +229,7 @@ def settle_dead(conn: sqlite3.Connection, attempt: Attempt, now: float, error: s
         "UPDATE outbox SET state = 'dead', settled_at = ?, last_error = ?, last_status = ? WHERE seq = ?",
         (now, error, status, attempt.op_seq),
     )
-    conn.execute("UPDATE inference_results SET sync_state = 'dead' WHERE seq = ?", (attempt.record["seq"],))
+    _set_sync_state(conn, attempt, "dead")
 
 
 def cancel_with_record(conn: sqlite3.Connection, attempt: Attempt, now: float, reason: str) -> None:

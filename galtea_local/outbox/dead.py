@@ -1,60 +1,98 @@
 """Dead letters: operations the upstream refused for good, kept for the operator.
 
-Nothing is ever dropped silently: ``retry`` puts an operation (and every dead
-operation of the same record, in order) back in its lane; ``drop`` is the
-operator's explicit decision and marks the record ``dropped``.
+Nothing is ever dropped silently: ``retry`` puts a target's dead operations
+(a record's, or an offline session's) back in their lane, in their original
+order; ``drop`` is the operator's explicit decision and marks the target
+``dropped``. A session's turns wait behind its dead create, so retrying the
+session releases them.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 from typing import Any
 
 from galtea_local.outbox.enqueue import ACTIVATE_LANE, local_id
+from galtea_local.outbox.sessions import local_session_id, session_lane
+
+_TARGETS = (("record_seq", "inference_results"), ("session_seq", "sessions"))
 
 
 def list_dead(conn: sqlite3.Connection, prefix: str, limit: int = 1000) -> list[dict[str, Any]]:
     rows = conn.execute(
-        "SELECT o.seq, o.record_seq, o.lane, o.kind, o.attempts, o.last_status, o.last_error, o.settled_at,"
-        " r.session_id, r.session_custom_id FROM outbox o JOIN inference_results r ON r.seq = o.record_seq"
-        " WHERE o.state = 'dead' ORDER BY o.seq LIMIT ?",
+        "SELECT o.seq, o.record_seq, o.session_seq, o.lane, o.kind, o.attempts, o.last_status, o.last_error,"
+        " o.settled_at, COALESCE(r.session_id, r.session_custom_id, s.custom_id) AS session"
+        " FROM outbox o LEFT JOIN inference_results r ON r.seq = o.record_seq"
+        " LEFT JOIN sessions s ON s.seq = o.session_seq WHERE o.state = 'dead' ORDER BY o.seq LIMIT ?",
         (limit,),
     ).fetchall()
-    return [{"op": row["seq"], "record_id": local_id(prefix, row["record_seq"]), **{
-        key: row[key] for key in ("lane", "kind", "attempts", "last_status", "last_error", "settled_at",
-                                  "session_id", "session_custom_id")}} for row in rows]
+    return [
+        {
+            "op": row["seq"],
+            "id": local_id(prefix, row["record_seq"]) if row["record_seq"] is not None
+            else local_session_id(prefix, row["session_seq"]),
+            **{key: row[key] for key in ("lane", "kind", "attempts", "last_status", "last_error", "settled_at",
+                                         "session")},
+        }
+        for row in rows
+    ]
 
 
-def _dead_records(conn: sqlite3.Connection, record_seqs: list[int] | None) -> list[int]:
-    if record_seqs is None:
-        return [row[0] for row in conn.execute("SELECT DISTINCT record_seq FROM outbox WHERE state = 'dead'")]
-    return record_seqs
+def _dead_targets(conn: sqlite3.Connection, column: str, seqs: Iterable[int] | None) -> list[int]:
+    if seqs is not None:
+        return list(seqs)
+    return [row[0] for row in conn.execute(f"SELECT DISTINCT {column} FROM outbox WHERE state = 'dead'"
+                                           f" AND {column} IS NOT NULL")]
 
 
-def retry_dead(conn: sqlite3.Connection, record_seqs: list[int] | None = None) -> int:
-    """Queue the dead operations of these records (all when None) again; return how many."""
+def retry_dead(conn: sqlite3.Connection, record_seqs: list[int] | None = None,
+               session_seqs: list[int] | None = None) -> int:
+    """Queue the dead operations of these records/sessions (all when both are None) again."""
+    every = record_seqs is None and session_seqs is None
     count = 0
-    for record_seq in _dead_records(conn, record_seqs):
-        ops = conn.execute(
-            "UPDATE outbox SET state = 'pending', not_before = 0, settled_at = NULL, sending_since = NULL,"
-            " sent_body = NULL WHERE record_seq = ? AND state = 'dead' RETURNING lane",
-            (record_seq,),
-        ).fetchall()
-        if ops:
-            conn.execute(ACTIVATE_LANE, (ops[0][0],))
-            conn.execute("UPDATE inference_results SET sync_state = 'queued' WHERE seq = ?", (record_seq,))
-        count += len(ops)
+    for (column, table), chosen in zip(_TARGETS, (record_seqs, session_seqs)):
+        for seq in _dead_targets(conn, column, None if every else (chosen or [])):
+            ops = conn.execute(
+                "UPDATE outbox SET state = 'pending', not_before = 0, settled_at = NULL, sending_since = NULL,"
+                f" sent_body = NULL WHERE {column} = ? AND state = 'dead' RETURNING lane",
+                (seq,),
+            ).fetchall()
+            if ops:
+                conn.execute(ACTIVATE_LANE, (ops[0][0],))
+                conn.execute(f"UPDATE {table} SET sync_state = 'queued' WHERE seq = ?", (seq,))
+            count += len(ops)
     return count
 
 
-def drop_dead(conn: sqlite3.Connection, now: float, record_seqs: list[int] | None = None) -> int:
-    """Give up on the dead operations of these records (all when None); return how many."""
+def drop_dead(conn: sqlite3.Connection, now: float, record_seqs: list[int] | None = None,
+              session_seqs: list[int] | None = None) -> int:
+    """Give up on the dead operations of these records/sessions (all when both are None)."""
+    every = record_seqs is None and session_seqs is None
     count = 0
-    for record_seq in _dead_records(conn, record_seqs):
-        count += conn.execute(
-            "UPDATE outbox SET state = 'done', settled_at = ?, last_error = 'dropped by operator: ' || last_error"
-            " WHERE record_seq = ? AND state = 'dead'",
-            (now, record_seq),
-        ).rowcount
-        conn.execute("UPDATE inference_results SET sync_state = 'dropped' WHERE seq = ?", (record_seq,))
+    for (column, table), chosen in zip(_TARGETS, (record_seqs, session_seqs)):
+        for seq in _dead_targets(conn, column, None if every else (chosen or [])):
+            count += conn.execute(
+                "UPDATE outbox SET state = 'done', settled_at = ?,"
+                f" last_error = 'dropped by operator: ' || last_error WHERE {column} = ? AND state = 'dead'",
+                (now, seq),
+            ).rowcount
+            conn.execute(f"UPDATE {table} SET sync_state = 'dropped' WHERE seq = ?", (seq,))
+            if table == "sessions":
+                count += _drop_held_turns(conn, now, seq)
     return count
+
+
+def _drop_held_turns(conn: sqlite3.Connection, now: float, session_seq: int) -> int:
+    """A dropped session's turns can never go upstream: they are dropped with it, not left waiting."""
+    lane = session_lane(session_seq)
+    conn.execute(
+        "UPDATE inference_results SET sync_state = 'dropped' WHERE seq IN (SELECT record_seq FROM outbox"
+        " WHERE lane = ? AND state IN ('pending', 'sending') AND record_seq IS NOT NULL)",
+        (lane,),
+    )
+    return conn.execute(
+        "UPDATE outbox SET state = 'done', settled_at = ?, last_error = 'dropped with its session'"
+        " WHERE lane = ? AND state IN ('pending', 'sending')",
+        (now, lane),
+    ).rowcount
