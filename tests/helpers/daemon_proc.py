@@ -49,9 +49,15 @@ def write_config(folder: Path, text: str = FAST_CONFIG) -> Path:
     return path
 
 
+def clean_env() -> dict[str, str]:
+    """This environment without any setting the daemon reads (so a developer's own never leaks in)."""
+    skip = ("GALTEA_", "NOTIFY_SOCKET", "WATCHDOG_", "CREDENTIALS_DIRECTORY")
+    return {k: v for k, v in os.environ.items() if not k.startswith(skip)}
+
+
 def daemon_env(emulator: Any, store_path: Path, config: Path | None, api_key: str | None = None,
                **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GALTEA_", "NOTIFY_SOCKET", "WATCHDOG_"))}
+    env = clean_env()
     env.update(GALTEA_API_URL=emulator.url, GALTEA_LOCAL_STORE=str(store_path),
                GALTEA_API_KEY=api_key or emulator.api_key)
     if config is not None:
