@@ -44,6 +44,9 @@ class EngineSettings:
     lease_s: float = 60.0
     clock_skew_s: float = 120.0
     pass_budget_s: float = 30.0  # a pass stops claiming after this long; the next pass goes on
+    # Attempts at one operation within a pass. Without a bound, a backoff capped below the
+    # in-pass wait limit retries an unreachable API forever and `sync` never exits.
+    in_pass_tries: int = 5
 
 
 @dataclass
@@ -64,6 +67,7 @@ class PassReport:
         self.adopted += other.adopted
         self.retried += other.retried
         self.dead += other.dead
+        self.auth_failing = self.auth_failing or other.auth_failing
         self.errors.extend(other.errors)
 
 
@@ -216,7 +220,13 @@ class SyncEngine:
 
         Returns False when the lane has nothing due now (empty, backing off, lease lost).
         """
-        for attempt_manager in self.backoff.retrying(self._halt.is_set):
+        tries = 0
+
+        def enough() -> bool:
+            return self._halt.is_set() or tries >= self.settings.in_pass_tries
+
+        for attempt_manager in self.backoff.retrying(enough):
+            tries += 1
             with attempt_manager:
                 return self._step(lane, report)
         return False

@@ -32,6 +32,7 @@ def list_dead(conn: sqlite3.Connection, prefix: str, limit: int = 1000) -> list[
             "op": row["seq"],
             "id": local_id(prefix, row["record_seq"]) if row["record_seq"] is not None
             else local_session_id(prefix, row["session_seq"]),
+            "record_id": local_id(prefix, row["record_seq"]) if row["record_seq"] is not None else None,
             **{key: row[key] for key in ("lane", "kind", "attempts", "last_status", "last_error", "settled_at",
                                          "session")},
         }
