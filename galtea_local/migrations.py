@@ -171,9 +171,33 @@ def _offline_sessions(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+# Air-gap bundles: an imported record or session remembers where it came from, so a bundle
+# imported twice (or two overlapping bundles) adds nothing, and a receipt can name it.
+_ORIGIN = tuple(
+    statement
+    for table in ("inference_results", "sessions")
+    for statement in (
+        f"ALTER TABLE {table} ADD COLUMN origin_store_id VARCHAR",
+        f"ALTER TABLE {table} ADD COLUMN origin_seq INTEGER",
+        f"ALTER TABLE {table} ADD COLUMN origin_updated_at FLOAT",
+    )
+) + (
+    """CREATE UNIQUE INDEX ix_results_origin ON inference_results (origin_store_id, origin_seq)"""
+    """ WHERE origin_store_id IS NOT NULL""",
+    """CREATE UNIQUE INDEX ix_sessions_origin ON sessions (origin_store_id, origin_seq)"""
+    """ WHERE origin_store_id IS NOT NULL""",
+)
+
+
+def _bundle_origin(conn: sqlite3.Connection) -> None:
+    for statement in _ORIGIN:
+        conn.execute(statement)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_offline_sessions", _offline_sessions),
+    ("0003_bundle_origin", _bundle_origin),
 ]
 
 

@@ -25,6 +25,18 @@ from sqlalchemy import Index, text
 from sqlmodel import Field, SQLModel
 
 
+def _origin_index(name: str) -> Index:
+    """One row per (origin store, origin row): what makes importing a bundle twice add nothing."""
+    return Index(
+        name,
+        "origin_store_id",
+        "origin_seq",
+        unique=True,
+        sqlite_where=text("origin_store_id IS NOT NULL"),
+        postgresql_where=text("origin_store_id IS NOT NULL"),
+    )
+
+
 class Meta(SQLModel, table=True):
     """Key/value facts about the store (``store_id``, ``created_at``, auth pause, ...)."""
 
@@ -56,6 +68,7 @@ class InferenceResultRow(SQLModel, table=True):
             postgresql_where=text("remote_id IS NOT NULL"),
         ),
         Index("ix_results_session", "session_id"),
+        _origin_index("ix_results_origin"),
     )
 
     seq: Optional[int] = Field(default=None, primary_key=True)
@@ -88,6 +101,11 @@ class InferenceResultRow(SQLModel, table=True):
     remote_index: Optional[int] = None
     remote_session_id: Optional[str] = None
     remote_created_at: Optional[str] = None
+    # Set on a record imported from an air-gap bundle: which store and row it came from, and
+    # the origin's updated_at of the version held here (a receipt reports it back).
+    origin_store_id: Optional[str] = None
+    origin_seq: Optional[int] = None
+    origin_updated_at: Optional[float] = None
 
 
 class OutboxOperation(SQLModel, table=True):
@@ -150,6 +168,7 @@ class SessionRow(SQLModel, table=True):
             sqlite_where=text("remote_id IS NOT NULL"),
             postgresql_where=text("remote_id IS NOT NULL"),
         ),
+        _origin_index("ix_sessions_origin"),
     )
 
     seq: Optional[int] = Field(default=None, primary_key=True)
@@ -169,6 +188,9 @@ class SessionRow(SQLModel, table=True):
     create_sent: int = 0  # 1 once the create left: later changes are PATCHes, not folded
     remote_id: Optional[str] = None
     remote_version_id: Optional[str] = None
+    origin_store_id: Optional[str] = None  # as on inference_results: set when imported from a bundle
+    origin_seq: Optional[int] = None
+    origin_updated_at: Optional[float] = None
 
 
 class Lane(SQLModel, table=True):
