@@ -10,9 +10,14 @@ Policy (``[retention]``; docs/daemon.md has the operator's view):
   deletes the oldest synced records and refuses only when unsynced records
   alone fill the cap. The cap is checked after each pass, so apps can overshoot
   it by what they write in between.
-- The WAL is checkpointed (``TRUNCATE``) when no pass has run for
-  ``checkpoint_idle_s``, and at once when it outgrows :data:`WAL_LIMIT_BYTES`
-  under a steady load, so it stays bounded even when the daemon never idles.
+- The WAL is checkpointed (``TRUNCATE``) when no pass has moved anything for
+  ``checkpoint_idle_s``. Under a steady load SQLite's own automatic
+  checkpoints can starve (some reader always holds an older snapshot, so the
+  WAL never restarts and keeps growing); :meth:`Housekeeper.bound_wal`, run by
+  the daemon's scheduler every :data:`WAL_CHECK_EVERY_S`, then forces a ``TRUNCATE`` as soon as the file
+  passes :data:`WAL_LIMIT_BYTES`. Such a checkpoint makes writers wait at most
+  :data:`CHECKPOINT_BUSY_MS` (readers and writers here hold transactions for
+  milliseconds), which bounds the WAL without stalling the apps.
 """
 
 from __future__ import annotations
@@ -30,9 +35,11 @@ from galtea_local.store import Store
 log = logging.getLogger("galtea_local.housekeeping")
 
 DAY_S = 86_400.0
-WAL_LIMIT_BYTES = 16 * 1024 * 1024  # 4x SQLite's auto-checkpoint size: past it, readers starved the checkpoints
+WAL_LIMIT_BYTES = 8 * 1024 * 1024  # 2x SQLite's auto-checkpoint size: past it, readers starved the checkpoints
 RETENTION_EVERY_S = 60.0  # an age limit in days needs no finer clock
-CHECKPOINT_BUSY_MS = 1000  # wait this long for readers, then settle for a partial checkpoint
+CHECKPOINT_BUSY_MS = 200  # wait this long for readers, then give up until the next try
+CHECKPOINT_TRIES = 5
+WAL_CHECK_EVERY_S = 0.1  # under a heavy load the WAL can grow by megabytes per second
 DROP_BATCH = 500
 
 
@@ -98,7 +105,7 @@ class Housekeeper:
         used = self.store.read(retention.used_bytes)
         if used > cap and self.settings.when_full == "drop_synced":
             while used > cap:
-                deleted = self.store.transaction(retention.delete_oldest_synced, DROP_BATCH)
+                deleted = self.store.transaction(retention.delete_oldest_synced, self._drop_batch(used - cap))
                 if not deleted:
                     break  # only unsynced records left: those are never dropped
                 dropped += deleted
@@ -113,6 +120,13 @@ class Housekeeper:
                       "queued ones are pushed and retention frees space")
         self._set_full(reason)
         return dropped, reason is not None
+
+    def _drop_batch(self, excess: int) -> int:
+        """How many records to drop next: about the excess at the average record size, so few go too many."""
+        count, used = self.store.read(lambda conn: (
+            conn.execute("SELECT COUNT(*) FROM inference_results").fetchone()[0], retention.used_bytes(conn)))
+        per_record = max(1, used // max(1, count))
+        return max(1, min(DROP_BATCH, -(-excess // per_record)))
 
     def _set_full(self, reason: str | None) -> None:
         full = reason is not None
@@ -138,17 +152,29 @@ class Housekeeper:
         if idle and not self._checkpointed_since_activity:
             self._checkpointed_since_activity = True
             return self.checkpoint()
-        if self.wal_bytes() > WAL_LIMIT_BYTES:
-            return self.checkpoint()
         return False
 
-    def checkpoint(self) -> bool:
+    def bound_wal(self) -> bool:
+        """Checkpoint now if the WAL passed its limit (cheap when it has not: one ``stat``).
+
+        Run every :data:`WAL_CHECK_EVERY_S` alongside the passes, not after them: one
+        pass can last many seconds under load.
+        """
+        return self.wal_bytes() > WAL_LIMIT_BYTES and self.checkpoint()
+
+    def checkpoint(self, tries: int = CHECKPOINT_TRIES) -> bool:
         """``wal_checkpoint(TRUNCATE)`` on a private connection; True when the WAL was emptied."""
         conn = sqlite3.connect(self.store.path, timeout=CHECKPOINT_BUSY_MS / 1000, isolation_level=None)
         try:
             # A short busy wait: a checkpoint is worth less than a writer's progress.
             conn.execute(f"PRAGMA busy_timeout={CHECKPOINT_BUSY_MS}")
-            busy, frames, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            for _ in range(tries):
+                busy, frames, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if frames != -1:
+                    break
+                # -1: another connection's automatic checkpoint holds the checkpointer
+                # lock (SQLite does not wait for it); it ends within milliseconds.
+                time.sleep(0.01)
         except sqlite3.Error as exc:
             log.debug("WAL checkpoint skipped: %s", exc)
             return False

@@ -42,7 +42,7 @@ from galtea_local.config import Settings
 from galtea_local.status import store_status
 from galtea_local.store import Store
 from galtea_local_daemon.engine import EngineSettings, PassReport, SyncEngine
-from galtea_local_daemon.housekeeping import Housekeeper
+from galtea_local_daemon.housekeeping import WAL_CHECK_EVERY_S, Housekeeper
 from galtea_local_daemon.lock import PusherLock
 from galtea_local_daemon.logs import configure_logging
 from galtea_local_daemon.metrics import DaemonMetrics
@@ -209,6 +209,8 @@ class Daemon:
             self._pass_job, IntervalTrigger(seconds=self.settings.sync.interval_s), id=JOB_ID,
             max_instances=1, coalesce=True, misfire_grace_time=None, next_run_time=datetime.now(timezone.utc),
         )
+        self.scheduler.add_job(self.housekeeper.bound_wal, IntervalTrigger(seconds=WAL_CHECK_EVERY_S), id="wal-bound",
+                               max_instances=1, coalesce=True)
         self.metrics.start()
         watch = StoreWatch(self.store)
         self.scheduler.start()
