@@ -10,6 +10,7 @@
     │   ├── NotAStoreError                      the file is not a galtea-local store
     │   └── StoreFullError                      the size cap is reached and the policy refuses
     ├── ConfigError (also ValueError)           a bad setting: names the file, the key, what is allowed
+    ├── BundleError                             an air-gap bundle or receipt refused: names the file and the fix
     └── UpstreamError                           anything the Galtea API (or the way to it) did
         ├── NotSentError                        the request surely never reached the server: retry freely
         ├── MaybeSentError                      it may have been applied: reconcile before re-sending a create
@@ -65,6 +66,13 @@ class StoreFullError(StoreError):
 
 class ConfigError(GaltealocalError, ValueError):
     """A setting is invalid. The message names the source, the key and what is allowed."""
+
+
+class BundleError(GaltealocalError):
+    """An export bundle or receipt cannot be used (corrupt, truncated, foreign, newer, wrong store).
+
+    Raised before anything is written: a refused file imports nothing.
+    """
 
 
 class UpstreamError(GaltealocalError):

@@ -1,0 +1,192 @@
+"""The bundle container: one gzip file of JSON lines, checked end to end before use.
+
+Layout (every line one JSON object, UTF-8, ``\\n``-terminated)::
+
+    {"format": "galtea-local-bundle", "version": 1, "kind": "records"|"receipt", ...}   header
+    {"type": "session", ...}                                                             content
+    {"type": "record", ...}                                                              content
+    {"type": "trailer", "counts": {"session": n, "record": m}, "lines": n+m,
+     "sha256": "<hex of every byte before the trailer line>"}                            trailer
+
+gzip's CRC catches a damaged file; the SHA-256 in the trailer also covers the
+header, and the trailer's presence is what proves the file is complete (a copy
+cut short loses it). A writer writes to ``FILE.partial`` and renames it into
+place after an fsync, so a crash mid-export never leaves a plausible ``FILE``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from galtea_local.errors import BundleError
+
+FORMAT = "galtea-local-bundle"
+VERSION = 1
+KINDS = {"records": "galtea-local import", "receipt": "galtea-local import-receipt"}
+_FIX_COPY = "copy the file again from the machine that wrote it, or write it again there"
+
+
+def _line(entry: dict[str, Any]) -> bytes:
+    # sort_keys: the same content always gives the same bytes (and the same checksum).
+    return (json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+
+
+class BundleWriter:
+    """Write one bundle: ``with BundleWriter(path, header) as out: out.write(entry)``.
+
+    The file appears at ``path`` only when the block ends without an error.
+    """
+
+    def __init__(self, path: Path | str, header: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self._partial = self.path.with_name(self.path.name + ".partial")
+        self._header = {"format": FORMAT, "version": VERSION, **header}
+        self._hash = hashlib.sha256()
+        self.counts: Counter[str] = Counter()
+        self._raw: IO[bytes] | None = None
+        self._gzip: gzip.GzipFile | None = None
+
+    def __enter__(self) -> BundleWriter:
+        try:
+            self._raw = open(self._partial, "wb")
+        except OSError as exc:
+            raise BundleError(f"{self.path}: cannot write it ({exc.strerror or exc}); choose a writable --out") from None
+        # mtime=0: the bytes depend on the content only.
+        self._gzip = gzip.GzipFile(fileobj=self._raw, mode="wb", mtime=0)
+        self._emit(self._header)
+        return self
+
+    def _emit(self, entry: dict[str, Any]) -> None:
+        data = _line(entry)
+        self._hash.update(data)
+        assert self._gzip is not None
+        self._gzip.write(data)
+
+    def write(self, entry: dict[str, Any]) -> None:
+        """Append one content line; ``entry["type"]`` is counted in the manifest."""
+        self._emit(entry)
+        self.counts[entry["type"]] += 1
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        assert self._gzip is not None and self._raw is not None
+        try:
+            if exc_type is None:
+                trailer = {"type": "trailer", "counts": dict(self.counts), "lines": sum(self.counts.values()),
+                           "sha256": self._hash.hexdigest()}
+                self._gzip.write(_line(trailer))
+            self._gzip.close()
+            self._raw.flush()
+            os.fsync(self._raw.fileno())
+        finally:
+            self._raw.close()
+            if exc_type is None:
+                os.replace(self._partial, self.path)
+            else:
+                self._partial.unlink(missing_ok=True)
+
+
+def _check_header(path: Path, first: bytes, kind: str) -> dict[str, Any]:
+    try:
+        header = json.loads(first)
+    except ValueError:
+        header = None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise BundleError(f"{path}: not a galtea-local bundle (no bundle header); "
+                          "pass a file written by `galtea-local export` or `galtea-local receipt`")
+    version = header.get("version")
+    if not isinstance(version, int) or version > VERSION:
+        raise BundleError(f"{path}: bundle format version {version!r} is newer than this galtea-local reads "
+                          f"(up to {VERSION}); upgrade galtea-local on this machine")
+    if header.get("kind") != kind:
+        other = KINDS.get(header.get("kind"), "a newer galtea-local")
+        raise BundleError(f"{path}: this is a {header.get('kind')!r} file, not {kind!r}; read it with {other}")
+    return header
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    """The decompressed lines, with every read failure translated to a :class:`BundleError`."""
+    try:
+        with gzip.open(path, "rb") as stream:
+            yield from stream
+    except FileNotFoundError:
+        raise BundleError(f"{path}: no such file; check the path") from None
+    except EOFError:
+        raise BundleError(f"{path}: truncated (the file ends early); {_FIX_COPY}") from None
+    except gzip.BadGzipFile as exc:
+        if "CRC" in str(exc) or "length" in str(exc):
+            raise BundleError(f"{path}: corrupt (gzip check failed: {exc}); {_FIX_COPY}") from None
+        raise BundleError(f"{path}: not a galtea-local bundle (not gzip data); pass a file written by "
+                          "`galtea-local export` or `galtea-local receipt`") from None
+    except (zlib.error, OSError) as exc:
+        raise BundleError(f"{path}: corrupt or unreadable ({exc}); {_FIX_COPY}") from None
+
+
+def _content(path: Path, line: bytes, number: int) -> dict[str, Any]:
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        entry = None
+    if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
+        raise BundleError(f"{path}: corrupt (line {number} is not a bundle entry); {_FIX_COPY}")
+    return entry
+
+
+def _check_trailer(path: Path, trailer: dict[str, Any] | None, digest: str, counts: Counter[str]) -> None:
+    if trailer is None:
+        raise BundleError(f"{path}: truncated (no trailer: the copy ends early); {_FIX_COPY}")
+    if trailer.get("sha256") != digest:
+        raise BundleError(f"{path}: corrupt (checksum mismatch); {_FIX_COPY}")
+    if trailer.get("counts") != dict(counts) or trailer.get("lines") != sum(counts.values()):
+        raise BundleError(f"{path}: corrupt (manifest counts {trailer.get('counts')} but the file holds "
+                          f"{dict(counts)}); {_FIX_COPY}")
+
+
+class BundleReader:
+    """Read a bundle of one ``kind``; every check raises :class:`BundleError` naming the file.
+
+    :meth:`verify` reads the whole file and checks it; :meth:`entries` yields
+    the content lines and checks the trailer after the last one, so a caller
+    applying entries inside a transaction rolls back if the file changed since.
+    """
+
+    def __init__(self, path: Path | str, kind: str) -> None:
+        self.path = Path(path)
+        self.kind = kind
+        self.header: dict[str, Any] = {}
+
+    def entries(self) -> Iterator[dict[str, Any]]:
+        digest = hashlib.sha256()
+        counts: Counter[str] = Counter()
+        trailer: dict[str, Any] | None = None
+        lines = _lines(self.path)
+        first = next(lines, None)
+        if first is None:
+            raise BundleError(f"{self.path}: empty file, not a galtea-local bundle; check the path")
+        self.header = _check_header(self.path, first, self.kind)
+        digest.update(first)
+        for number, line in enumerate(lines, start=2):
+            if trailer is not None:
+                raise BundleError(f"{self.path}: corrupt (data after the trailer); {_FIX_COPY}")
+            entry = _content(self.path, line, number)
+            if entry["type"] == "trailer":
+                trailer = entry
+                continue
+            digest.update(line)
+            counts[entry["type"]] += 1
+            yield entry
+        _check_trailer(self.path, trailer, digest.hexdigest(), counts)
+
+    def verify(self) -> dict[str, Any]:
+        """Read and check the whole file without using it; return the manifest counts."""
+        counts: Counter[str] = Counter()
+        for entry in self.entries():
+            counts[entry["type"]] += 1
+        return dict(counts)
