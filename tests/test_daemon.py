@@ -10,6 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 
 from galtea_local import Galtea
@@ -143,3 +144,27 @@ def test_watchdog_is_off_when_meant_for_another_pid(emulator, tmp_path):
     except TimeoutError:
         pass
     assert not any("WATCHDOG=1" in message for message in seen)
+
+
+def test_metrics_on_loopback_port_and_textfile(emulator, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    prom = tmp_path / "galtea_local.prom"
+    config = dp.write_config(tmp_path, dp.FAST_CONFIG + f'[metrics]\nlisten = "127.0.0.1:{port}"\ntextfile = "{prom}"\n')
+    sessions = dp.create_sessions(emulator, 2)
+    store_path = tmp_path / "store.db"
+    _prewrite(store_path, sessions, 20)
+    daemon = dp.start_daemon(dp.daemon_env(emulator, store_path, config))
+    store = Store(str(store_path))
+    try:
+        dp.wait_for(lambda: dp.status(store)["queued"] == 0, 30, "the drain", daemon)
+        dp.wait_for(lambda: prom.exists() and 'galtea_local_records{state="synced"} 20.0' in prom.read_text(),
+                    10, "the textfile", daemon)
+        body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    finally:
+        assert dp.stop(daemon)[0] == 0
+    assert "galtea_local_pushes_total 20.0" in body
+    for name in ("galtea_local_oldest_queued_age_seconds", "galtea_local_last_success_timestamp_seconds",
+                 "galtea_local_retries_total", "galtea_local_dead_letters_total", "galtea_local_in_flight_records"):
+        assert name in body
