@@ -7,6 +7,7 @@
     galtea-local config check [FILE]     validate a config file, print the effective settings (key masked)
     galtea-local emulator [...]          the local Galtea API emulator
     galtea-local demo [--dir DIR]        emulator + burst of turns + daemon drain + exactly-once check
+    galtea-local export|import|receipt|import-receipt   carry the queue across an air gap (docs/airgap.md)
 
 Settings, highest first: flags, environment, config file, defaults.
 """
@@ -28,6 +29,7 @@ from galtea_local.outbox import dead as dead_letters
 from galtea_local.outbox import parse_local_id
 from galtea_local.outbox.sessions import parse_session_id
 from galtea_local.status import format_status, store_status
+from galtea_local_daemon import cli_bundle
 
 EXIT_OK, EXIT_WAITING, EXIT_ERROR = 0, 2, 1
 
@@ -72,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     from galtea_local_daemon import demo
 
     demo.add_arguments(commands.add_parser("demo", help="the whole product against a local emulator"))
+    cli_bundle.add_commands(commands, _common)
     return parser
 
 
@@ -174,6 +177,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "daemon": cmd_daemon,
     "emulator": cmd_emulator,
     "demo": cmd_demo,
+    **cli_bundle.COMMANDS,
 }
 
 

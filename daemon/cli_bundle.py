@@ -1,0 +1,110 @@
+"""The air-gap subcommands of ``galtea-local`` (see docs/airgap.md).
+
+    galtea-local export --out FILE [--since-last] [--from ISO] [--to ISO]   on the origin
+    galtea-local import FILE                                                on the connected machine
+    galtea-local receipt --for ORIGIN_STORE_ID --out FILE                   on the connected machine
+    galtea-local import-receipt FILE                                        back on the origin
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from galtea_local.bundle import export_bundle, import_bundle, import_receipt, write_receipt
+from galtea_local.errors import GaltealocalError
+
+EXIT_OK = 0
+
+
+def add_commands(commands: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    command = commands.add_parser("export", help="write the records not yet upstream to one bundle file")
+    common(command)
+    command.add_argument("--out", required=True, help="bundle file to write (replaced atomically)")
+    command.add_argument("--since-last", action="store_true", help="only what changed since the last export")
+    command.add_argument("--from", dest="start", metavar="ISO", help="records created at or after this time (UTC)")
+    command.add_argument("--to", dest="end", metavar="ISO", help="records created before this time (UTC)")
+    command.add_argument("--no-progress", action="store_true", help="no progress bar")
+    command = commands.add_parser("import", help="queue a bundle's records in this store (idempotent)")
+    common(command)
+    command.add_argument("file", help="bundle written by `galtea-local export`")
+    command = commands.add_parser("receipt", help="write which imported records of an origin are upstream")
+    common(command)
+    command.add_argument("--for", dest="origin", required=True, metavar="ORIGIN_STORE_ID",
+                         help="the origin's store_id (its `galtea-local status --json`)")
+    command.add_argument("--out", required=True, help="receipt file to write")
+    command.add_argument("--no-progress", action="store_true", help="no progress bar")
+    command = commands.add_parser("import-receipt", help="mark the records a receipt confirms as synced")
+    common(command)
+    command.add_argument("file", help="receipt written by `galtea-local receipt`")
+
+
+def _epoch(flag: str, text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise GaltealocalError(f"{flag} {text!r}: not an ISO 8601 time; write e.g. 2025-03-01T00:00:00Z") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)  # documented: a time without offset is UTC
+    return moment.timestamp()
+
+
+def _progress(args: argparse.Namespace, what: str) -> Callable[[int], Any] | None:
+    if args.no_progress or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return lambda total: tqdm(total=total, desc=what, unit="record", file=sys.stderr)
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from galtea_local_daemon.cli import settings_from
+    from galtea_local_daemon.runtime import open_store
+
+    return open_store(settings_from(args))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    start, end = _epoch("--from", args.start), _epoch("--to", args.end)
+    result = export_bundle(_store(args), args.out, since_last=args.since_last, start=start, end=end,
+                           progress=_progress(args, "export"))
+    scope = "changed since the last export" if args.since_last else "not yet confirmed upstream"
+    print(f"wrote {result.path}: {result.records} record(s) and {result.sessions} session(s) {scope}; "
+          "they stay queued here until `galtea-local import-receipt` confirms them")
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    result = import_bundle(_store(args), args.file)
+    print(f"imported {args.file} from store {result.origin_store_id}: records {result.records_added} added, "
+          f"{result.records_updated} updated, {result.records_unchanged} already here; sessions "
+          f"{result.sessions_added} added, {result.sessions_updated} updated, {result.sessions_unchanged} already here")
+    return EXIT_OK
+
+
+def cmd_receipt(args: argparse.Namespace) -> int:
+    result = write_receipt(_store(args), args.origin, args.out, progress=_progress(args, "receipt"))
+    print(f"wrote {args.out}: {result.records} record(s) and {result.sessions} session(s) of store "
+          f"{args.origin} are upstream; take it back and run `galtea-local import-receipt` there")
+    return EXIT_OK
+
+
+def cmd_import_receipt(args: argparse.Namespace) -> int:
+    result = import_receipt(_store(args), args.file)
+    print(f"receipt {args.file}: {result.records} record(s) and {result.sessions} session(s) now synced; "
+          f"{result.still_queued} changed here since (queued as updates for the next export); "
+          f"{result.unchanged} confirmed before; {result.missing} no longer here; {result.conflicts} conflicting")
+    return EXIT_OK
+
+
+COMMANDS = {
+    "export": cmd_export,
+    "import": cmd_import,
+    "receipt": cmd_receipt,
+    "import-receipt": cmd_import_receipt,
+}
