@@ -347,9 +347,15 @@ class SyncEngine:
         self.store.transaction(health.put, health.THROTTLED_UNTIL, until)
 
     def _wait_for_throttle(self) -> None:
-        """No request leaves before a Retry-After has passed, whichever lane got it."""
-        remaining = self._throttled_until - self.clock()
-        if remaining > 0:
+        """No request leaves before a Retry-After has passed, whichever lane got it.
+
+        Checked again after each sleep: a request in flight on another lane may
+        come back with a later Retry-After while this one waits.
+        """
+        while not self.stopping:
+            remaining = self._throttled_until - self.clock()
+            if remaining <= 0:
+                return
             self.backoff.sleep(remaining)
 
     def _record_health(self, report: PassReport, auth_was_failing: bool) -> None:

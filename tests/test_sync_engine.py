@@ -11,8 +11,9 @@ import pytest
 from galtea_local import Galtea
 from galtea_local.outbox import attempts as ob
 from galtea_local_daemon.backoff import Backoff
-from galtea_local_daemon.engine import build_body
+from galtea_local_daemon.engine import SyncEngine, build_body
 from galtea_local_daemon.reconcile import matches
+from galtea_local_daemon.upstream import UpstreamClient
 from tests.emulator_fixture import EmulatorHandle
 from tests.sync_helpers import drain, make_engine, new_session, open_store, upstream_by_session
 
@@ -95,3 +96,32 @@ def test_backoff_grows_is_capped_and_honours_retry_after() -> None:
     jittered = Backoff(initial_s=1.0, max_s=10.0, jitter_s=0.5)
     assert all(1.0 <= jittered.delay(1) <= 1.5 for _ in range(50))
     assert all(jittered.delay(60) <= 10.0 for _ in range(50))
+
+
+class SteppedClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_throttle_extended_during_the_wait_is_waited_out(tmp_path: Path, emulator: EmulatorHandle) -> None:
+    """Another lane's 429 lands while this lane waits out an earlier one: no request before the later end."""
+    clock = SteppedClock()
+    engine: list[SyncEngine] = []
+
+    class HalfwayRetryAfter(Backoff):
+        def sleep(self, seconds: float) -> None:  # time passes; halfway, another lane is told "wait 2 s"
+            clock.now += seconds / 2
+            if clock.now < 1002.0:
+                engine[0]._throttle(2.0)
+            clock.now += seconds / 2
+
+    with closing(open_store(tmp_path / "store.db")) as store:
+        client = UpstreamClient(emulator.url, emulator.api_key)
+        engine.append(SyncEngine(store, client, backoff=HalfwayRetryAfter(), clock=clock))
+        engine[0]._throttle(2.0)  # until 1002; the other lane's pushes it to 1003
+        engine[0]._wait_for_throttle()
+        client.close()
+    assert clock.now >= 1003.0
