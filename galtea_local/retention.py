@@ -2,7 +2,9 @@
 
 A record may go when it is ``synced`` (or ``cancelled``: deleted locally before
 it ever left) and every operation of it is ``done``. Unsynced, in-flight, dead
-and operator-dropped records are never touched here. The newest record is
+and operator-dropped records are never touched here, and neither are records
+imported from an air-gap bundle: their (origin store, origin seq) key is what
+makes a second import of an old bundle add nothing, so it must outlive the sync. The newest record is
 always kept, whatever its state: local ids derive from ``seq`` and SQLite
 reuses ``max(seq) + 1`` once the top row is gone, which would hand an old
 record's id to a new one.
@@ -22,7 +24,7 @@ STORE_FULL = "store_full"  # meta key: present (with the reason) while new recor
 
 _DELETABLE = (
     "SELECT r.seq FROM inference_results r"
-    " WHERE r.sync_state IN ('synced', 'cancelled')"
+    " WHERE r.sync_state IN ('synced', 'cancelled') AND r.origin_store_id IS NULL"
     " AND r.seq < (SELECT MAX(seq) FROM inference_results)"
     " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.record_seq = r.seq"
     "   AND (o.state != 'done' OR o.settled_at > :cutoff))"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from galtea_local import Galtea
+from galtea_local import Galtea, retention
 from galtea_local.bundle import export_bundle, import_bundle, import_receipt, write_receipt
 from galtea_local.status import store_status
 from galtea_local.store import Store
@@ -61,8 +61,9 @@ def test_round_trip_of_2000_records_through_the_cli(tmp_path: Path, emulator_fac
     confirmed = galtea_local("import-receipt", str(receipt), env=on_origin)
     assert confirmed.returncode == 0, confirmed.stderr
 
-    markers = upstream_markers(handle)
-    assert markers == dict.fromkeys(ids, 1)  # each record exactly once
+    faults = handle.dump(log=False)["faults"]
+    assert faults.get("ambiguous", 0) > 50 and faults.get("fail", 0) > 50  # lost answers and 5xx were survived
+    assert upstream_markers(handle) == dict.fromkeys(ids, 1)  # each record exactly once
     assert all(r["status"] == "GENERATED" and r["actualOutput"] for r in upstream_records(handle))
     assert len(handle.dump(log=False)["sessions"]) == 20  # 10 remote + 10 created offline, once each
     status = store_status(open_store(origin_path))
@@ -98,6 +99,10 @@ def test_same_and_overlapping_bundles_go_upstream_once(tmp_path: Path,
     write_receipt(connected, origin.store_id, tmp_path / "receipt.glb")
     import_receipt(store, tmp_path / "receipt.glb")
     assert store_status(store)["synced"] == 81
+    assert store.transaction(retention.delete_synced_before, float("inf")) == 80  # all but the newest row
+    # The connected store keeps what it imported: its keys make an old bundle add nothing.
+    assert connected.transaction(retention.delete_synced_before, float("inf")) == 0
+    assert import_bundle(connected, tmp_path / "first.glb").records_added == 0
     origin.close()
 
 
