@@ -250,3 +250,25 @@ def test_a_maybe_sent_create_is_reconciled_not_sent_twice(tmp_path: Path, emulat
     import_receipt(origin, tmp_path / "r.glb")
     assert rows(origin.path, "SELECT remote_id, sync_state FROM inference_results") == [(remote_id, "synced")]
     assert record.id.startswith("loc_")
+
+
+def test_a_newer_session_version_is_applied_after_its_turns(tmp_path: Path, emulator: EmulatorHandle) -> None:
+    with Galtea(store=tmp_path / "origin.db") as galtea:
+        session = galtea.sessions.create(version_id="v1", custom_id="conv-9", context="first")
+        add_turn(galtea, {"session_id": session.id}, "t1")
+        origin = open_store(tmp_path / "origin.db")
+        export_bundle(origin, tmp_path / "1.glb")
+        galtea.sessions.update(session.id, context="second")
+        galtea.sessions.finish(session.id, stopping_reason="GOAL_ACHIEVED")
+        add_turn(galtea, {"session_id": session.id}, "t2")
+    export_bundle(origin, tmp_path / "2.glb")
+    connected = open_store(tmp_path / "connected.db")
+    import_bundle(connected, tmp_path / "1.glb")
+    assert import_bundle(connected, tmp_path / "2.glb").sessions_updated == 1
+    kinds = [kind for (kind,) in rows(connected.path, "SELECT kind FROM outbox ORDER BY seq")]
+    assert kinds == ["session_create", "create", "create", "session_finish"]  # the context folded into the create
+    drain(make_engine(connected, emulator))
+    [upstream] = emulator.dump(log=False)["sessions"]
+    assert (upstream["customId"], upstream["context"], upstream["status"], upstream["stoppingReason"]) == (
+        "conv-9", "second", "COMPLETED", "GOAL_ACHIEVED")
+    assert upstream_markers(emulator) == {"t1": 1, "t2": 1}

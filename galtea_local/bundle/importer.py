@@ -52,9 +52,14 @@ def _insert(conn: sqlite3.Connection, table: str, values: dict[str, Any]) -> int
                         tuple(values.values())).lastrowid
 
 
-def _finish_kind(changes: dict[str, Any]) -> str:
-    return "session_finish" if changes.get("status") == "COMPLETED" and changes.get("stopping_reason") \
-        else "session_update"
+def _session_ops(changes: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """A finished session goes up through the finish call, as ``finish()`` at the origin did;
+    any other change is a PATCH (or folds into a create not yet sent)."""
+    finish = {k: changes[k] for k in ("status", "stopping_reason") if k in changes}
+    if finish.get("status") != "COMPLETED" or not finish.get("stopping_reason"):
+        return [("session_update", changes)]
+    rest = {k: v for k, v in changes.items() if k not in finish}
+    return [*([("session_update", rest)] if rest else []), ("session_finish", finish)]
 
 
 class _Import:
@@ -115,10 +120,11 @@ class _Import:
     def finish_sessions(self) -> None:
         """Session PATCHes go behind the turns imported with them, as they did at the origin."""
         for seq, changes in self.session_patches:
-            row = self.conn.execute("SELECT * FROM sessions WHERE seq = ?", (seq,)).fetchone()
-            folded = session_queue.enqueue_session_change(self.conn, row, _finish_kind(changes), changes, self.now)
-            if not folded and row["sync_state"] != "dead":
-                self.conn.execute("UPDATE sessions SET sync_state = 'queued' WHERE seq = ?", (seq,))
+            for kind, part in _session_ops(changes):
+                row = self.conn.execute("SELECT * FROM sessions WHERE seq = ?", (seq,)).fetchone()
+                folded = session_queue.enqueue_session_change(self.conn, row, kind, part, self.now)
+                if not folded and row["sync_state"] != "dead":
+                    self.conn.execute("UPDATE sessions SET sync_state = 'queued' WHERE seq = ?", (seq,))
 
     # -- records ---------------------------------------------------------------
 
