@@ -10,6 +10,7 @@ import threading
 
 from galtea_local.config import Settings
 from galtea_local.store import Store
+from galtea_local.store import open_store as open_location
 from galtea_local_daemon.backoff import Backoff
 from galtea_local_daemon.engine import EngineSettings, SyncEngine
 from galtea_local_daemon.upstream import UpstreamClient
@@ -17,7 +18,7 @@ from galtea_local_daemon.upstream import UpstreamClient
 
 def open_store(settings: Settings) -> Store:
     store = settings.store
-    return Store(
+    return open_location(
         store.location(),
         durability=store.durability,
         busy_timeout_s=store.busy_timeout_s,

@@ -8,7 +8,7 @@ from typing import Any
 from galtea_local.config import load_settings
 from galtea_local.service import InferenceResultService
 from galtea_local.sessions import SessionService
-from galtea_local.store import Store
+from galtea_local.store import open_store
 
 
 class Galtea:
@@ -33,7 +33,7 @@ class Galtea:
     ) -> None:
         overrides = {"store.path": os.fspath(store) if store is not None else None, "store.durability": durability}
         settings = load_settings(config, overrides=overrides).store
-        self._store = Store(
+        self._store = open_store(
             settings.location(),
             durability=settings.durability,
             busy_timeout_s=settings.busy_timeout_s,

@@ -14,6 +14,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from galtea_local.errors import NotAStoreError
 
@@ -98,6 +99,11 @@ _INITIAL = (
 def _initial(conn: sqlite3.Connection) -> None:
     for statement in _INITIAL:
         conn.execute(statement)
+    write_initial_meta(conn)
+
+
+def write_initial_meta(conn: Any) -> None:
+    """The facts a new store starts with (both dialects): what it is, its random id, its birth."""
     now = time.time()
     conn.executemany(
         "INSERT INTO meta (key, value) VALUES (:key, :value)",
@@ -215,20 +221,23 @@ def upgrade(conn: sqlite3.Connection, path: Path) -> list[str]:
     applied = set()
     if tables:
         applied = {row[0] for row in conn.execute("SELECT name FROM schema_migrations")}
-    known = [name for name, _ in MIGRATIONS]
-    unknown = sorted(applied - set(known))
+    return apply_missing(conn, MIGRATIONS, applied, path, time.time())
+
+
+def apply_missing(conn: Any, known: list[tuple[str, Callable[[Any], None]]], applied: set[str], where: object,
+                  now: float) -> list[str]:
+    """Apply the ``known`` migrations not in ``applied``, each recorded with its change; return their names."""
+    unknown = sorted(applied - {name for name, _ in known})
     if unknown:
         raise NotAStoreError(
-            f"store {path}: written by a newer galtea-local (migrations {', '.join(unknown)}); upgrade the package"
+            f"store {where}: written by a newer galtea-local (migrations {', '.join(unknown)}); upgrade the package"
         )
     done = []
-    for name, apply in MIGRATIONS:
+    for name, apply in known:
         if name in applied:
             continue
         apply(conn)
-        conn.execute(
-            "INSERT INTO schema_migrations (name, applied_at) VALUES (:name, :at)", {"name": name, "at": time.time()}
-        )
+        conn.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (:name, :at)", {"name": name, "at": now})
         done.append(name)
     return done
 

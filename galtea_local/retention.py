@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sqlite3
 
+from galtea_local import dialects
 from galtea_local.errors import StoreFullError
 
 STORE_FULL = "store_full"  # meta key: present (with the reason) while new records are refused
@@ -53,6 +54,8 @@ def delete_oldest_synced(conn: sqlite3.Connection, limit: int) -> int:
 
 def used_bytes(conn: sqlite3.Connection) -> int:
     """Bytes the database's pages hold (free pages left by deletions are reused, so they do not count)."""
+    if dialects.of(conn) == dialects.POSTGRESQL:
+        return conn.execute(dialects.PG_USED_BYTES).fetchone()[0]  # tables and indexes of the store's schema
     page_size = conn.execute("PRAGMA page_size").fetchone()[0]
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
     free = conn.execute("PRAGMA freelist_count").fetchone()[0]

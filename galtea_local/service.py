@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from galtea_local import outbox, retention
+from galtea_local.dialects import NO_LIMIT
 from galtea_local.errors import InvalidInputError, InvalidTypeError, NotFoundError
 from galtea_local.outbox import sessions as sessions_queue
 from galtea_local.read_model import InferenceResult, build, from_row
@@ -296,5 +297,5 @@ def _list_query(prefix, ids, sessions, since, until, order, offset, limit) -> tu
         params.append(until)
     query = f"SELECT * FROM inference_results WHERE {' AND '.join(where)} ORDER BY seq {order.upper()}"
     query += " LIMIT ? OFFSET ?"
-    params += [-1 if limit is None else limit, offset or 0]
+    params += [NO_LIMIT if limit is None else limit, offset or 0]
     return query, params

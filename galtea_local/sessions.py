@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from galtea_local.dialects import NO_LIMIT
 from galtea_local.errors import InvalidInputError
 from galtea_local.outbox import sessions as queue
 from galtea_local.read_model import iso_utc
@@ -190,7 +191,7 @@ class SessionService:
             params += seqs + ids
         order = "DESC" if (sort_by_created_at or "asc").lower() == "desc" else "ASC"
         query = f"SELECT * FROM sessions WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT ? OFFSET ?"
-        rows = self._store.read(lambda conn: conn.execute(query, (*params, -1 if limit is None else limit,
+        rows = self._store.read(lambda conn: conn.execute(query, (*params, NO_LIMIT if limit is None else limit,
                                                                      offset or 0)).fetchall())
         return [_session(row, self._prefix) for row in rows]
 

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from galtea_local import migrations
+from galtea_local import dialects, migrations
 from galtea_local.errors import NotAStoreError, StoreError, StoreOpenError
 
 T = TypeVar("T")
@@ -42,7 +42,7 @@ def sqlite_path_from(location: str) -> str:
         return database
     if "://" in location:
         raise StoreOpenError(
-            f"store {location!r}: unsupported store URL; use a file path or an sqlite:/// URL"
+            f"store {location!r}: unsupported store URL; use a file path, an sqlite:/// or a postgresql:// URL"
         )
     return location
 
@@ -61,6 +61,19 @@ def _create_private(path: Path, file_mode: int, dir_mode: int) -> None:
         os.chmod(path, file_mode)  # the umask may have narrowed it; be exact
 
 
+def open_store(location: str, **settings: Any) -> Store:
+    """The store at ``location``: a :class:`Store` for a path or ``sqlite:///`` URL, a
+    :class:`~galtea_local.pgstore.PostgresStore` for a ``postgresql://`` URL.
+
+    psycopg is imported only here, and only for a PostgreSQL URL.
+    """
+    if dialects.is_postgres_url(location):
+        from galtea_local.pgstore import PostgresStore
+
+        return PostgresStore(location, **settings)  # type: ignore[return-value]  # the same interface
+    return Store(location, **settings)
+
+
 class Store:
     """An open store: the file, its settings, and a connection per thread.
 
@@ -68,6 +81,8 @@ class Store:
     survives any crash of the process) or ``"power"`` (synchronous=FULL: it also
     survives power loss).
     """
+
+    dialect = "sqlite"
 
     def __init__(
         self,

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from galtea_local import dialects
+
 _HEAD = (
     "SELECT * FROM outbox WHERE lane = ? AND state IN ('pending', 'sending') ORDER BY seq LIMIT 1"
 )
@@ -60,10 +62,20 @@ def due_lanes(conn: sqlite3.Connection, now: float, limit: int) -> list[str]:
     return [row[0] for row in rows]
 
 
+@dialects.read_committed
 def claim_lanes(conn: sqlite3.Connection, owner: str, now: float, lease_s: float, limit: int,
                 skip: frozenset[str] = frozenset()) -> list[str]:
-    """Lease up to ``limit`` due lanes (not in ``skip``), oldest head first."""
-    keys = [key for key in due_lanes(conn, now, limit + len(skip)) if key not in skip][:limit]
+    """Lease up to ``limit`` due lanes (not in ``skip``), oldest head first.
+
+    On PostgreSQL several daemons claim at once: the lanes are locked as they are
+    read and locked ones skipped (:data:`dialects.PG_CLAIM_LANES`), so each lane
+    gets one lease holder. SQLite has one pusher per store, holding the write lock.
+    """
+    if dialects.of(conn) == dialects.POSTGRESQL:
+        due = [row[0] for row in conn.execute(dialects.PG_CLAIM_LANES, (now, now, limit + len(skip)))]
+    else:
+        due = due_lanes(conn, now, limit + len(skip))
+    keys = [key for key in due if key not in skip][:limit]
     conn.executemany(
         "UPDATE lanes SET lease_owner = ?, lease_until = ? WHERE key = ?",
         [(owner, now + lease_s, key) for key in keys],

@@ -16,8 +16,11 @@ _INSERT_OP = (
     "INSERT INTO outbox (record_seq, lane, kind, payload, state, attempts, not_before, created_at)"
     " VALUES (?, ?, ?, ?, 'pending', 0, 0, ?)"
 )
-# Re-activating an already active lane writes nothing (the WHERE is false).
-ACTIVATE_LANE = "INSERT INTO lanes (key, active) VALUES (?, 1) ON CONFLICT(key) DO UPDATE SET active = 1 WHERE active = 0"
+# Re-activating an already active lane writes nothing (the WHERE is false). ``lanes.active`` is
+# qualified because PostgreSQL would find ``active`` ambiguous (the row or ``excluded``); SQLite accepts both.
+ACTIVATE_LANE = (
+    "INSERT INTO lanes (key, active) VALUES (?, 1) ON CONFLICT(key) DO UPDATE SET active = 1 WHERE lanes.active = 0"
+)
 
 
 def lane_for(session_id: str | None, custom_id: str | None, version_id: str | None, product_id: str | None) -> str:

@@ -1,0 +1,71 @@
+"""The SQL that differs between SQLite and PostgreSQL, all of it in this module.
+
+Everything else is written once, in the SQL both engines accept (``?`` or
+``:name`` placeholders; the PostgreSQL adapter translates them). Only what
+pays for itself is dialect-specific:
+
+- claiming lanes: PostgreSQL locks the lanes it claims with
+  ``FOR UPDATE SKIP LOCKED``, so several daemons claiming at once each get
+  different lanes instead of queueing behind one another (SQLite has one
+  writer at a time: a plain ``UPDATE`` is enough);
+- how many bytes the store holds (``PRAGMA`` page counts vs relation sizes);
+- the schema DDL (:mod:`galtea_local.migrations` and :mod:`galtea_local.pg_migrations`).
+
+A function called through ``store.transaction`` gets an ``sqlite3.Connection``
+or the PostgreSQL adapter; :func:`of` tells which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+SQLITE = "sqlite"
+POSTGRESQL = "postgresql"
+# "No limit" in a ``LIMIT ? OFFSET ?`` both engines accept (SQLite's -1 is an error on PostgreSQL).
+NO_LIMIT = 2**63 - 1
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def is_postgres_url(location: str) -> bool:
+    """Whether a store location names a PostgreSQL database (``postgresql+psycopg://...``)."""
+    return location.startswith(("postgresql:", "postgresql+", "postgres:"))
+
+
+def of(conn: Any) -> str:
+    """``"postgresql"`` for the PostgreSQL adapter, ``"sqlite"`` for an ``sqlite3.Connection``."""
+    return getattr(conn, "dialect", SQLITE)
+
+
+def read_committed(fn: F) -> F:
+    """Mark a transaction function to run at READ COMMITTED on PostgreSQL (SQLite ignores it).
+
+    For a statement whose row locks already give the guarantee it needs, where
+    SERIALIZABLE would only add aborts: see :data:`PG_CLAIM_LANES`.
+    """
+    fn.pg_isolation = "READ COMMITTED"  # type: ignore[attr-defined]
+    return fn
+
+
+# Unleased lanes whose head operation is due, oldest head first, locked as they are read.
+# Runs at READ COMMITTED (see read_committed): a lane another daemon locked is skipped, and
+# one it leased and committed meanwhile is re-checked by PostgreSQL against its newest row
+# (the lease condition is in the WHERE), so two daemons never lease the same lane. The head
+# is read from the statement's snapshot; next_attempt re-reads it under the lease anyway.
+PG_CLAIM_LANES = (
+    "SELECT l.key FROM lanes l"
+    " CROSS JOIN LATERAL (SELECT o.seq, o.kind, o.not_before FROM outbox o"
+    "   WHERE o.lane = l.key AND o.state IN ('pending', 'sending') ORDER BY o.seq LIMIT 1) h"
+    " WHERE l.active = 1 AND (l.lease_until IS NULL OR l.lease_until < ?) AND h.not_before <= ?"
+    " AND NOT (l.key LIKE 'ls:%' AND l.remote_session_id IS NULL AND h.kind != 'session_create')"
+    " ORDER BY h.seq LIMIT ?"
+    " FOR UPDATE OF l SKIP LOCKED"
+)
+
+# Bytes the store's tables and their indexes hold in the current schema (the size cap).
+PG_USED_BYTES = (
+    "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::BIGINT FROM pg_class c"
+    " JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE n.nspname = current_schema() AND c.relkind = 'r'"
+)
