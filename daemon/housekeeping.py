@@ -142,6 +142,8 @@ class Housekeeper:
     # -- WAL -------------------------------------------------------------------
 
     def wal_bytes(self) -> int:
+        if self.store.dialect != "sqlite":
+            return 0  # PostgreSQL manages its own WAL
         try:
             return os.path.getsize(f"{self.store.path}-wal")
         except OSError:
@@ -164,6 +166,8 @@ class Housekeeper:
 
     def checkpoint(self, tries: int = CHECKPOINT_TRIES) -> bool:
         """``wal_checkpoint(TRUNCATE)`` on a private connection; True when the WAL was emptied."""
+        if self.store.dialect != "sqlite":
+            return False  # PostgreSQL checkpoints by itself
         conn = sqlite3.connect(self.store.path, timeout=CHECKPOINT_BUSY_MS / 1000, isolation_level=None)
         try:
             # A short busy wait: a checkpoint is worth less than a writer's progress.

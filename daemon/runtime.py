@@ -7,12 +7,14 @@ CLI commands and the daemon wire them the same way.
 from __future__ import annotations
 
 import threading
+from contextlib import AbstractContextManager, nullcontext
 
 from galtea_local.config import Settings
 from galtea_local.store import Store
 from galtea_local.store import open_store as open_location
 from galtea_local_daemon.backoff import Backoff
 from galtea_local_daemon.engine import EngineSettings, SyncEngine
+from galtea_local_daemon.lock import PusherLock
 from galtea_local_daemon.upstream import UpstreamClient
 
 
@@ -59,3 +61,21 @@ def make_engine(settings: Settings, store: Store, client: UpstreamClient,
         clock_skew_s=sync.clock_skew_s,
     )
     return SyncEngine(store, client, engine_settings, backoff=backoff)
+
+
+def pusher_guard(store: Store) -> AbstractContextManager[object]:
+    """SQLite: one pusher per store, an OS lock beside the file (raises PusherLockedError).
+
+    PostgreSQL: several daemons share the store, on one host or many; the lane lease
+    is the per-session claim, so there is nothing to hold for the whole store.
+    """
+    if store.dialect == "sqlite":
+        return PusherLock(store.path)
+    return nullcontext()
+
+
+def release_stale_leases(store: Store, engine: SyncEngine) -> int:
+    """Forget leases a dead pusher left, where that is sound: only a sole pusher (SQLite,
+    holding the lock) knows every lease is stale. On PostgreSQL the other daemons are
+    alive; a dead one's leases simply expire and its lanes are taken over as "maybe sent"."""
+    return engine.release_stale_leases() if store.dialect == "sqlite" else 0

@@ -43,10 +43,9 @@ from galtea_local.status import store_status
 from galtea_local.store import Store
 from galtea_local_daemon.engine import EngineSettings, PassReport, SyncEngine
 from galtea_local_daemon.housekeeping import WAL_CHECK_EVERY_S, Housekeeper
-from galtea_local_daemon.lock import PusherLock
 from galtea_local_daemon.logs import configure_logging
 from galtea_local_daemon.metrics import DaemonMetrics
-from galtea_local_daemon.runtime import make_client, make_engine, open_store
+from galtea_local_daemon.runtime import make_client, make_engine, open_store, pusher_guard, release_stale_leases
 from galtea_local_daemon.sdnotify import Notifier
 
 log = logging.getLogger("galtea_local.daemon")
@@ -84,6 +83,32 @@ class StoreWatch:
 
     def close(self) -> None:
         self._conn.close()
+
+
+class OutboxWatch:
+    """PostgreSQL's stand-in for :class:`StoreWatch`: a new operation raises the outbox's top ``seq``.
+
+    One index probe per poll; the daemons' own settling does not count as a change.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._top = self._read()
+
+    def _read(self) -> int:
+        return self._store.read(lambda conn: conn.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0])
+
+    def changed(self) -> bool:
+        try:
+            top = self._read()
+        except Exception as exc:  # a busy or restarting server: the interval still runs passes
+            log.debug("outbox poll failed: %s", exc)
+            return False
+        changed, self._top = top != self._top, top
+        return changed
+
+    def close(self) -> None:
+        pass
 
 
 class Daemon:
@@ -212,7 +237,7 @@ class Daemon:
         self.scheduler.add_job(self.housekeeper.bound_wal, IntervalTrigger(seconds=WAL_CHECK_EVERY_S), id="wal-bound",
                                max_instances=1, coalesce=True)
         self.metrics.start()
-        watch = StoreWatch(self.store)
+        watch = StoreWatch(self.store) if self.store.dialect == "sqlite" else OutboxWatch(self.store)
         self.scheduler.start()
         self.notifier.ready(f"pushing {self.store.path} to {self.settings.upstream.base_url}")
         log.info("daemon started: store %s, upstream %s, every %gs",
@@ -223,7 +248,7 @@ class Daemon:
             watch.close()
         return self._warm_stop()
 
-    def _watch_loop(self, watch: StoreWatch) -> None:
+    def _watch_loop(self, watch: StoreWatch | OutboxWatch) -> None:
         ping_every = self.notifier.watchdog_interval()
         last_ping = float("-inf")
         while self._signal is None:
@@ -275,9 +300,9 @@ def run_daemon(settings: Settings) -> int:
     configure_logging(settings.log.level, settings.log.format, secrets=[key])
     store = open_store(settings)  # opens and migrates
     notifier = Notifier()
-    with PusherLock(store.path), make_client(settings) as client:
+    with pusher_guard(store), make_client(settings) as client:
         engine = make_engine(settings, store, client)
-        released = engine.release_stale_leases()  # we hold the lock: any lease is a dead pusher's
+        released = release_stale_leases(store, engine)  # SQLite: we hold the lock, any lease is a dead pusher's
         if released:
             log.info("released %d lease(s) left by a previous pusher", released)
         try:

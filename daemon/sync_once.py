@@ -14,9 +14,8 @@ from typing import Any
 
 from galtea_local.config import Settings
 from galtea_local.status import store_status
-from galtea_local_daemon.lock import PusherLock
 from galtea_local_daemon.logs import configure_logging
-from galtea_local_daemon.runtime import make_client, make_engine, open_store
+from galtea_local_daemon.runtime import make_client, make_engine, open_store, pusher_guard, release_stale_leases
 
 log = logging.getLogger("galtea_local.sync")
 
@@ -33,12 +32,12 @@ def sync_once(settings: Settings) -> int:
     key = settings.upstream.require_api_key()
     configure_logging(settings.log.level, settings.log.format, secrets=[key])
     store = open_store(settings)
-    with PusherLock(store.path):
+    with pusher_guard(store):
         stop = threading.Event()
         _stop_on_signals(stop)
         with make_client(settings) as client:
             engine = make_engine(settings, store, client, stop)
-            engine.release_stale_leases()
+            release_stale_leases(store, engine)
             while not stop.is_set():
                 report = engine.run_once()
                 if not report.more_due:

@@ -9,7 +9,7 @@ import pytest
 
 from galtea_local import Galtea
 
-pytest_plugins = ["tests.emulator_fixture"]
+pytest_plugins = ["tests.emulator_fixture", "tests.pg_fixture"]
 
 
 @pytest.fixture
