@@ -10,6 +10,7 @@ import pytest
 
 from galtea_local import Galtea
 from galtea_local.outbox import attempts as ob
+from galtea_local.outbox import dead
 from galtea_local_daemon.backoff import Backoff
 from galtea_local_daemon.engine import SyncEngine, build_body
 from galtea_local_daemon.reconcile import matches
@@ -125,3 +126,39 @@ def test_a_throttle_extended_during_the_wait_is_waited_out(tmp_path: Path, emula
         engine[0]._wait_for_throttle()
         client.close()
     assert clock.now >= 1003.0
+
+
+def test_deletes_go_upstream_once_pushed_and_cancel_before(emulator: EmulatorHandle, tmp_path: Path) -> None:
+    session_id = new_session(emulator)
+    store_path = tmp_path / "store.db"
+    with Galtea(store=store_path) as local, closing(open_store(store_path)) as store:
+        kept, pushed_then_deleted, never_sent = (local.traces.create(session_id=session_id, input=text).id
+                                                 for text in ("kept", "pushed then deleted", "never sent"))
+        local.traces.delete(never_sent)  # its create never left: nothing to send at all
+        engine = make_engine(store, emulator)
+        drain(engine)
+        local.traces.delete(pushed_then_deleted)
+        drain(engine)
+    dump = emulator.dump(log=False)
+    assert [r["input"]["user_message"] for r in dump["inferenceResults"]] == ["kept"]
+    assert [r["input"]["user_message"] for r in dump["deletedInferenceResults"]] == ["pushed then deleted"]
+    assert dump["requests"]["POST /inferenceResults"] == 2
+    assert dump["requests"]["DELETE /inferenceResults/{id}"] == 1
+
+
+def test_an_update_behind_a_dead_create_is_replayed_with_it(emulator: EmulatorHandle, tmp_path: Path) -> None:
+    """A create dead for want of its session; a later update waits dead too; retry replays both, in order."""
+    store_path = tmp_path / "store.db"
+    with Galtea(store=store_path) as local, closing(open_store(store_path)) as store:
+        record_id = local.traces.create(session_custom_id="later", version_id="v1", input="q", status="PENDING").id
+        engine = make_engine(store, emulator)
+        assert engine.run_once().dead == 1
+        local.traces.update(record_id, status="GENERATED", output="a")
+        drain(engine)
+        assert local.traces.get(record_id).sync_state == "dead"
+        session_id = new_session(emulator, custom_id="later")
+        assert store.transaction(dead.retry_dead) >= 1
+        drain(engine)
+        assert local.traces.get(record_id).sync_state == "synced"
+    (record,) = upstream_by_session(emulator)[session_id]
+    assert (record["status"], record["actualOutput"]) == ("GENERATED", "a")
