@@ -202,10 +202,15 @@ class SyncEngine:
 
     def _drain_lane(self, lane: str) -> PassReport:
         report = PassReport()
+        ahead: ob.Attempt | None = None  # the next operation, taken in the same transaction as a settle
         try:
-            for _ in range(self.settings.batch_size):
-                if self.stopping or self._halt.is_set() or not self._step_with_retries(lane, report):
+            for left in range(self.settings.batch_size, 0, -1):
+                if self.stopping or self._halt.is_set():
                     break
+                outcome = self._step_with_retries(lane, report, ahead, take_more=left > 1)
+                if outcome is None:
+                    break
+                ahead = outcome if isinstance(outcome, ob.Attempt) else None
         except UpstreamError as error:
             report.errors.append(str(error))
         except Exception:  # a bug must not kill the pass: log it, keep the lane's state durable
@@ -215,10 +220,12 @@ class SyncEngine:
             self.store.transaction(ob.release_lane, lane, self.owner)
         return report
 
-    def _step_with_retries(self, lane: str, report: PassReport) -> bool:
+    def _step_with_retries(self, lane: str, report: PassReport, ahead: ob.Attempt | None,
+                           take_more: bool) -> Any:
         """Settle the lane's head operation, retrying in place while waits are short.
 
-        Returns False when the lane has nothing due now (empty, backing off, lease lost).
+        Returns None when the lane has nothing due now (empty, backing off, lease
+        lost), else the next operation if it was already taken, or True.
         """
         tries = 0
 
@@ -228,18 +235,21 @@ class SyncEngine:
         for attempt_manager in self.backoff.retrying(enough):
             tries += 1
             with attempt_manager:
-                return self._step(lane, report)
-        return False
+                taken, ahead = ahead, None  # a retry takes the head afresh
+                return self._step(lane, report, taken, take_more)
+        return None
 
-    def _step(self, lane: str, report: PassReport) -> bool:
+    def _step(self, lane: str, report: PassReport, taken: ob.Attempt | None, take_more: bool) -> Any:
         if self.stopping or self._halt.is_set():
-            return False
+            return None
         self._wait_for_throttle()
-        attempt = self.store.transaction(ob.next_attempt, lane, self.owner, self.clock(), self.settings.lease_s)
+        attempt = taken or self.store.transaction(
+            ob.take_next, lane, self.owner, self.clock(), self.settings.lease_s, build_body
+        )
         if attempt is None:
-            return False
+            return None
         try:
-            return self._settle_success(attempt, report, self._perform(attempt, report))
+            return self._settle_success(attempt, report, self._perform(attempt, report), take_more)
         except AuthError as error:
             self._on_auth_failure(attempt, error, report)
             raise
@@ -254,6 +264,8 @@ class SyncEngine:
 
     def _perform(self, attempt: ob.Attempt, report: PassReport) -> dict[str, Any] | None | bool:
         """Reconcile if needed, mark, send. Returns the server's answer; True when adopted."""
+        if attempt.body is not None:  # already marked by take_next
+            return self._send(attempt, attempt.body)
         if attempt.kind in ("create", "session_create") and attempt.maybe_sent_since is not None and attempt.sent_body:
             if self._adopt(attempt):
                 report.adopted += 1
@@ -304,15 +316,24 @@ class SyncEngine:
         self.client.delete_inference_result(remote_id)
         return None
 
-    def _settle_success(self, attempt: ob.Attempt, report: PassReport, answer: Any) -> bool:
-        if answer is True:  # adopted by reconciliation, already settled
+    def _settle_success(self, attempt: ob.Attempt, report: PassReport, answer: Any, take_more: bool) -> Any:
+        """Settle a pushed operation and, in the same transaction, take the lane's next one."""
+        if answer is True:  # adopted by reconciliation, or settled locally
             return True
         if answer is False:  # the head or the lease changed under us
-            return False
+            return None
         remote = answer if attempt.kind in ("create", "session_create") else None
-        self.store.transaction(ob.settle_done, attempt, self.clock(), remote)
+        now = self.clock()
+
+        def settle_then_take(conn: Any) -> ob.Attempt | None:
+            ob.settle_done(conn, attempt, now, remote)
+            if not take_more or self.stopping or self._halt.is_set():
+                return None
+            return ob.take_next(conn, attempt.lane, self.owner, now, self.settings.lease_s, build_body)
+
+        ahead = self.store.transaction(settle_then_take)
         report.pushed += 1
-        return True
+        return ahead or True
 
     def _settle_failure(self, attempt: ob.Attempt, error: UpstreamError, report: PassReport) -> None:
         retry_after = retry_after_of(error)
