@@ -136,6 +136,7 @@ class SyncEngine:
         self._halt = threading.Event()  # auth failure or throttle: stop claiming for this pass
         self._throttled_until = 0.0
         self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
 
     # -- control -------------------------------------------------------------
 
@@ -174,22 +175,34 @@ class SyncEngine:
         deadline = time.monotonic() + self.settings.pass_budget_s
         active: dict[Future[PassReport], str] = {}
         at = now  # the first claim sees the pass's `now`; later claims the clock
-        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="push") as pool:
-            while True:
-                free = concurrency - len(active)
-                if free and not self._should_stop_claiming(deadline):
-                    lanes = self.store.transaction(
-                        ob.claim_lanes, self.owner, at, self.settings.lease_s, free, frozenset(active.values())
-                    )
-                    at = self.clock()
-                    for lane in lanes:
-                        active[pool.submit(self._drain_lane, lane)] = lane
-                if not active:
-                    return
-                done, _ = wait(active, return_when=FIRST_COMPLETED)
-                for future in done:
-                    del active[future]
-                    report.merge(future.result())
+        pool = self._workers()
+        while True:
+            free = concurrency - len(active)
+            if free and not self._should_stop_claiming(deadline):
+                lanes = self.store.transaction(
+                    ob.claim_lanes, self.owner, at, self.settings.lease_s, free, frozenset(active.values())
+                )
+                at = self.clock()
+                for lane in lanes:
+                    active[pool.submit(self._drain_lane, lane)] = lane
+            if not active:
+                return
+            done, _ = wait(active, return_when=FIRST_COMPLETED)
+            for future in done:
+                del active[future]
+                report.merge(future.result())
+
+    def _workers(self) -> ThreadPoolExecutor:
+        # Kept across passes: each push thread keeps its own HTTP connections alive between passes.
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="push")
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the push threads (after any pass in progress). The engine must not be used afterwards."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def _should_stop_claiming(self, deadline: float) -> bool:
         return self.stopping or self._halt.is_set() or time.monotonic() > deadline

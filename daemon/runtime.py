@@ -29,7 +29,7 @@ def open_store(settings: Settings) -> Store:
     )
 
 
-def make_client(settings: Settings, *, concurrency: int | None = None) -> UpstreamClient:
+def make_client(settings: Settings) -> UpstreamClient:
     """The upstream client; raises ConfigError when there is no usable API key."""
     upstream = settings.upstream
     upstream.require_api_key()
@@ -41,7 +41,7 @@ def make_client(settings: Settings, *, concurrency: int | None = None) -> Upstre
         ca_bundle=upstream.ca_bundle,
         extra_headers=dict(upstream.extra_headers),
         allow_insecure_http=upstream.allow_insecure_http,
-        max_connections=max(8, concurrency or settings.sync.concurrency),
+        max_connections=2,  # per pushing thread, which sends one request at a time
     )
 
 

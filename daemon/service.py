@@ -308,4 +308,5 @@ def run_daemon(settings: Settings) -> int:
         try:
             return Daemon(settings, store, engine, notifier).run()
         finally:
+            engine.close()
             notifier.close()

@@ -38,10 +38,13 @@ def sync_once(settings: Settings) -> int:
         with make_client(settings) as client:
             engine = make_engine(settings, store, client, stop)
             release_stale_leases(store, engine)
-            while not stop.is_set():
-                report = engine.run_once()
-                if not report.more_due:
-                    break
+            try:
+                while not stop.is_set():
+                    report = engine.run_once()
+                    if not report.more_due:
+                        break
+            finally:
+                engine.close()
     status = store_status(store)
     print(
         f"queued {status['queued']}, synced {status['synced']}, dead {status['dead']}"

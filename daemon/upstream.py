@@ -26,6 +26,7 @@ import json
 import logging
 import re
 import ssl
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -187,8 +188,9 @@ def api_message(response: httpx.Response) -> str:
 class UpstreamClient:
     """A thread-safe, synchronous client for the Galtea API inference-result calls.
 
-    One instance may be shared by many threads: it holds one ``httpx.Client``
-    whose pool has ``max_connections`` connections. TLS is always verified
+    One instance may be shared by many threads: each thread gets its own
+    ``httpx.Client`` whose pool keeps up to ``max_connections`` connections (a
+    pushing thread sends one request at a time). TLS is always verified
     (against ``ca_bundle`` when given); proxies come from the environment;
     redirects are not followed. Each method returns the parsed JSON as the
     server sends it (camelCase) or raises an ``UpstreamError`` subclass chosen by
@@ -221,7 +223,7 @@ class UpstreamClient:
             "Content-Type": "application/json",
             "Accept": "application/json",
         }
-        self._http = httpx.Client(
+        options = dict(
             base_url=self.base_url,
             headers=headers,
             timeout=_timeout(timeouts),
@@ -232,12 +234,35 @@ class UpstreamClient:
             trust_env=True,
         )
 
+        def new_client() -> httpx.Client:  # a closure: the auth header never shows in a repr
+            return httpx.Client(**options)
+
+        self._new_client = new_client
+        # One httpx.Client per pushing thread: a single shared pool serialises every request
+        # of every thread on its lock (measured: half the push threads' time at 32 lanes).
+        self._local = threading.local()
+        self._clients: list[httpx.Client] = []
+        self._clients_lock = threading.Lock()
+
+    @property
+    def _http(self) -> httpx.Client:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._new_client()
+            with self._clients_lock:
+                self._clients.append(client)
+            self._local.client = client
+        return client
+
     def __repr__(self) -> str:
         return f"UpstreamClient(base_url={self.base_url!r}, api_key={self._api_key!r})"
 
     def close(self) -> None:
-        """Close the connection pool. The client must not be used afterwards."""
-        self._http.close()
+        """Close every thread's connection pool. The client must not be used afterwards."""
+        with self._clients_lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.close()
 
     def __enter__(self) -> UpstreamClient:
         return self

@@ -101,6 +101,9 @@ class Store:
         self.busy_timeout_s = busy_timeout_s
         self._local = threading.local()
         self._lock = threading.Lock()
+        # Writers of this process queue here: a released lock wakes the next one at once, where
+        # SQLite's busy handler would have it sleep 1, 2, 5 … 25 ms between tries.
+        self._writer = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         try:
             _create_private(self.path, file_mode, dir_mode)
@@ -173,19 +176,24 @@ class Store:
         deadline = time.monotonic() + self.busy_timeout_s
         while True:
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    result = fn(conn, *args, **kwargs)
-                    conn.execute("COMMIT")
-                    return result
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
+                with self._writer:
+                    return self._run(conn, fn, args, kwargs)
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc) or time.monotonic() > deadline:
                     raise StoreError(f"store {self.path}: {exc}") from exc
                 time.sleep(random.uniform(0.001, 0.01))
+
+    @staticmethod
+    def _run(conn: sqlite3.Connection, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn, *args, **kwargs)
+            conn.execute("COMMIT")
+            return result
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` in a read transaction (one consistent snapshot)."""

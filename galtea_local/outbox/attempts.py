@@ -95,35 +95,36 @@ def release_all_leases(conn: sqlite3.Connection) -> int:
     return conn.execute("UPDATE lanes SET lease_owner = NULL, lease_until = NULL WHERE lease_owner IS NOT NULL").rowcount
 
 
-def _holds(conn: sqlite3.Connection, lane: str, owner: str, now: float, lease_s: float) -> bool:
-    """Renew our lease on the lane; False when another pusher took it over."""
-    return conn.execute(
-        "UPDATE lanes SET lease_until = ? WHERE key = ? AND lease_owner = ?", (now + lease_s, lane, owner)
-    ).rowcount == 1
+def _holds(conn: sqlite3.Connection, lane: str, owner: str, now: float, lease_s: float) -> sqlite3.Row | None:
+    """Renew our lease on the lane: its row (for ``remote_session_id``), or None when another pusher took it."""
+    rows = conn.execute(
+        "UPDATE lanes SET lease_until = ? WHERE key = ? AND lease_owner = ? RETURNING remote_session_id",
+        (now + lease_s, lane, owner),
+    ).fetchall()
+    return rows[0] if rows else None
 
 
 def next_attempt(conn: sqlite3.Connection, lane: str, owner: str, now: float, lease_s: float) -> Attempt | None:
     """The lane's head operation if it is due and the lease is still ours, else None."""
-    if not _holds(conn, lane, owner, now, lease_s):
+    lane_row = _holds(conn, lane, owner, now, lease_s)
+    if lane_row is None:
         return None
     op = conn.execute(_HEAD, (lane,)).fetchone()
     if op is None or op["not_before"] > now:
         return None
-    lane_row = conn.execute("SELECT remote_session_id FROM lanes WHERE key = ?", (lane,)).fetchone()
     if lane.startswith("ls:") and lane_row["remote_session_id"] is None and op["kind"] != "session_create":
         return None  # held behind a dead session create
-    record = _target(conn, op)
     maybe = op["state"] == "sending"
     return Attempt(
         op_seq=op["seq"],
         kind=op["kind"],
         lane=lane,
-        record=record,
+        record=_target(conn, op),
         payload=json.loads(op["payload"]) if op["payload"] else None,
         maybe_sent_since=op["sending_since"] if maybe else None,
         sent_body=json.loads(op["sent_body"]) if maybe and op["sent_body"] else None,
         attempts=op["attempts"],
-        lane_session_id=lane_row["remote_session_id"] if lane_row else None,
+        lane_session_id=lane_row["remote_session_id"],
     )
 
 
@@ -141,21 +142,26 @@ def begin_attempt(
     ``update()`` either folded into this body or is queued after it. Returns
     the body to send, or None if the lease or the head changed meanwhile.
     """
-    if not _holds(conn, attempt.lane, owner, now, lease_s):
+    if _holds(conn, attempt.lane, owner, now, lease_s) is None:
         return None
     head = conn.execute(_HEAD, (attempt.lane,)).fetchone()
     if head is None or head["seq"] != attempt.op_seq:
         return None
-    body = build_body(_target(conn, head), attempt)
+    return _mark(conn, attempt, _target(conn, head), now, build_body)
+
+
+def _mark(conn: sqlite3.Connection, attempt: Attempt, target: dict[str, Any], now: float,
+          build_body: Callable[[dict[str, Any], Attempt], dict[str, Any]]) -> dict[str, Any]:
+    body = build_body(target, attempt)
     conn.execute(
         "UPDATE outbox SET state = 'sending', attempts = attempts + 1, sending_since = ?, sent_body = ?,"
         " last_error = NULL WHERE seq = ?",
         (now, json.dumps(body), attempt.op_seq),
     )
     if attempt.kind == "create":
-        conn.execute("UPDATE inference_results SET create_sent = 1 WHERE seq = ?", (head["record_seq"],))
+        conn.execute("UPDATE inference_results SET create_sent = 1 WHERE seq = ?", (target["seq"],))
     elif attempt.kind == "session_create":
-        conn.execute("UPDATE sessions SET create_sent = 1 WHERE seq = ?", (head["session_seq"],))
+        conn.execute("UPDATE sessions SET create_sent = 1 WHERE seq = ?", (target["seq"],))
     return body
 
 
@@ -183,8 +189,8 @@ def take_next(
     attempt = next_attempt(conn, lane, owner, now, lease_s)
     if attempt is None or _needs_care(attempt):
         return attempt
-    body = begin_attempt(conn, attempt, owner, now, lease_s, build_body)
-    return None if body is None else replace(attempt, body=body)
+    # Same transaction: the lease, the head and the target row were just read.
+    return replace(attempt, body=_mark(conn, attempt, attempt.record, now, build_body))
 
 
 def _target(conn: sqlite3.Connection, op: sqlite3.Row) -> dict[str, Any]:
@@ -200,14 +206,11 @@ def _is_session(attempt: Attempt) -> bool:
 def _settled_state(conn: sqlite3.Connection, attempt: Attempt) -> str:
     """``synced`` once no operation of the target is open or dead, else what holds it."""
     column = "session_seq" if _is_session(attempt) else "record_seq"
-    target = attempt.record["seq"]
-    if conn.execute(f"SELECT 1 FROM outbox WHERE {column} = ? AND state = 'dead' LIMIT 1", (target,)).fetchone():
-        return "dead"
-    open_op = conn.execute(
-        f"SELECT 1 FROM outbox WHERE lane = ? AND state IN ('pending', 'sending') AND {column} = ? LIMIT 1",
-        (attempt.lane, target),
+    dead, waiting = conn.execute(
+        f"SELECT MAX(state = 'dead'), MAX(state IN ('pending', 'sending')) FROM outbox WHERE {column} = ?",
+        (attempt.record["seq"],),
     ).fetchone()
-    return "queued" if open_op else "synced"
+    return "dead" if dead else "queued" if waiting else "synced"
 
 
 def _set_sync_state(conn: sqlite3.Connection, attempt: Attempt, state: str) -> None:
@@ -224,27 +227,33 @@ def _adopt_session(conn: sqlite3.Connection, attempt: Attempt, remote: dict[str,
     conn.execute("UPDATE lanes SET remote_session_id = ? WHERE key = ?", (remote.get("id"), attempt.lane))
 
 
+def _adopt_record(conn: sqlite3.Connection, attempt: Attempt, remote: dict[str, Any], state: str) -> None:
+    conn.execute(
+        "UPDATE inference_results SET remote_id = ?, remote_index = ?, remote_session_id = ?,"
+        " remote_created_at = ?, sync_state = ? WHERE seq = ?",
+        (remote.get("id"), remote.get("index"), remote.get("sessionId"), remote.get("createdAt"), state,
+         attempt.record["seq"]),
+    )
+    if remote.get("sessionId") and attempt.lane_session_id is None:  # learned once per lane
+        conn.execute(
+            "UPDATE lanes SET remote_session_id = ? WHERE key = ? AND remote_session_id IS NULL",
+            (remote["sessionId"], attempt.lane),
+        )
+
+
 def settle_done(conn: sqlite3.Connection, attempt: Attempt, now: float, remote: dict[str, Any] | None) -> None:
     """The operation is applied upstream; for a create, record what the server assigned."""
-    record_seq = attempt.record["seq"]
     conn.execute(
         "UPDATE outbox SET state = 'done', settled_at = ?, sent_body = NULL, last_error = NULL WHERE seq = ?",
         (now, attempt.op_seq),
     )
+    state = _settled_state(conn, attempt)
+    if attempt.kind == "create" and remote is not None:
+        _adopt_record(conn, attempt, remote, state)
+        return
     if attempt.kind == "session_create" and remote is not None:
         _adopt_session(conn, attempt, remote)
-    elif attempt.kind == "create" and remote is not None:
-        conn.execute(
-            "UPDATE inference_results SET remote_id = ?, remote_index = ?, remote_session_id = ?,"
-            " remote_created_at = ? WHERE seq = ?",
-            (remote.get("id"), remote.get("index"), remote.get("sessionId"), remote.get("createdAt"), record_seq),
-        )
-        if remote.get("sessionId"):
-            conn.execute(
-                "UPDATE lanes SET remote_session_id = ? WHERE key = ? AND remote_session_id IS NULL",
-                (remote["sessionId"], attempt.lane),
-            )
-    _set_sync_state(conn, attempt, _settled_state(conn, attempt))
+    _set_sync_state(conn, attempt, state)
 
 
 def settle_retry(
