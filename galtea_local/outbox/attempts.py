@@ -207,7 +207,9 @@ def _settled_state(conn: sqlite3.Connection, attempt: Attempt) -> str:
     """``synced`` once no operation of the target is open or dead, else what holds it."""
     column = "session_seq" if _is_session(attempt) else "record_seq"
     dead, waiting = conn.execute(
-        f"SELECT MAX(state = 'dead'), MAX(state IN ('pending', 'sending')) FROM outbox WHERE {column} = ?",
+        # CASE, not MAX(boolean): the same SQL must run on PostgreSQL, which has no MAX for booleans.
+        f"SELECT MAX(CASE WHEN state = 'dead' THEN 1 ELSE 0 END),"
+        f" MAX(CASE WHEN state IN ('pending', 'sending') THEN 1 ELSE 0 END) FROM outbox WHERE {column} = ?",
         (attempt.record["seq"],),
     ).fetchone()
     return "dead" if dead else "queued" if waiting else "synced"
