@@ -69,17 +69,27 @@ def enqueue_delete(conn: sqlite3.Connection, record: sqlite3.Row, now: float) ->
     return False
 
 
-def local_id(prefix: str, seq: int) -> str:
-    """A record's local id: the store's prefix and the record's never-reused ``seq``."""
-    return f"loc_{prefix}_{seq}"
+def format_id(tag: str, prefix: str, seq: int) -> str:
+    """A local id: a tag (``loc`` records, ``ses`` sessions), the store's prefix and a never-reused ``seq``."""
+    return f"{tag}_{prefix}_{seq}"
 
 
-def parse_local_id(prefix: str, any_id: str) -> int | None:
-    """The ``seq`` of a local id of this store, or None for anything else (a remote id)."""
-    head = f"loc_{prefix}_"
+def parse_id(tag: str, prefix: str, any_id: str) -> int | None:
+    """The ``seq`` of a local id with this tag of this store, or None for anything else (a remote id)."""
+    head = f"{tag}_{prefix}_"
     if any_id.startswith(head) and any_id[len(head):].isdigit():
         return int(any_id[len(head):])
     return None
+
+
+def local_id(prefix: str, seq: int) -> str:
+    """A record's local id."""
+    return format_id("loc", prefix, seq)
+
+
+def parse_local_id(prefix: str, any_id: str) -> int | None:
+    """The ``seq`` of a record's local id of this store, or None (a remote id)."""
+    return parse_id("loc", prefix, any_id)
 
 
 def require_record(conn: sqlite3.Connection, prefix: str, any_id: str) -> sqlite3.Row:

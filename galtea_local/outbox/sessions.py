@@ -13,7 +13,7 @@ import sqlite3
 from typing import Any
 
 from galtea_local.errors import NotFoundError
-from galtea_local.outbox.enqueue import ACTIVATE_LANE
+from galtea_local.outbox.enqueue import ACTIVATE_LANE, format_id, parse_id
 
 _INSERT_OP = (
     "INSERT INTO outbox (session_seq, lane, kind, payload, state, attempts, not_before, created_at)"
@@ -28,15 +28,12 @@ def session_lane(seq: int) -> str:
 
 
 def local_session_id(prefix: str, seq: int) -> str:
-    return f"ses_{prefix}_{seq}"
+    return format_id("ses", prefix, seq)
 
 
 def parse_session_id(prefix: str, any_id: str) -> int | None:
     """The ``seq`` of a local session id of this store, or None (a remote id)."""
-    head = f"ses_{prefix}_"
-    if any_id.startswith(head) and any_id[len(head):].isdigit():
-        return int(any_id[len(head):])
-    return None
+    return parse_id("ses", prefix, any_id)
 
 
 def enqueue_session_create(conn: sqlite3.Connection, seq: int, now: float) -> None:
