@@ -255,7 +255,6 @@ class SyncEngine:
     def _step(self, lane: str, report: PassReport, taken: ob.Attempt | None, take_more: bool) -> Any:
         if self.stopping or self._halt.is_set():
             return None
-        self._wait_for_throttle()
         attempt = taken or self.store.transaction(
             ob.take_next, lane, self.owner, self.clock(), self.settings.lease_s, build_body
         )
@@ -297,6 +296,7 @@ class SyncEngine:
 
     def _adopt(self, attempt: ob.Attempt) -> bool:
         """Reconcile a maybe-sent create; True when the upstream already had it (now settled)."""
+        self._wait_for_throttle()
         try:
             if attempt.kind == "session_create":
                 found = reconcile.find_session(self.client, attempt.sent_body or {})
@@ -315,6 +315,7 @@ class SyncEngine:
         return True
 
     def _send(self, attempt: ob.Attempt, body: dict[str, Any]) -> dict[str, Any] | None:
+        self._wait_for_throttle()  # right before the request: a 429 may have come in meanwhile
         remote_id = attempt.record["remote_id"]
         if attempt.kind == "create":
             return self.client.create_inference_result(body)

@@ -126,8 +126,13 @@ class OutboxOperation(SQLModel, table=True):
             sqlite_where=text("state = 'dead'"),
             postgresql_where=text("state = 'dead'"),
         ),
-        # Retention and dead-letter handling find a record's operations by it.
-        Index("ix_outbox_record", "record_seq"),
+        # Retention finds a record's settled operations by it; open ones are found by lane.
+        Index(
+            "ix_outbox_record_done",
+            "record_seq",
+            sqlite_where=text("state = 'done'"),
+            postgresql_where=text("state = 'done'"),
+        ),
         Index(
             "ix_outbox_session",
             "session_seq",

@@ -96,6 +96,7 @@ MIGRATIONS: list[tuple[str, Callable[[Any], None]]] = [
     ("0001_initial", _initial),
     ("0002_offline_sessions", _statements(_SESSIONS)),
     ("0003_bundle_origin", _statements(_ORIGIN)),
+    ("0004_lighter_outbox_index", _statements(migrations.LIGHTER_OUTBOX_INDEX)),  # the same SQL on both
 ]
 assert [name for name, _ in MIGRATIONS] == [name for name, _ in migrations.MIGRATIONS], "one list of names"
 

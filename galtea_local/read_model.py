@@ -32,7 +32,8 @@ class SyncState(str, Enum):
     DEAD = "dead"  # the upstream refused an operation; see `galtea-local dead list`
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs a setattr call per field, on the hot path.
+@dataclass(slots=True)
 class InferenceResult:
     """A turn as the official SDK's read model shows it, plus ``sync_state`` and ``remote_id``.
 

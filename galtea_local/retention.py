@@ -27,8 +27,12 @@ _DELETABLE = (
     "SELECT r.seq FROM inference_results r"
     " WHERE r.sync_state IN ('synced', 'cancelled') AND r.origin_store_id IS NULL"
     " AND r.seq < (SELECT MAX(seq) FROM inference_results)"
-    " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.record_seq = r.seq"
-    "   AND (o.state != 'done' OR o.settled_at > :cutoff))"
+    # Each probe matches a partial index: settled by record, dead by record, open by lane.
+    " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.record_seq = r.seq AND o.state = 'done'"
+    "   AND o.settled_at > :cutoff)"
+    " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.record_seq = r.seq AND o.state = 'dead')"
+    " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.lane = r.lane AND o.state IN ('pending', 'sending')"
+    "   AND o.record_seq = r.seq)"
     " ORDER BY r.seq LIMIT :limit"
 )
 
@@ -37,7 +41,8 @@ def _delete(conn: sqlite3.Connection, seqs: list[int]) -> int:
     if not seqs:
         return 0
     marks = ", ".join("?" * len(seqs))
-    conn.execute(f"DELETE FROM outbox WHERE record_seq IN ({marks})", seqs)  # the foreign key needs these gone first
+    # The foreign key needs these gone first; a deletable record has only settled operations.
+    conn.execute(f"DELETE FROM outbox WHERE record_seq IN ({marks}) AND state = 'done'", seqs)
     return conn.execute(f"DELETE FROM inference_results WHERE seq IN ({marks})", seqs).rowcount
 
 

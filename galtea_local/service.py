@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from galtea_local import outbox, retention
+from galtea_local import outbox
 from galtea_local.dialects import NO_LIMIT
 from galtea_local.errors import InvalidInputError, InvalidTypeError, NotFoundError
 from galtea_local.outbox import sessions as sessions_queue
@@ -52,7 +52,6 @@ def _route_to_local_session(conn: sqlite3.Connection, row: dict[str, Any], prefi
 
 
 def _insert(conn: sqlite3.Connection, row: dict[str, Any], prefix: str | None = None) -> int:
-    retention.refuse_if_full(conn)  # the daemon's size-cap verdict; checked inside the write transaction
     if prefix is not None:
         _route_to_local_session(conn, row, prefix)
     seq = conn.execute(_INSERT_RECORD, tuple(map(row.get, _CREATE_COLUMNS))).lastrowid

@@ -81,7 +81,9 @@ def _records_sql(selection: _Selection, columns: str) -> tuple[str, dict[str, An
     extra, params = selection.where("r")
     return (
         f"SELECT {columns} FROM inference_results r"
-        " LEFT JOIN outbox o ON o.record_seq = r.seq AND o.kind = 'create' AND o.state = 'sending'"
+        # Probes the open-operations index by lane (an index by record would cost every create()).
+        " LEFT JOIN outbox o ON o.lane = r.lane AND o.state IN ('pending', 'sending') AND o.record_seq = r.seq"
+        " AND o.kind = 'create' AND o.state = 'sending'"
         " WHERE r.sync_state IN ('queued', 'dead') AND NOT (r.deleted = 1 AND r.remote_id IS NULL)"
         f"{extra}",
         params,

@@ -204,15 +204,20 @@ def _is_session(attempt: Attempt) -> bool:
 
 
 def _settled_state(conn: sqlite3.Connection, attempt: Attempt) -> str:
-    """``synced`` once no operation of the target is open or dead, else what holds it."""
+    """``synced`` once no operation of the target is open or dead, else what holds it.
+
+    Each probe matches a partial index (dead by target, open by lane), so the
+    hot path keeps no index of every operation by target.
+    """
     column = "session_seq" if _is_session(attempt) else "record_seq"
-    dead, waiting = conn.execute(
-        # CASE, not MAX(boolean): the same SQL must run on PostgreSQL, which has no MAX for booleans.
-        f"SELECT MAX(CASE WHEN state = 'dead' THEN 1 ELSE 0 END),"
-        f" MAX(CASE WHEN state IN ('pending', 'sending') THEN 1 ELSE 0 END) FROM outbox WHERE {column} = ?",
-        (attempt.record["seq"],),
+    target = attempt.record["seq"]
+    if conn.execute(f"SELECT 1 FROM outbox WHERE {column} = ? AND state = 'dead' LIMIT 1", (target,)).fetchone():
+        return "dead"
+    open_op = conn.execute(
+        f"SELECT 1 FROM outbox WHERE lane = ? AND state IN ('pending', 'sending') AND {column} = ? LIMIT 1",
+        (attempt.lane, target),
     ).fetchone()
-    return "dead" if dead else "queued" if waiting else "synced"
+    return "queued" if open_op else "synced"
 
 
 def _set_sync_state(conn: sqlite3.Connection, attempt: Attempt, state: str) -> None:

@@ -10,6 +10,7 @@ import json
 import sqlite3
 from typing import Any
 
+from galtea_local import retention
 from galtea_local.errors import NotFoundError
 
 _INSERT_OP = (
@@ -31,8 +32,19 @@ def lane_for(session_id: str | None, custom_id: str | None, version_id: str | No
     return f"c:{anchor}:{custom_id}"
 
 
+# The daemon's size-cap verdict rides on the insert itself: one statement fewer on the hot path
+# than a separate lookup of the flag.
+_INSERT_CREATE = (
+    "INSERT INTO outbox (record_seq, lane, kind, payload, state, attempts, not_before, created_at)"
+    " SELECT ?, ?, 'create', NULL, 'pending', 0, 0, ?"
+    f" WHERE NOT EXISTS (SELECT 1 FROM meta WHERE key = '{retention.STORE_FULL}')"
+)
+
+
 def enqueue_create(conn: sqlite3.Connection, record_seq: int, lane: str, now: float) -> None:
-    conn.execute(_INSERT_OP, (record_seq, lane, "create", None, now))
+    """Queue a record's create; :class:`StoreFullError` while the store is at its cap (policy "refuse")."""
+    if conn.execute(_INSERT_CREATE, (record_seq, lane, now)).rowcount == 0:
+        retention.refuse_if_full(conn)  # raises, with the daemon's reason; the caller's transaction rolls back
     conn.execute(ACTIVATE_LANE, (lane,))
 
 
