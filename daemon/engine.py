@@ -40,7 +40,7 @@ log = logging.getLogger("galtea_local.sync")
 @dataclass(frozen=True)
 class EngineSettings:
     concurrency: int = 32
-    batch_size: int = 100  # operations of one lane per claim, so lanes take turns
+    batch_size: int = 10  # operations of one lane per claim, so lanes take turns
     lease_s: float = 60.0
     clock_skew_s: float = 120.0
     pass_budget_s: float = 30.0  # a pass stops claiming after this long; the next pass goes on
@@ -230,7 +230,7 @@ class SyncEngine:
             log.exception("unexpected error while pushing lane %s", lane)
             report.errors.append(f"internal error on lane {lane}")
         finally:
-            self.store.transaction(ob.release_lane, lane, self.owner)
+            self.store.transaction(ob.release_lane, lane, self.owner, self.clock())
         return report
 
     def _step_with_retries(self, lane: str, report: PassReport, ahead: ob.Attempt | None,

@@ -361,7 +361,7 @@ class UpstreamSettings:
 class SyncSettings:
     interval_s: float = key(5.0, number(0, above=True))
     concurrency: int = key(32, integer(1, 1024))
-    batch_size: int = key(100, integer(1, 10_000))
+    batch_size: int = key(10, integer(1, 10_000))
     backoff_initial_s: float = key(1.0, number(0, above=True))
     backoff_max_s: float = key(300.0, number(0, above=True))
     backoff_jitter_s: float = key(1.0, number(0, above=False))

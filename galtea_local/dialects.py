@@ -48,7 +48,7 @@ def read_committed(fn: F) -> F:
     return fn
 
 
-# Unleased lanes whose head operation is due, oldest head first, locked as they are read.
+# Unleased lanes whose head operation is due, least recently served first, locked as they are read.
 # Runs at READ COMMITTED (see read_committed): a lane another daemon locked is skipped, and
 # one it leased and committed meanwhile is re-checked by PostgreSQL against its newest row
 # (the lease condition is in the WHERE), so two daemons never lease the same lane. The head
@@ -59,7 +59,7 @@ PG_CLAIM_LANES = (
     "   WHERE o.lane = l.key AND o.state IN ('pending', 'sending') ORDER BY o.seq LIMIT 1) h"
     " WHERE l.active = 1 AND (l.lease_until IS NULL OR l.lease_until < ?) AND h.not_before <= ?"
     " AND NOT (l.key LIKE 'ls:%' AND l.remote_session_id IS NULL AND h.kind != 'session_create')"
-    " ORDER BY h.seq LIMIT ?"
+    " ORDER BY COALESCE(l.lease_until, 0), h.seq LIMIT ?"  # round robin, as due_lanes
     " FOR UPDATE OF l SKIP LOCKED"
 )
 

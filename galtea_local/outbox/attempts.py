@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -47,17 +48,22 @@ def deactivate_drained_lanes(conn: sqlite3.Connection) -> int:
 
 
 def due_lanes(conn: sqlite3.Connection, now: float, limit: int) -> list[str]:
-    """Unleased lanes whose head operation is due at ``now``, oldest head first."""
+    """Unleased lanes whose head operation is due at ``now``, least recently served first.
+
+    Round robin, not oldest head first: a lane that just gave back its claim
+    after ``batch_size`` operations goes behind the lanes that waited, so a
+    backlog drains across every session at once instead of a few at a time.
+    """
     rows = conn.execute(
         "SELECT key FROM ("
         " SELECT l.key, (SELECT o.seq FROM outbox o WHERE o.lane = l.key AND o.state IN ('pending', 'sending')"
         "   ORDER BY o.seq LIMIT 1) AS head"
-        "   , l.remote_session_id"
+        "   , l.remote_session_id, COALESCE(l.lease_until, 0) AS served"
         " FROM lanes l WHERE l.active = 1 AND (l.lease_until IS NULL OR l.lease_until < ?)) AS heads"
         " JOIN outbox h ON h.seq = heads.head WHERE h.not_before <= ?"
         # A session created offline whose create is dead holds its turns: nothing to claim there.
         " AND NOT (heads.key LIKE 'ls:%' AND heads.remote_session_id IS NULL AND h.kind != 'session_create')"
-        " ORDER BY heads.head LIMIT ?",
+        " ORDER BY heads.served, heads.head LIMIT ?",
         (now, now, limit),
     ).fetchall()
     return [row[0] for row in rows]
@@ -66,7 +72,7 @@ def due_lanes(conn: sqlite3.Connection, now: float, limit: int) -> list[str]:
 @dialects.read_committed
 def claim_lanes(conn: sqlite3.Connection, owner: str, now: float, lease_s: float, limit: int,
                 skip: frozenset[str] = frozenset()) -> list[str]:
-    """Lease up to ``limit`` due lanes (not in ``skip``), oldest head first.
+    """Lease up to ``limit`` due lanes (not in ``skip``), least recently served first.
 
     On PostgreSQL several daemons claim at once: the lanes are locked as they are
     read and locked ones skipped (:data:`dialects.PG_CLAIM_LANES`), so each lane
@@ -84,9 +90,11 @@ def claim_lanes(conn: sqlite3.Connection, owner: str, now: float, lease_s: float
     return keys
 
 
-def release_lane(conn: sqlite3.Connection, lane: str, owner: str) -> None:
+def release_lane(conn: sqlite3.Connection, lane: str, owner: str, now: float | None = None) -> None:
+    """Give the lane back. ``lease_until`` keeps the release time: the round robin's "last served"."""
     conn.execute(
-        "UPDATE lanes SET lease_owner = NULL, lease_until = NULL WHERE key = ? AND lease_owner = ?", (lane, owner)
+        "UPDATE lanes SET lease_owner = NULL, lease_until = ? WHERE key = ? AND lease_owner = ?",
+        (time.time() if now is None else now, lane, owner),
     )
 
 
