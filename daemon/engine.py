@@ -345,7 +345,7 @@ class SyncEngine:
                 return None
             return ob.take_next(conn, attempt.lane, self.owner, now, self.settings.lease_s, build_body)
 
-        ahead = self.store.transaction(settle_then_take)
+        ahead = self.store.transaction(ob.lease_protected(settle_then_take))
         report.pushed += 1
         return ahead or True
 

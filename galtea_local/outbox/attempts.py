@@ -14,9 +14,24 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from galtea_local import dialects
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def lease_protected(fn: F) -> F:
+    """The engine's own transactions run at READ COMMITTED on PostgreSQL.
+
+    They touch the operations of a lane this pusher leases, so no other pusher
+    writes them; where an app may write the same row (a record's ``create_sent``
+    and ``sync_state``), the statement that writes it also reads it, under the
+    row lock. SERIALIZABLE would add nothing but aborts: its predicate locks on
+    shared index pages failed more than half of these transactions when many
+    lanes settle at once.
+    """
+    return dialects.read_committed(fn)
 
 _HEAD = (
     "SELECT * FROM outbox WHERE lane = ? AND state IN ('pending', 'sending') ORDER BY seq LIMIT 1"
@@ -90,6 +105,7 @@ def claim_lanes(conn: sqlite3.Connection, owner: str, now: float, lease_s: float
     return keys
 
 
+@lease_protected
 def release_lane(conn: sqlite3.Connection, lane: str, owner: str, now: float | None = None) -> None:
     """Give the lane back. ``lease_until`` keeps the release time: the round robin's "last served"."""
     conn.execute(
@@ -112,6 +128,7 @@ def _holds(conn: sqlite3.Connection, lane: str, owner: str, now: float, lease_s:
     return rows[0] if rows else None
 
 
+@lease_protected
 def next_attempt(conn: sqlite3.Connection, lane: str, owner: str, now: float, lease_s: float) -> Attempt | None:
     """The lane's head operation if it is due and the lease is still ours, else None."""
     lane_row = _holds(conn, lane, owner, now, lease_s)
@@ -136,6 +153,7 @@ def next_attempt(conn: sqlite3.Connection, lane: str, owner: str, now: float, le
     )
 
 
+@lease_protected
 def begin_attempt(
     conn: sqlite3.Connection,
     attempt: Attempt,
@@ -158,19 +176,32 @@ def begin_attempt(
     return _mark(conn, attempt, _target(conn, head), now, build_body)
 
 
+_CLOSE_FOLDING = {
+    "create": "UPDATE inference_results SET create_sent = 1 WHERE seq = ? RETURNING *",
+    "session_create": "UPDATE sessions SET create_sent = 1 WHERE seq = ? RETURNING *",
+}
+
+
 def _mark(conn: sqlite3.Connection, attempt: Attempt, target: dict[str, Any], now: float,
-          build_body: Callable[[dict[str, Any], Attempt], dict[str, Any]]) -> dict[str, Any]:
+          build_body: Callable[[dict[str, Any], Attempt], dict[str, Any]]) -> dict[str, Any] | None:
+    """Mark the op ``sending`` with the body it will carry; None if it is no longer open.
+
+    A create's body is built from the row returned by the statement that sets
+    ``create_sent``: that statement locks the row, so an ``update()`` either
+    committed before (and is in the body) or sees ``create_sent`` and queues a
+    PATCH. This holds at READ COMMITTED too, where the engine runs on PostgreSQL.
+    """
+    if attempt.kind in _CLOSE_FOLDING:
+        target = dict(conn.execute(_CLOSE_FOLDING[attempt.kind], (target["seq"],)).fetchall()[0])
     body = build_body(target, attempt)
-    conn.execute(
+    marked = conn.execute(
         "UPDATE outbox SET state = 'sending', attempts = attempts + 1, sending_since = ?, sent_body = ?,"
-        " last_error = NULL WHERE seq = ?",
+        " last_error = NULL WHERE seq = ? AND state IN ('pending', 'sending')",
         (now, json.dumps(body), attempt.op_seq),
-    )
-    if attempt.kind == "create":
-        conn.execute("UPDATE inference_results SET create_sent = 1 WHERE seq = ?", (target["seq"],))
-    elif attempt.kind == "session_create":
-        conn.execute("UPDATE sessions SET create_sent = 1 WHERE seq = ?", (target["seq"],))
-    return body
+    ).rowcount
+    # Not open any more: cancelled meanwhile by a delete before the create left. Nothing to
+    # send; the create_sent just set is harmless on a cancelled record.
+    return body if marked else None
 
 
 def _needs_care(attempt: Attempt) -> bool:
@@ -181,6 +212,7 @@ def _needs_care(attempt: Attempt) -> bool:
     return attempt.kind in ("update", "delete") and not attempt.record["remote_id"]
 
 
+@lease_protected
 def take_next(
     conn: sqlite3.Connection,
     lane: str,
@@ -197,8 +229,9 @@ def take_next(
     attempt = next_attempt(conn, lane, owner, now, lease_s)
     if attempt is None or _needs_care(attempt):
         return attempt
-    # Same transaction: the lease, the head and the target row were just read.
-    return replace(attempt, body=_mark(conn, attempt, attempt.record, now, build_body))
+    # Same transaction: the lease and the head were just read.
+    body = _mark(conn, attempt, attempt.record, now, build_body)
+    return None if body is None else replace(attempt, body=body)
 
 
 def _target(conn: sqlite3.Connection, op: sqlite3.Row) -> dict[str, Any]:
@@ -211,26 +244,28 @@ def _is_session(attempt: Attempt) -> bool:
     return attempt.kind.startswith("session_")
 
 
-def _settled_state(conn: sqlite3.Connection, attempt: Attempt) -> str:
-    """``synced`` once no operation of the target is open or dead, else what holds it.
+def _state_sql(attempt: Attempt) -> str:
+    """The target's sync state, computed in the statement that writes it.
 
-    Each probe matches a partial index (dead by target, open by lane), so the
-    hot path keeps no index of every operation by target.
+    ``synced`` once no operation of the target is open or dead. Each probe
+    matches a partial index (dead by target, open by lane). Computed inside
+    the UPDATE, which locks the row, so an operation an app adds concurrently
+    is never overwritten by a stale verdict (the engine runs at READ COMMITTED
+    on PostgreSQL).
     """
     column = "session_seq" if _is_session(attempt) else "record_seq"
-    target = attempt.record["seq"]
-    if conn.execute(f"SELECT 1 FROM outbox WHERE {column} = ? AND state = 'dead' LIMIT 1", (target,)).fetchone():
-        return "dead"
-    open_op = conn.execute(
-        f"SELECT 1 FROM outbox WHERE lane = ? AND state IN ('pending', 'sending') AND {column} = ? LIMIT 1",
-        (attempt.lane, target),
-    ).fetchone()
-    return "queued" if open_op else "synced"
+    return (
+        f"CASE WHEN EXISTS (SELECT 1 FROM outbox WHERE {column} = :target AND state = 'dead') THEN 'dead'"
+        f" WHEN EXISTS (SELECT 1 FROM outbox WHERE lane = :lane AND state IN ('pending', 'sending')"
+        f" AND {column} = :target) THEN 'queued' ELSE 'synced' END"
+    )
 
 
-def _set_sync_state(conn: sqlite3.Connection, attempt: Attempt, state: str) -> None:
+def _set_sync_state(conn: sqlite3.Connection, attempt: Attempt, state: str | None = None) -> None:
     table = "sessions" if _is_session(attempt) else "inference_results"
-    conn.execute(f"UPDATE {table} SET sync_state = ? WHERE seq = ?", (state, attempt.record["seq"]))
+    value = ":state" if state is not None else _state_sql(attempt)
+    conn.execute(f"UPDATE {table} SET sync_state = {value} WHERE seq = :target",
+                 {"state": state, "target": attempt.record["seq"], "lane": attempt.lane})
 
 
 def _adopt_session(conn: sqlite3.Connection, attempt: Attempt, remote: dict[str, Any]) -> None:
@@ -242,12 +277,12 @@ def _adopt_session(conn: sqlite3.Connection, attempt: Attempt, remote: dict[str,
     conn.execute("UPDATE lanes SET remote_session_id = ? WHERE key = ?", (remote.get("id"), attempt.lane))
 
 
-def _adopt_record(conn: sqlite3.Connection, attempt: Attempt, remote: dict[str, Any], state: str) -> None:
+def _adopt_record(conn: sqlite3.Connection, attempt: Attempt, remote: dict[str, Any]) -> None:
     conn.execute(
-        "UPDATE inference_results SET remote_id = ?, remote_index = ?, remote_session_id = ?,"
-        " remote_created_at = ?, sync_state = ? WHERE seq = ?",
-        (remote.get("id"), remote.get("index"), remote.get("sessionId"), remote.get("createdAt"), state,
-         attempt.record["seq"]),
+        "UPDATE inference_results SET remote_id = :id, remote_index = :index, remote_session_id = :session,"
+        f" remote_created_at = :created, sync_state = {_state_sql(attempt)} WHERE seq = :target",
+        {"id": remote.get("id"), "index": remote.get("index"), "session": remote.get("sessionId"),
+         "created": remote.get("createdAt"), "target": attempt.record["seq"], "lane": attempt.lane},
     )
     if remote.get("sessionId") and attempt.lane_session_id is None:  # learned once per lane
         conn.execute(
@@ -256,21 +291,22 @@ def _adopt_record(conn: sqlite3.Connection, attempt: Attempt, remote: dict[str, 
         )
 
 
+@lease_protected
 def settle_done(conn: sqlite3.Connection, attempt: Attempt, now: float, remote: dict[str, Any] | None) -> None:
     """The operation is applied upstream; for a create, record what the server assigned."""
     conn.execute(
         "UPDATE outbox SET state = 'done', settled_at = ?, sent_body = NULL, last_error = NULL WHERE seq = ?",
         (now, attempt.op_seq),
     )
-    state = _settled_state(conn, attempt)
     if attempt.kind == "create" and remote is not None:
-        _adopt_record(conn, attempt, remote, state)
+        _adopt_record(conn, attempt, remote)
         return
     if attempt.kind == "session_create" and remote is not None:
         _adopt_session(conn, attempt, remote)
-    _set_sync_state(conn, attempt, state)
+    _set_sync_state(conn, attempt)
 
 
+@lease_protected
 def settle_retry(
     conn: sqlite3.Connection, attempt: Attempt, not_before: float, error: str, status: int | None, *, maybe_sent: bool
 ) -> None:
@@ -288,6 +324,7 @@ def settle_retry(
         )
 
 
+@lease_protected
 def settle_dead(conn: sqlite3.Connection, attempt: Attempt, now: float, error: str, status: int | None) -> None:
     """The upstream refused the operation for good: keep it, with the API's message, for the operator."""
     conn.execute(
@@ -297,6 +334,7 @@ def settle_dead(conn: sqlite3.Connection, attempt: Attempt, now: float, error: s
     _set_sync_state(conn, attempt, "dead")
 
 
+@lease_protected
 def cancel_with_record(conn: sqlite3.Connection, attempt: Attempt, now: float, reason: str) -> None:
     """A delete of a record that never reached upstream: nothing to send, and nothing left to hold."""
     conn.execute(
