@@ -18,6 +18,7 @@ import random
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -104,7 +105,9 @@ class Store:
         # Writers of this process queue here: a released lock wakes the next one at once, where
         # SQLite's busy handler would have it sleep 1, 2, 5 … 25 ms between tries.
         self._writer = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
+        # Weak: a thread's connection closes with the thread (an app that churns threads
+        # must not pile up open files); close() still reaches every live one.
+        self._connections: weakref.WeakSet[sqlite3.Connection] = weakref.WeakSet()
         try:
             _create_private(self.path, file_mode, dir_mode)
         except OSError as exc:
@@ -117,7 +120,8 @@ class Store:
     def _open(self) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(
-                self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
+                self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False,
+                factory=_Connection,
             )
         except sqlite3.Error as exc:
             raise StoreOpenError(f"store {self.path}: cannot open it ({exc})") from None
@@ -142,7 +146,7 @@ class Store:
         conn.execute("PRAGMA foreign_keys=ON")
         conn.row_factory = sqlite3.Row
         with self._lock:
-            self._connections.append(conn)
+            self._connections.add(conn)
         return conn
 
     def connection(self) -> sqlite3.Connection:
@@ -156,7 +160,7 @@ class Store:
 
     def close(self) -> None:
         with self._lock:
-            connections, self._connections = self._connections, []
+            connections, self._connections = list(self._connections), weakref.WeakSet()
         for conn in connections:
             try:
                 conn.close()
@@ -218,3 +222,7 @@ class Store:
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     message = str(exc).lower()
     return "locked" in message or "busy" in message
+
+
+class _Connection(sqlite3.Connection):
+    """sqlite3's connection, weakly referenceable (the base class is not)."""
