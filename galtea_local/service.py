@@ -54,6 +54,7 @@ def _route_to_local_session(conn: sqlite3.Connection, row: dict[str, Any], prefi
 def _insert(conn: sqlite3.Connection, row: dict[str, Any], prefix: str | None = None) -> int:
     if prefix is not None:
         _route_to_local_session(conn, row, prefix)
+    outbox.open_lane(conn, row["lane"])
     seq = conn.execute(_INSERT_RECORD, tuple(map(row.get, _CREATE_COLUMNS))).lastrowid
     outbox.enqueue_create(conn, seq, row["lane"], row["created_at"])
     return seq

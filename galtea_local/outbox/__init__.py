@@ -26,6 +26,7 @@ from galtea_local.outbox.enqueue import (
     enqueue_update,
     lane_for,
     local_id,
+    open_lane,
     parse_local_id,
     require_record,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "enqueue_update",
     "lane_for",
     "local_id",
+    "open_lane",
     "parse_local_id",
     "require_record",
 ]

@@ -41,11 +41,18 @@ _INSERT_CREATE = (
 )
 
 
+def open_lane(conn: sqlite3.Connection, lane: str) -> None:
+    """Activate the lane *before* inserting the record: on PostgreSQL the upsert locks the
+    lane row (even when it changes nothing) until commit, so two processes creating in one
+    session take their ``seq`` in commit order and the session's order upstream is theirs."""
+    conn.execute(ACTIVATE_LANE, (lane,))
+
+
 def enqueue_create(conn: sqlite3.Connection, record_seq: int, lane: str, now: float) -> None:
-    """Queue a record's create; :class:`StoreFullError` while the store is at its cap (policy "refuse")."""
+    """Queue a record's create (after :func:`open_lane`); :class:`StoreFullError` while the
+    store is at its cap (policy "refuse")."""
     if conn.execute(_INSERT_CREATE, (record_seq, lane, now)).rowcount == 0:
         retention.refuse_if_full(conn)  # raises, with the daemon's reason; the caller's transaction rolls back
-    conn.execute(ACTIVATE_LANE, (lane,))
 
 
 def enqueue_update(conn: sqlite3.Connection, record: sqlite3.Row, changes: dict[str, Any], now: float) -> bool:
