@@ -14,17 +14,13 @@ there is none is the create sent again.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
 from typing import Any
 
+from galtea_local.read_model import iso_utc
 from galtea_local_daemon.upstream import UpstreamClient
 
 PAGE = 500
 _ANCHORS = frozenset({"sessionId", "sessionCustomId", "versionId", "productId"})
-
-
-def iso_utc(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _as_stored(key: str, value: Any) -> Any:
