@@ -201,21 +201,18 @@ class Store:
 
     def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` in a read transaction (one consistent snapshot)."""
-        conn = self.connection()
-        conn.execute("BEGIN")
-        try:
+        with self.reading() as conn:
             return fn(conn, *args)
-        finally:
-            # Ending the read promptly matters: open readers stop WAL checkpoints.
-            conn.execute("COMMIT")
 
     @contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: one consistent snapshot, ended as soon as the block is."""
         conn = self.connection()
         conn.execute("BEGIN")
         try:
             yield conn
         finally:
+            # Ending the read promptly matters: open readers stop WAL checkpoints.
             conn.execute("COMMIT")
 
 
