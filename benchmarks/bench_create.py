@@ -35,7 +35,7 @@ from contextlib import closing
 from pathlib import Path
 
 from galtea_local import Galtea
-from galtea_local.migrations import _INITIAL
+from galtea_local.store.migrations import _INITIAL
 
 SESSION = "bench-session"
 SEED = dict(session_id=SESSION, input="What is the capital of France?", output="Paris", latency=150.5)

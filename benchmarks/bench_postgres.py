@@ -37,7 +37,7 @@ import psycopg
 
 from bench_drain import API_KEY, emulator, make_sessions  # the same emulator process and sessions
 from galtea_local import Galtea
-from galtea_local.pgstore import conninfo_from
+from galtea_local.store.postgres import conninfo_from
 from galtea_local.status import store_status
 
 CONFIG = """\

@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from galtea_local.config_schema import Secret
+from galtea_local.config.schema import Secret
 from galtea_local.errors import (
     AuthError,
     ConfigError,

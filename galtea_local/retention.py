@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from galtea_local import dialects
+from galtea_local.store import dialects
 from galtea_local.errors import StoreFullError
 
 STORE_FULL = "store_full"  # meta key: present (with the reason) while new records are refused

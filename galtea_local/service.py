@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from galtea_local import outbox
-from galtea_local.dialects import NO_LIMIT
+from galtea_local.store.dialects import NO_LIMIT
 from galtea_local.errors import InvalidInputError, InvalidTypeError, NotFoundError
 from galtea_local.outbox import sessions as sessions_queue
 from galtea_local.read_model import InferenceResult, build, from_row

@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from galtea_local.dialects import NO_LIMIT
+from galtea_local.store.dialects import NO_LIMIT
 from galtea_local.errors import InvalidInputError
 from galtea_local.outbox import sessions as queue
 from galtea_local.read_model import iso_utc

@@ -3,7 +3,8 @@
 The server is ``GALTEA_TEST_POSTGRES`` (default: CI's, 127.0.0.1:5432, trust auth,
 database ``test``). Each store gets its own schema ``gl_<random>`` through
 ``options=-csearch_path=...`` in the URL, so tests never see each other's rows.
-When the server cannot be reached, the PostgreSQL tests are skipped, saying why.
+When the server cannot be reached, the PostgreSQL tests are skipped, saying why;
+under CI (``CI=true``) they fail instead: a silent skip would hide a broken path.
 
 Load with ``pytest_plugins = ["tests.pg_fixture"]``.
 """
@@ -22,7 +23,7 @@ SERVER = os.environ.get("GALTEA_TEST_POSTGRES", "postgresql+psycopg://postgres@1
 def _admin() -> object:
     import psycopg
 
-    from galtea_local.pgstore import conninfo_from
+    from galtea_local.store.postgres import conninfo_from
 
     return psycopg.connect(conninfo_from(SERVER), autocommit=True, connect_timeout=3)
 
@@ -50,6 +51,8 @@ def schema_url(schema: str) -> str:
 def postgres_available() -> None:
     reason = server_error()
     if reason is not None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and the PostgreSQL tests cannot run: {reason}", pytrace=False)
         pytest.skip(reason)
 
 

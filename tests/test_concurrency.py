@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from galtea_local import Galtea
-from galtea_local.migrations import MIGRATIONS
+from galtea_local.store.migrations import MIGRATIONS
 from tests.helpers import WRITER, integrity, query
 
 PROCESSES, THREADS, PER_THREAD = 4, 2, 5_000

@@ -15,7 +15,7 @@ from galtea_local.config import (
     effective_settings_text,
     load_settings,
 )
-from galtea_local.config_schema import SECTIONS, keys_of
+from galtea_local.config.schema import SECTIONS, keys_of
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.toml"
 KEY = "gsk_0123456789abcdefSECRET"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from galtea_local import Galtea, InvalidInputError, NotFoundError
-from galtea_local.migrations import MIGRATIONS
+from galtea_local.store.migrations import MIGRATIONS
 from tests.emulator_fixture import EmulatorHandle
 from tests.sync_helpers import drain, make_engine, open_store
 

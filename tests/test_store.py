@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import create_engine
 
 from galtea_local import Galtea, NotAStoreError, StoreOpenError
-from galtea_local.migrations import MIGRATIONS
+from galtea_local.store.migrations import MIGRATIONS
 from galtea_local.models import TABLES, SQLModel
 from tests.helpers import execute, query
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from galtea_local import Galtea, NotFoundError
-from galtea_local.migrations import MIGRATIONS
+from galtea_local.store.migrations import MIGRATIONS
 from galtea_local.models import TABLES
 from galtea_local.outbox import attempts as ob
 from galtea_local.outbox import dead

@@ -20,7 +20,7 @@ import certifi
 import httpx
 import pytest
 
-from galtea_local.config_schema import Secret
+from galtea_local.config.schema import Secret
 from galtea_local.errors import (
     AuthError,
     ConfigError,

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from galtea_local import dialects
+from galtea_local.store import dialects
 
 F = TypeVar("F", bound=Callable[..., Any])
 

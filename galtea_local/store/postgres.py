@@ -15,7 +15,7 @@ collide. So transactions run SERIALIZABLE, and on a serialization failure
 (40001) or a deadlock (40P01) the *whole* function runs again on a fresh
 snapshot, with jittered backoff, until ``busy_timeout_s``: the same rule as
 SQLITE_BUSY. Two exceptions, each argued where it is marked: claiming lanes
-(``FOR UPDATE SKIP LOCKED`` at READ COMMITTED, :mod:`galtea_local.dialects`)
+(``FOR UPDATE SKIP LOCKED`` at READ COMMITTED, :mod:`galtea_local.store.dialects`)
 and migrations (an advisory lock at READ COMMITTED). Reads run REPEATABLE READ
 READ ONLY: one consistent snapshot, never aborted.
 
@@ -37,10 +37,10 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import errors as pg_errors
 
-from galtea_local import migrations, pg_migrations
-from galtea_local.dialects import POSTGRESQL
+from galtea_local.store import migrations, pg_migrations
+from galtea_local.store.dialects import POSTGRESQL
 from galtea_local.errors import StoreError, StoreOpenError
-from galtea_local.pgadapter import Connection, row_factory
+from galtea_local.store.pgadapter import Connection, row_factory
 
 T = TypeVar("T")
 

@@ -9,7 +9,7 @@ pays for itself is dialect-specific:
   different lanes instead of queueing behind one another (SQLite has one
   writer at a time: a plain ``UPDATE`` is enough);
 - how many bytes the store holds (``PRAGMA`` page counts vs relation sizes);
-- the schema DDL (:mod:`galtea_local.migrations` and :mod:`galtea_local.pg_migrations`).
+- the schema DDL (:mod:`galtea_local.store.migrations` and :mod:`galtea_local.store.pg_migrations`).
 
 A function called through ``store.transaction`` gets an ``sqlite3.Connection``
 or the PostgreSQL adapter; :func:`of` tells which.

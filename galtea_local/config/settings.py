@@ -3,7 +3,7 @@
 :func:`load_settings` layers, highest first: ``overrides`` (command-line flags,
 keys like ``"sync.interval_s"``), the environment, the TOML file (the
 ``config_path`` argument, else ``$GALTEA_LOCAL_CONFIG``), the defaults of
-:mod:`galtea_local.config_schema`. Every value is checked as it is read, so a
+:mod:`galtea_local.config.schema`. Every value is checked as it is read, so a
 bad value is an error even when a higher layer would override it: nothing
 starts on a bad config. Every problem raises :class:`ConfigError` naming where
 the value came from, ``section.key``, the problem and what is allowed.
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from galtea_local.config_schema import (
+from galtea_local.config.schema import (
     SECTIONS,
     Headers,
     Invalid,

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from typing import Any
 
-from galtea_local.dialects import POSTGRESQL
+from galtea_local.store.dialects import POSTGRESQL
 
 # String literals and quoted names keep their ``?`` and ``:`` (only ``%`` is doubled); of the
 # rest, ``?``, ``:name`` (not the second colon of a ``::`` cast) and ``%`` are rewritten.

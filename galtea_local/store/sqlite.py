@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from galtea_local import dialects, migrations
+from galtea_local.store import dialects, migrations
 from galtea_local.errors import NotAStoreError, StoreError, StoreOpenError
 
 T = TypeVar("T")
@@ -60,19 +60,6 @@ def _create_private(path: Path, file_mode: int, dir_mode: int) -> None:
         fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, file_mode)
         os.close(fd)
         os.chmod(path, file_mode)  # the umask may have narrowed it; be exact
-
-
-def open_store(location: str, **settings: Any) -> Store:
-    """The store at ``location``: a :class:`Store` for a path or ``sqlite:///`` URL, a
-    :class:`~galtea_local.pgstore.PostgresStore` for a ``postgresql://`` URL.
-
-    psycopg is imported only here, and only for a PostgreSQL URL.
-    """
-    if dialects.is_postgres_url(location):
-        from galtea_local.pgstore import PostgresStore
-
-        return PostgresStore(location, **settings)  # type: ignore[return-value]  # the same interface
-    return Store(location, **settings)
 
 
 class Store:

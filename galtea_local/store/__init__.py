@@ -1,0 +1,32 @@
+"""Store backends: where records and outbox operations live.
+
+- :mod:`.sqlite`: the embedded default, one file per box (:class:`Store`).
+- :mod:`.postgres` with :mod:`.pgadapter`: a PostgreSQL store shared by many
+  app hosts and several daemons (needs the ``[postgres]`` extra).
+- :mod:`.migrations` and :mod:`.pg_migrations`: named, frozen schema changes.
+- :mod:`.dialects`: the few SQL differences between the two.
+
+:func:`open_store` picks the backend from the location.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from galtea_local.store import dialects
+from galtea_local.store.sqlite import Store, sqlite_path_from
+
+__all__ = ["Store", "open_store", "sqlite_path_from"]
+
+
+def open_store(location: str, **settings: Any) -> Store:
+    """The store at ``location``: a :class:`Store` for a path or ``sqlite:///`` URL, a
+    :class:`~galtea_local.store.postgres.PostgresStore` for a ``postgresql://`` URL.
+
+    psycopg is imported only here, and only for a PostgreSQL URL.
+    """
+    if dialects.is_postgres_url(location):
+        from galtea_local.store.postgres import PostgresStore
+
+        return PostgresStore(location, **settings)  # type: ignore[return-value]  # the same interface
+    return Store(location, **settings)
