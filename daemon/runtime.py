@@ -24,6 +24,8 @@ def open_store(settings: Settings) -> Store:
         store.location(),
         durability=store.durability,
         busy_timeout_s=store.busy_timeout_s,
+        pool_size=store.pool_size,
+        pool_idle_s=store.pool_idle_s,
         file_mode=store.file_mode,
         dir_mode=store.dir_mode,
     )

@@ -12,9 +12,13 @@ from galtea_local.errors import (
     InvalidTypeError,
     NotAStoreError,
     NotFoundError,
+    OutcomeUnknownError,
     RecordTooLargeError,
     StoreError,
     StoreOpenError,
+    StoreReadOnlyError,
+    StoreTimeoutError,
+    StoreUnavailableError,
 )
 from galtea_local.read_model import InferenceResult, InferenceResultStatus, SyncState
 
@@ -27,8 +31,12 @@ __all__ = [
     "InvalidTypeError",
     "NotAStoreError",
     "NotFoundError",
+    "OutcomeUnknownError",
     "RecordTooLargeError",
     "StoreError",
     "StoreOpenError",
+    "StoreReadOnlyError",
+    "StoreTimeoutError",
+    "StoreUnavailableError",
     "SyncState",
 ]

@@ -37,6 +37,8 @@ class Galtea:
             settings.location(),
             durability=settings.durability,
             busy_timeout_s=settings.busy_timeout_s,
+            pool_size=settings.pool_size,
+            pool_idle_s=settings.pool_idle_s,
             file_mode=settings.file_mode,
             dir_mode=settings.dir_mode,
         )

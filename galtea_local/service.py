@@ -18,7 +18,7 @@ from galtea_local.store.dialects import NO_LIMIT
 from galtea_local.errors import InvalidInputError, InvalidTypeError, NotFoundError
 from galtea_local.outbox import sessions as sessions_queue
 from galtea_local.read_model import InferenceResult, build, from_row
-from galtea_local.store import Store
+from galtea_local.store import Store, named_outcome
 from galtea_local.validation import COST_KEYS, USAGE_KEYS, create_fields, update_fields
 
 _UNSET: Any = object()  # "not passed": distinct from None, which clears a field
@@ -120,7 +120,8 @@ class InferenceResultService:
         row = _new_row(create_fields(locals(), self._max_record_bytes), time.time())
         # Only a local session id or a custom id can name a session created offline.
         local = session_custom_id is not None or session_id.startswith("ses_")
-        seq = self._store.transaction(_insert, row, self._prefix if local else None)
+        with named_outcome(lambda seq: outbox.local_id(self._prefix, seq)):  # a lost COMMIT answer
+            seq = self._store.transaction(_insert, row, self._prefix if local else None)
         return build({**_READ_DEFAULTS, **row}, outbox.local_id(self._prefix, seq), input, output)
 
     def create_batch(
@@ -147,7 +148,8 @@ class InferenceResultService:
                 self._max_record_bytes,
             )
             rows.append(_new_row(row, now))
-        seqs = self._store.transaction(lambda conn: [_insert(conn, row, self._prefix) for row in rows])
+        with named_outcome(lambda seqs: ", ".join(outbox.local_id(self._prefix, seq) for seq in seqs)):
+            seqs = self._store.transaction(lambda conn: [_insert(conn, row, self._prefix) for row in rows])
         return [self._result({**_READ_DEFAULTS, **row, "seq": seq}) for row, seq in zip(rows, seqs)]
 
     def update(
@@ -186,7 +188,8 @@ class InferenceResultService:
         if not passed:
             return self.get(record_id)
         changes = update_fields(passed, self._max_record_bytes)
-        row = self._store.transaction(_apply_update, self._prefix, record_id, changes, time.time())
+        with named_outcome(lambda _: record_id):
+            row = self._store.transaction(_apply_update, self._prefix, record_id, changes, time.time())
         return self._result(row)
 
     def get(self, inference_result_id: str | None = None, *, trace_id: str | None = None) -> InferenceResult:
@@ -197,7 +200,8 @@ class InferenceResultService:
     def delete(self, inference_result_id: str | None = None, *, trace_id: str | None = None) -> None:
         """Delete a turn locally at once, and upstream once it is there."""
         record_id = _one_id(inference_result_id, trace_id)
-        self._store.transaction(_apply_delete, self._prefix, record_id, time.time())
+        with named_outcome(lambda _: record_id):
+            self._store.transaction(_apply_delete, self._prefix, record_id, time.time())
 
     def list(
         self,

@@ -22,7 +22,7 @@ from galtea_local.store.dialects import NO_LIMIT
 from galtea_local.errors import InvalidInputError
 from galtea_local.outbox import sessions as queue
 from galtea_local.read_model import iso_utc
-from galtea_local.store import Store
+from galtea_local.store import Store, named_outcome
 from galtea_local.validation import check_text, encode_json
 
 STATUSES = frozenset({"PENDING", "COMPLETED", "FAILED"})
@@ -148,7 +148,8 @@ class SessionService:
         version_id, product_id = _check_anchor(version_id, product_id)
         values = _row_values(custom_id, version_id, product_id, test_case_id=test_case_id, context=context,
                              is_production=is_production, metadata=metadata)
-        return self._read(self._store.transaction(_insert, values, time.time()))
+        with named_outcome(lambda seq: queue.local_session_id(self._prefix, seq)):  # a lost COMMIT answer
+            return self._read(self._store.transaction(_insert, values, time.time()))
 
     def get_or_create(self, custom_id: str, version_id: str | None = None, test_case_id: str | None = None,
                       context: str | None = None, is_production: bool | None = False,
@@ -167,7 +168,8 @@ class SessionService:
             existing = queue.find_by_custom_id(conn, custom_id, version_id, product_id)
             return existing["seq"] if existing is not None else _insert(conn, values, time.time())
 
-        return self._read(self._store.transaction(get_or_insert))
+        with named_outcome(lambda seq: queue.local_session_id(self._prefix, seq)):
+            return self._read(self._store.transaction(get_or_insert))
 
     def get(self, session_id: str) -> Session:
         """The session with this local or remote id; ``NotFoundError`` if this store has none."""
@@ -230,4 +232,5 @@ class SessionService:
                          (*local.values(), time.time(), state, row["seq"]))
             return row["seq"]
 
-        return self._read(self._store.transaction(apply))
+        with named_outcome(lambda _: session_id):
+            return self._read(self._store.transaction(apply))

@@ -11,12 +11,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from galtea_local.errors import OutcomeUnknownError
 from galtea_local.store import dialects
 from galtea_local.store.sqlite import Store, sqlite_path_from
 
-__all__ = ["Store", "open_store", "sqlite_path_from"]
+__all__ = ["Store", "named_outcome", "open_store", "sqlite_path_from"]
 
 
 def open_store(location: str, **settings: Any) -> Store:
@@ -25,8 +28,21 @@ def open_store(location: str, **settings: Any) -> Store:
 
     psycopg is imported only here, and only for a PostgreSQL URL.
     """
+    pool = {name: settings.pop(name) for name in ("pool_size", "pool_idle_s") if name in settings}
     if dialects.is_postgres_url(location):
         from galtea_local.store.postgres import PostgresStore
 
-        return PostgresStore(location, **settings)  # type: ignore[return-value]  # the same interface
-    return Store(location, **settings)
+        return PostgresStore(location, **settings, **pool)  # type: ignore[return-value]  # the same interface
+    return Store(location, **settings)  # one connection per thread: no pool to size
+
+
+@contextmanager
+def named_outcome(name: Callable[[Any], str]) -> Iterator[None]:
+    """An :class:`OutcomeUnknownError` raised inside names the record: ``name(result)`` turns what
+    the transaction function returned (a seq, a row) into the id the caller knows it by."""
+    try:
+        yield
+    except OutcomeUnknownError as exc:
+        if exc.record_id is not None:
+            raise
+        raise exc.naming(name(exc.result)) from exc
