@@ -25,6 +25,7 @@ from galtea_local.errors import (
     AuthError,
     MaybeSentError,
     RejectedError,
+    StoreError,
     UpstreamError,
 )
 from galtea_local.outbox import attempts as ob
@@ -137,6 +138,7 @@ class SyncEngine:
         self._throttled_until = 0.0
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._stranded: set[str] = set()  # lanes whose release failed (a store fault): released at the next claim
 
     # -- control -------------------------------------------------------------
 
@@ -178,10 +180,17 @@ class SyncEngine:
         pool = self._workers()
         while True:
             free = concurrency - len(active)
+            if self._stranded:
+                self._release(*sorted(self._stranded))
             if free and not self._should_stop_claiming(deadline):
-                lanes = self.store.transaction(
-                    ob.claim_lanes, self.owner, at, self.settings.lease_s, free, frozenset(active.values())
-                )
+                try:
+                    lanes = self.store.transaction(
+                        ob.claim_lanes, self.owner, at, self.settings.lease_s, free, frozenset(active.values())
+                    )
+                except StoreError as error:  # a store fault: finish the lanes in flight, claim next pass
+                    log.warning("claiming lanes failed: %s", error)
+                    report.errors.append(str(error))
+                    lanes, deadline = [], float("-inf")
                 at = self.clock()
                 for lane in lanes:
                     active[pool.submit(self._drain_lane, lane)] = lane
@@ -226,12 +235,28 @@ class SyncEngine:
                 ahead = outcome if isinstance(outcome, ob.Attempt) else None
         except UpstreamError as error:
             report.errors.append(str(error))
+        except StoreError as error:  # a store fault: the lane's state is durable; the next pass goes on
+            log.warning("lane %s: %s", lane, error)
+            report.errors.append(str(error))
         except Exception:  # a bug must not kill the pass: log it, keep the lane's state durable
             log.exception("unexpected error while pushing lane %s", lane)
             report.errors.append(f"internal error on lane {lane}")
         finally:
-            self.store.transaction(ob.release_lane, lane, self.owner, self.clock())
+            self._release(lane)
         return report
+
+    def _release(self, lane: str, *more: str) -> None:
+        """Give lanes back; a store fault keeps them for the next claim to release, not for ``lease_s``."""
+        lanes = [lane, *more]
+        try:
+            self.store.transaction(ob.release_lanes, lanes, self.owner)
+        except StoreError as error:
+            log.warning("could not release lane(s) %s (%s); retried at the next claim", ", ".join(lanes), error)
+            with self._lock:
+                self._stranded.update(lanes)
+            return
+        with self._lock:
+            self._stranded.difference_update(lanes)
 
     def _step_with_retries(self, lane: str, report: PassReport, ahead: ob.Attempt | None,
                            take_more: bool) -> Any:

@@ -68,18 +68,21 @@ def due_lanes(conn: sqlite3.Connection, now: float, limit: int) -> list[str]:
     Round robin, not oldest head first: a lane that just gave back its claim
     after ``batch_size`` operations goes behind the lanes that waited, so a
     backlog drains across every session at once instead of a few at a time.
+    A lane without an owner is claimable whatever its ``lease_until`` says
+    (that is only the "last served" mark); an owned one once its lease is past.
     """
+    clock, clock_now = dialects.lease_clock(conn, now)
     rows = conn.execute(
         "SELECT key FROM ("
         " SELECT l.key, (SELECT o.seq FROM outbox o WHERE o.lane = l.key AND o.state IN ('pending', 'sending')"
         "   ORDER BY o.seq LIMIT 1) AS head"
         "   , l.remote_session_id, COALESCE(l.lease_until, 0) AS served"
-        " FROM lanes l WHERE l.active = 1 AND (l.lease_until IS NULL OR l.lease_until < ?)) AS heads"
+        f" FROM lanes l WHERE l.active = 1 AND (l.lease_owner IS NULL OR l.lease_until < {clock})) AS heads"
         " JOIN outbox h ON h.seq = heads.head WHERE h.not_before <= ?"
         # A session created offline whose create is dead holds its turns: nothing to claim there.
         " AND NOT (heads.key LIKE 'ls:%' AND heads.remote_session_id IS NULL AND h.kind != 'session_create')"
         " ORDER BY heads.served, heads.head LIMIT ?",
-        (now, now, limit),
+        (clock_now, now, limit),
     ).fetchall()
     return [row[0] for row in rows]
 
@@ -93,25 +96,43 @@ def claim_lanes(conn: sqlite3.Connection, owner: str, now: float, lease_s: float
     read and locked ones skipped (:data:`dialects.PG_CLAIM_LANES`), so each lane
     gets one lease holder. SQLite has one pusher per store, holding the write lock.
     """
+    clock, clock_now = dialects.lease_clock(conn, now)
     if dialects.of(conn) == dialects.POSTGRESQL:
-        due = [row[0] for row in conn.execute(dialects.PG_CLAIM_LANES, (now, now, limit + len(skip)))]
+        due = [row[0] for row in conn.execute(dialects.PG_CLAIM_LANES, (clock_now, now, limit + len(skip)))]
     else:
         due = due_lanes(conn, now, limit + len(skip))
     keys = [key for key in due if key not in skip][:limit]
     conn.executemany(
-        "UPDATE lanes SET lease_owner = ?, lease_until = ? WHERE key = ?",
-        [(owner, now + lease_s, key) for key in keys],
+        f"UPDATE lanes SET lease_owner = ?, lease_until = {clock} + ? WHERE key = ?",
+        [(owner, clock_now, lease_s, key) for key in keys],
     )
     return keys
 
 
 @lease_protected
 def release_lane(conn: sqlite3.Connection, lane: str, owner: str, now: float | None = None) -> None:
-    """Give the lane back. ``lease_until`` keeps the release time: the round robin's "last served"."""
+    """Give the lane back: claimable at once by anyone (no owner). ``lease_until`` keeps the
+    release time, on the lease clock: the round robin's "last served" mark."""
+    clock, clock_now = dialects.lease_clock(conn, time.time() if now is None else now)
     conn.execute(
-        "UPDATE lanes SET lease_owner = NULL, lease_until = ? WHERE key = ? AND lease_owner = ?",
-        (time.time() if now is None else now, lane, owner),
+        f"UPDATE lanes SET lease_owner = NULL, lease_until = {clock} WHERE key = ? AND lease_owner = ?",
+        (clock_now, lane, owner),
     )
+
+
+@lease_protected
+def release_lanes(conn: sqlite3.Connection, lanes: list[str], owner: str) -> None:
+    """Give back lanes whose release failed earlier (a store fault), so they do not wait out the lease."""
+    for lane in lanes:
+        release_lane(conn, lane, owner)
+
+
+@lease_protected
+def release_owned(conn: sqlite3.Connection, owner: str) -> int:
+    """Give back every lane ``owner`` holds (a daemon stopping past its deadline): claimable at once."""
+    clock, clock_now = dialects.lease_clock(conn, time.time())
+    return conn.execute(f"UPDATE lanes SET lease_owner = NULL, lease_until = {clock} WHERE lease_owner = ?",
+                        (clock_now, owner)).rowcount
 
 
 def release_all_leases(conn: sqlite3.Connection) -> int:
@@ -121,9 +142,10 @@ def release_all_leases(conn: sqlite3.Connection) -> int:
 
 def _holds(conn: sqlite3.Connection, lane: str, owner: str, now: float, lease_s: float) -> sqlite3.Row | None:
     """Renew our lease on the lane: its row (for ``remote_session_id``), or None when another pusher took it."""
+    clock, clock_now = dialects.lease_clock(conn, now)
     rows = conn.execute(
-        "UPDATE lanes SET lease_until = ? WHERE key = ? AND lease_owner = ? RETURNING remote_session_id",
-        (now + lease_s, lane, owner),
+        f"UPDATE lanes SET lease_until = {clock} + ? WHERE key = ? AND lease_owner = ? RETURNING remote_session_id",
+        (clock_now, lease_s, lane, owner),
     ).fetchall()
     return rows[0] if rows else None
 
