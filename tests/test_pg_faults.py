@@ -103,15 +103,26 @@ class Rig:
         self.sessions = create_sessions(emulator, 6)
         self.env = daemon_env(emulator, self.url, self.config)  # type: ignore[arg-type]
         self.starts = [0, 0]
-        self.daemons = [self.start_daemon(i) for i in range(2)]
         self.writer: Writer | None = None
+        self.daemons: list[subprocess.Popen[bytes]] = []
+        try:
+            for index in range(2):
+                self.daemons.append(self.start_daemon(index))
+        except BaseException:
+            self.close()  # no daemon outlives a failed start
+            raise
 
     def start_daemon(self, index: int) -> subprocess.Popen[bytes]:
         """Start daemon ``index`` and wait until it runs (a SIGTERM before its handlers exist just kills it)."""
         self.starts[index] += 1
         log = self.log(index)
         proc = start_daemon(self.env, stderr=log)
-        wait_for(lambda: "daemon started" in log.read_text(), WATCHDOG_S, "the daemon to start", proc)
+        try:
+            wait_for(lambda: "daemon started" in log.read_text(), WATCHDOG_S, "the daemon to start", proc)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
         return proc
 
     def log(self, index: int) -> Path:
