@@ -5,6 +5,7 @@
   app hosts and several daemons (needs the ``[postgres]`` extra).
 - :mod:`.migrations` and :mod:`.pg_migrations`: named, frozen schema changes.
 - :mod:`.dialects`: the few SQL differences between the two.
+- :mod:`.contract`: the storage contract both honour, as ``Protocol`` types.
 
 :func:`open_store` picks the backend from the location.
 """
@@ -17,12 +18,13 @@ from typing import Any
 
 from galtea_local.errors import OutcomeUnknownError
 from galtea_local.store import dialects
+from galtea_local.store.contract import StorageBackend, StoreConnection
 from galtea_local.store.sqlite import Store, sqlite_path_from
 
-__all__ = ["Store", "named_outcome", "open_store", "sqlite_path_from"]
+__all__ = ["StorageBackend", "Store", "StoreConnection", "named_outcome", "open_store", "sqlite_path_from"]
 
 
-def open_store(location: str, **settings: Any) -> Store:
+def open_store(location: str, **settings: Any) -> StorageBackend:
     """The store at ``location``: a :class:`Store` for a path or ``sqlite:///`` URL, a
     :class:`~galtea_local.store.postgres.PostgresStore` for a ``postgresql://`` URL.
 
@@ -32,7 +34,7 @@ def open_store(location: str, **settings: Any) -> Store:
     if dialects.is_postgres_url(location):
         from galtea_local.store.postgres import PostgresStore
 
-        return PostgresStore(location, **settings, **pool)  # type: ignore[return-value]  # the same interface
+        return PostgresStore(location, **settings, **pool)
     return Store(location, **settings)  # one connection per thread: no pool to size
 
 

@@ -222,7 +222,7 @@ class PostgresStore:
         try:
             cursor = raw.execute(begin + _XID)
             cursor.nextset()
-            xid = cursor.fetchone()[0]
+            xid: str = cursor.fetchone()[0]  # type: ignore[index]  # the SELECT always returns one row
             return xid, fn(Connection(raw), *args, **kwargs)
         except psycopg.Error as exc:
             _rollback(raw)
@@ -253,7 +253,8 @@ class PostgresStore:
     def _xact_status(self, xid: str) -> str | None:
         raw = self._open()
         try:
-            return raw.execute("SELECT pg_xact_status(%s::xid8)", (xid,)).fetchone()[0]
+            row = raw.execute("SELECT pg_xact_status(%s::xid8)", (xid,)).fetchone()
+            return None if row is None else row[0]
         finally:
             raw.close()
 
