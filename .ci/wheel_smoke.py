@@ -75,6 +75,18 @@ def bare_checks(venv: Path, work: Path, env: dict[str, str]) -> None:
           "status on a missing store fails, names it and creates nothing", result.stderr)
 
 
+def import_ms(venv: Path, work: Path, env: dict[str, str]) -> float:
+    """``import galtea_local`` in the installed wheel: best of 5, minus a bare interpreter start."""
+    def best(code: str) -> float:
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            run(venv / "bin" / "python", "-c", code, cwd=work, env=env)
+            times.append(time.perf_counter() - started)
+        return min(times)
+    return (best("import galtea_local") - best("pass")) * 1e3
+
+
 def daemon_checks(venv: Path, work: Path, env: dict[str, str]) -> None:
     cli = venv / "bin" / "galtea-local"
     emulator = subprocess.Popen([cli, "emulator", "--port", "0", "--api-key", KEY], cwd=work, env=env,
@@ -112,6 +124,7 @@ def main() -> int:
         shipped = [venv / "share" / "galtea-local" / "galtea-local.service", venv / "share" / "doc" / "galtea-local" / "daemon.md"]
         check(all(path.is_file() for path in shipped), "the unit file and docs are installed under the venv's share/")
         bare_checks(venv, work, env)
+        print(f"figure  import galtea_local: {import_ms(venv, work, env):.0f} ms (installed wheel, best of 5)")
         run(venv / "bin" / "pip", "install", "-q", f"{wheel}[daemon]", cwd=tmp_path)
         print(f"[daemon] extra installed ({time.monotonic() - started:.0f}s)")
         daemon_checks(venv, work, env)
