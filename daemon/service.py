@@ -255,8 +255,9 @@ class Daemon:
         self.metrics.start()
         watcher = Watcher(self.store, self._on_store_written, POLL_S)
         watcher.start()
-        self.scheduler.start()
+        # READY before the first pass can publish a STATUS= line (the first pass runs at once).
         self.notifier.ready(f"pushing {self.store.path} to {self.settings.upstream.base_url}")
+        self.scheduler.start()
         log.info("daemon started: store %s, upstream %s, every %gs",
                  self.store.path, self.settings.upstream.base_url, self.settings.sync.interval_s)
         try:
