@@ -112,6 +112,7 @@ def session_settings(conninfo: str, busy_timeout_s: float) -> dict[str, Any]:
         "options": f"{given} {ours}" if given else ours,
         "connect_timeout": max(2, min(10, math.ceil(busy_timeout_s))),
         "tcp_user_timeout": max(1000, min(30_000, ms)),  # unacknowledged data: give up on a dead peer
+        "fallback_application_name": "galtea-local",  # how pg_stat_activity names us, unless the URL does
         **KEEPALIVE,
     }
 
