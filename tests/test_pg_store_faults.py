@@ -16,6 +16,7 @@ import pytest
 from galtea_local import (
     Galtea,
     OutcomeUnknownError,
+    StoreOpenError,
     StoreReadOnlyError,
     StoreTimeoutError,
     StoreUnavailableError,
@@ -184,3 +185,13 @@ def test_leases_are_on_the_database_clock(pg_url: str, monkeypatch: pytest.Monke
         lease_until, db_now = store.read(lambda conn: conn.execute(
             "SELECT lease_until, EXTRACT(EPOCH FROM clock_timestamp())::float8 FROM lanes").fetchone())
         assert 0 < lease_until - db_now <= 60.0  # the database's now + lease_s, not the fast host's
+
+
+def test_a_pooler_that_drops_the_startup_options_is_refused(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    try:
+        store._connect_args.pop("options")  # what PgBouncer's ignore_startup_parameters does
+        with pytest.raises(StoreOpenError, match="startup options were dropped"):
+            store._open()
+    finally:
+        store.close()

@@ -139,6 +139,7 @@ class PostgresStore:
         self.busy_timeout_s = busy_timeout_s
         self._conninfo = conninfo_from(location)
         self._connect_args = session_settings(self._conninfo, busy_timeout_s)
+        self._lock_timeout_ms = str(max(1, int(busy_timeout_s * 1000)))  # as pg_settings shows it
         self._pool = Pool(self._open, size=pool_size, idle_s=pool_idle_s, wait_s=busy_timeout_s, where=self.path)
         self.transaction(pg_migrations.upgrade, self.path)
         self.store_id: str = self.read(migrations.read_store_id)
@@ -151,8 +152,17 @@ class PostgresStore:
             raw = psycopg.connect(self._conninfo, autocommit=True, row_factory=row_factory, **self._connect_args)
             if self.durability == "power":
                 raw.execute("SET synchronous_commit = on")
+            applied = raw.execute("SELECT setting FROM pg_settings WHERE name = 'lock_timeout'").fetchone()
         except psycopg.Error as exc:
             raise pgerrors.cannot_connect(exc, self.path) from None
+        if applied is None or applied[0] != self._lock_timeout_ms:
+            raw.close()
+            # Seen with PgBouncer's ignore_startup_parameters: no timeouts, and the URL's search_path
+            # gone too, so the store would have put its tables in another schema.
+            raise StoreOpenError(
+                f"store {self.path}: the connection's startup options were dropped (lock_timeout is "
+                f"{applied[0] if applied else None!r} ms, not {self._lock_timeout_ms}); a pooler in between "
+                "(PgBouncer?) ignores them. Connect to PostgreSQL directly (docs/postgres.md)")
         return raw
 
     def connection(self) -> Connection:
