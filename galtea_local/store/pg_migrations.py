@@ -104,6 +104,9 @@ assert [name for name, _ in MIGRATIONS] == [name for name, _ in migrations.MIGRA
 @read_committed
 def upgrade(conn: Any, where: str) -> list[str]:
     """Apply every migration the schema lacks, under the schema's advisory lock; return their names."""
+    # A migration may rewrite a large table: no statement_timeout for it (busy_timeout_s still
+    # bounds the lock waits, so a stuck holder is reported, not waited for).
+    conn.execute("SET LOCAL statement_timeout = 0")
     # Serialises first opens; the lock ends with the transaction. Taken before anything is read
     # (at READ COMMITTED each later statement sees what a previous holder committed).
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('galtea-local:' || current_schema(), 0))")
