@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from galtea_local.store import dialects, migrations
-from galtea_local.errors import NotAStoreError, StoreError, StoreOpenError
+from galtea_local.errors import NotAStoreError, StoreError, StoreOpenError, StoreTimeoutError
 
 T = TypeVar("T")
 
@@ -192,9 +192,9 @@ class Store:
             try:
                 with self._writer:
                     return self._run(conn, fn, args, kwargs)
-            except sqlite3.OperationalError as exc:
+            except sqlite3.Error as exc:
                 if not _is_busy(exc) or time.monotonic() > deadline:
-                    raise StoreError(f"store {self.path}: {exc}") from exc
+                    raise _translate(exc, self.path, self.busy_timeout_s) from exc
                 time.sleep(random.uniform(0.001, 0.01))
 
     @staticmethod
@@ -218,17 +218,28 @@ class Store:
     def reading(self) -> Iterator[sqlite3.Connection]:
         """A read transaction: one consistent snapshot, ended as soon as the block is."""
         conn = self.connection()
-        conn.execute("BEGIN")
         try:
-            yield conn
-        finally:
-            # Ending the read promptly matters: open readers stop WAL checkpoints.
-            conn.execute("COMMIT")
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                # Ending the read promptly matters: open readers stop WAL checkpoints.
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path, self.busy_timeout_s) from exc
 
 
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
+def _is_busy(exc: sqlite3.Error) -> bool:
     message = str(exc).lower()
-    return "locked" in message or "busy" in message
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in message or "busy" in message)
+
+
+def _translate(exc: sqlite3.Error, path: Path, busy_timeout_s: float) -> StoreError:
+    """The project error for an sqlite3 error; nothing was written (the transaction rolled back)."""
+    if _is_busy(exc):
+        return StoreTimeoutError(f"store {path}: {exc} (still after store.busy_timeout_s = {busy_timeout_s:g}s); "
+                                 "nothing was written. Another process holds the write lock: retry")
+    return StoreError(f"store {path}: {exc}; nothing was written")
 
 
 class _Connection(sqlite3.Connection):
