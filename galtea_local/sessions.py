@@ -11,7 +11,6 @@ creating the session twice.
 from __future__ import annotations
 
 import builtins
-import json
 import secrets
 import sqlite3
 import time
@@ -21,7 +20,7 @@ from typing import Any
 from galtea_local.store.dialects import NO_LIMIT
 from galtea_local.errors import InvalidInputError
 from galtea_local.outbox import sessions as queue
-from galtea_local.read_model import iso_utc
+from galtea_local.read_model import iso_utc, stored_json
 from galtea_local.store import Store
 from galtea_local.validation import (
     check_count,
@@ -69,7 +68,7 @@ def _session(row: sqlite3.Row, prefix: str) -> Session:
         product_id=row["product_id"],
         test_case_id=row["test_case_id"],
         context=row["context"],
-        metadata=json.loads(row["metadata_json"]) if row["metadata_json"] else None,
+        metadata=stored_json(row["metadata_json"]) if row["metadata_json"] else None,
         is_production=None if row["is_production"] is None else bool(row["is_production"]),
         status=row["status"],
         stopping_reason=row["stopping_reason"],
