@@ -23,7 +23,7 @@ EXIT_OK = 0
 def add_commands(commands: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
     command = commands.add_parser("export", help="write the records not yet upstream to one bundle file")
     common(command)
-    command.add_argument("--out", required=True, help="bundle file to write (replaced atomically)")
+    command.add_argument("--out", required=True, help="bundle file to write (replaced atomically), or a folder to write it in")
     command.add_argument("--since-last", action="store_true", help="only what changed since the last export")
     command.add_argument("--from", dest="start", metavar="ISO", help="records created at or after this time (UTC)")
     command.add_argument("--to", dest="end", metavar="ISO", help="records created before this time (UTC)")
@@ -35,7 +35,7 @@ def add_commands(commands: Any, common: Callable[[argparse.ArgumentParser], None
     common(command)
     command.add_argument("--for", dest="origin", required=True, metavar="ORIGIN_STORE_ID",
                          help="the origin's store_id (its `galtea-local status --json`)")
-    command.add_argument("--out", required=True, help="receipt file to write")
+    command.add_argument("--out", required=True, help="receipt file to write, or a folder to write it in")
     command.add_argument("--no-progress", action="store_true", help="no progress bar")
     command = commands.add_parser("import-receipt", help="mark the records a receipt confirms as synced")
     common(command)
@@ -89,7 +89,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_receipt(args: argparse.Namespace) -> int:
     result = write_receipt(_store(args), args.origin, args.out, progress=_progress(args, "receipt"))
-    print(f"wrote {args.out}: {result.records} record(s) and {result.sessions} session(s) of store "
+    print(f"wrote {result.path}: {result.records} record(s) and {result.sessions} session(s) of store "
           f"{args.origin} are upstream; take it back and run `galtea-local import-receipt` there")
     return EXIT_OK
 

@@ -39,6 +39,15 @@ def _line(entry: dict[str, Any]) -> bytes:
     return (json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
 
 
+def _target(path: Path, header: dict[str, Any]) -> Path:
+    """``--out`` may name a folder: the file then gets a name saying what it is, whose and when."""
+    if not path.is_dir():
+        return path
+    store = str(header.get("from_store_id") or header.get("origin_store_id") or "store")[:8]
+    stamp = "".join(ch for ch in str(header.get("created_at", ""))[:19] if ch.isalnum())
+    return path / f"galtea-local-{header.get('kind', 'bundle')}-{store}-{stamp}Z.glb"
+
+
 class BundleWriter:
     """Write one bundle: ``with BundleWriter(path, header) as out: out.write(entry)``.
 
@@ -46,7 +55,7 @@ class BundleWriter:
     """
 
     def __init__(self, path: Path | str, header: dict[str, Any]) -> None:
-        self.path = Path(path)
+        self.path = _target(Path(path), header)
         self._partial = self.path.with_name(self.path.name + ".partial")
         self._header = {"format": FORMAT, "version": VERSION, **header}
         self._hash = hashlib.sha256()
@@ -56,7 +65,10 @@ class BundleWriter:
 
     def __enter__(self) -> BundleWriter:
         try:
-            self._raw = open(self._partial, "wb")
+            # Owner-only from the first byte: a bundle holds every queued conversation.
+            fd = os.open(self._partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)  # a stale .partial keeps its old mode through O_TRUNC
+            self._raw = os.fdopen(fd, "wb")
         except OSError as exc:
             raise BundleError(f"{self.path}: cannot write it ({exc.strerror or exc}); choose a writable --out") from None
         # mtime=0: the bytes depend on the content only.
@@ -85,12 +97,24 @@ class BundleWriter:
             self._gzip.close()
             self._raw.flush()
             os.fsync(self._raw.fileno())
-        finally:
-            self._raw.close()
-            if exc_type is None:
-                os.replace(self._partial, self.path)
-            else:
-                self._partial.unlink(missing_ok=True)
+        except BaseException:
+            self._discard()
+            raise
+        if exc_type is not None:
+            self._discard()
+            return
+        self._raw.close()
+        try:
+            os.replace(self._partial, self.path)
+        except OSError as error:  # e.g. the target is a folder created meanwhile: leave no .partial behind
+            self._partial.unlink(missing_ok=True)
+            raise BundleError(f"{self.path}: cannot write it ({error.strerror or error}); "
+                              "choose a writable --out") from None
+
+    def _discard(self) -> None:
+        assert self._raw is not None
+        self._raw.close()
+        self._partial.unlink(missing_ok=True)
 
 
 def _check_header(path: Path, first: bytes, kind: str) -> dict[str, Any]:

@@ -37,6 +37,7 @@ class ReceiptResult:
     unchanged: int = 0  # already confirmed by an earlier receipt
     missing: int = 0  # no longer in this store (reclaimed by retention)
     conflicts: int = 0  # this store knows the row under another remote id: left alone
+    path: Path | None = None  # the receipt written (its name is generated when --out is a folder)
 
 
 def write_receipt(store: Store, origin_store_id: str, out: Path | str,
@@ -59,6 +60,7 @@ def write_receipt(store: Store, origin_store_id: str, out: Path | str,
         if bar is not None:
             bar.close()
     result.sessions, result.records = writer.counts["session"], writer.counts["record"]
+    result.path = writer.path
     return result
 
 
