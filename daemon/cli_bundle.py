@@ -62,11 +62,16 @@ def _progress(args: argparse.Namespace, what: str) -> Callable[[int], Any] | Non
     return lambda total: tqdm(total=total, desc=what, unit="record", file=sys.stderr)
 
 
-def _store(args: argparse.Namespace) -> Any:
+def _settings(args: argparse.Namespace) -> Any:
     from galtea_local_daemon.cli import settings_from
+
+    return settings_from(args)
+
+
+def _store(args: argparse.Namespace, settings: Any = None) -> Any:
     from galtea_local_daemon.runtime import open_store
 
-    return open_store(settings_from(args))
+    return open_store(settings or _settings(args))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -80,7 +85,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    result = import_bundle(_store(args), args.file)
+    settings = _settings(args)
+    result = import_bundle(_store(args, settings), args.file, max_record_bytes=settings.store.max_record_bytes,
+                           limits=settings.bundle)
     print(f"imported {args.file} from store {result.origin_store_id}: records {result.records_added} added, "
           f"{result.records_updated} updated, {result.records_unchanged} already here; sessions "
           f"{result.sessions_added} added, {result.sessions_updated} updated, {result.sessions_unchanged} already here")
@@ -95,7 +102,8 @@ def cmd_receipt(args: argparse.Namespace) -> int:
 
 
 def cmd_import_receipt(args: argparse.Namespace) -> int:
-    result = import_receipt(_store(args), args.file)
+    settings = _settings(args)
+    result = import_receipt(_store(args, settings), args.file, limits=settings.bundle)
     print(f"receipt {args.file}: {result.records} record(s) and {result.sessions} session(s) now synced; "
           f"{result.still_queued} changed here since (queued as updates for the next export); "
           f"{result.unchanged} confirmed before; {result.missing} no longer here; {result.conflicts} conflicting")

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from galtea_local.config.schema import (
     SECTIONS,
+    BundleSettings,
     Headers,
     Invalid,
     LogSettings,
@@ -81,6 +82,7 @@ class Settings:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    bundle: BundleSettings = field(default_factory=BundleSettings)
     source: str | None = None
 
     def to_display_dict(self) -> dict[str, dict[str, Any]]:
