@@ -68,15 +68,15 @@ def _settings(args: argparse.Namespace) -> Any:
     return settings_from(args)
 
 
-def _store(args: argparse.Namespace, settings: Any = None) -> Any:
-    from galtea_local_daemon.runtime import open_store
+def _store(args: argparse.Namespace, settings: Any = None, *, must_exist: bool = False) -> Any:
+    from galtea_local.store import open_configured
 
-    return open_store(settings or _settings(args))
+    return open_configured((settings or _settings(args)).store, must_exist=must_exist)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     start, end = _epoch("--from", args.start), _epoch("--to", args.end)
-    result = export_bundle(_store(args), args.out, since_last=args.since_last, start=start, end=end,
+    result = export_bundle(_store(args, must_exist=True), args.out, since_last=args.since_last, start=start, end=end,
                            progress=_progress(args, "export"))
     scope = "changed since the last export" if args.since_last else "not yet confirmed upstream"
     print(f"wrote {result.path}: {result.records} record(s) and {result.sessions} session(s) {scope}; "
