@@ -31,11 +31,13 @@ from galtea_local.errors import (
 from galtea_local.outbox import attempts as ob
 from galtea_local.outbox import health
 from galtea_local.store import Store
-from galtea_local_daemon import reconcile, wire
+from galtea_local_daemon import poison, reconcile, wire
 from galtea_local_daemon.backoff import Backoff, retry_after_of
+from galtea_local_daemon.ratelimit import RateLimitedLog, error_key
 from galtea_local_daemon.upstream import UpstreamClient
 
 log = logging.getLogger("galtea_local.sync")
+_limited = RateLimitedLog(log)  # an error that repeats every pass is logged once a minute, with a count
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ def _session_patch_body(changes: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+@poison.refuse_unencodable  # a row that cannot be encoded is dead-lettered, not retried forever
 def build_body(row: dict[str, Any], attempt: ob.Attempt) -> dict[str, Any]:
     """The request body for an attempt, from the target row as it is at the write-ahead mark."""
     if attempt.kind == "create":
@@ -170,7 +173,10 @@ class SyncEngine:
         concurrency = 1 if auth_was_failing else self.settings.concurrency  # probe with one lane
         self._drain(now, concurrency, report)
         self._record_health(report, auth_was_failing)
-        report.more_due = not self.stopping and not self._halt.is_set() and self._has_due()
+        # A pass that settled nothing (every lane hit an unexpected error) does not ask to run
+        # again at once: the scheduler's interval paces it, and `sync` ends.
+        progressed = report.pushed or report.adopted or report.dead or report.retried
+        report.more_due = not self.stopping and not self._halt.is_set() and bool(progressed) and self._has_due()
         return report
 
     def _drain(self, now: float, concurrency: int, report: PassReport) -> None:
@@ -188,7 +194,7 @@ class SyncEngine:
                         ob.claim_lanes, self.owner, at, self.settings.lease_s, free, frozenset(active.values())
                     )
                 except StoreError as error:  # a store fault: finish the lanes in flight, claim next pass
-                    log.warning("claiming lanes failed: %s", error)
+                    _limited.warning("claim", "claiming lanes failed: %s", error)
                     report.errors.append(str(error))
                     lanes, deadline = [], float("-inf")
                 at = self.clock()
@@ -236,10 +242,10 @@ class SyncEngine:
         except UpstreamError as error:
             report.errors.append(str(error))
         except StoreError as error:  # a store fault: the lane's state is durable; the next pass goes on
-            log.warning("lane %s: %s", lane, error)
+            _limited.warning(type(error).__name__, "lane %s: %s", lane, error)
             report.errors.append(str(error))
-        except Exception:  # a bug must not kill the pass: log it, keep the lane's state durable
-            log.exception("unexpected error while pushing lane %s", lane)
+        except Exception as error:  # a bug must not kill the pass: log it, keep the lane's state durable
+            _limited.exception(error_key(error), "unexpected error while pushing lane %s", lane)
             report.errors.append(f"internal error on lane {lane}")
         finally:
             self._release(lane)
@@ -251,7 +257,8 @@ class SyncEngine:
         try:
             self.store.transaction(ob.release_lanes, lanes, self.owner)
         except StoreError as error:
-            log.warning("could not release lane(s) %s (%s); retried at the next claim", ", ".join(lanes), error)
+            _limited.warning("release", "could not release lane(s) %s (%s); retried at the next claim",
+                             ", ".join(lanes), error)
             with self._lock:
                 self._stranded.update(lanes)
             return
@@ -274,7 +281,12 @@ class SyncEngine:
             tries += 1
             with attempt_manager:
                 taken, ahead = ahead, None  # a retry takes the head afresh
-                return self._step(lane, report, taken, take_more)
+                try:
+                    return self._step(lane, report, taken, take_more)
+                except poison.PoisonRowError as bad:
+                    poison.dead_letter(self.store, bad, self.clock())
+                    report.dead += 1
+                    return True
         return None
 
     def _step(self, lane: str, report: PassReport, taken: ob.Attempt | None, take_more: bool) -> Any:
@@ -368,7 +380,10 @@ class SyncEngine:
             ob.settle_done(conn, attempt, now, remote)
             if not take_more or self.stopping or self._halt.is_set():
                 return None
-            return ob.take_next(conn, attempt.lane, self.owner, now, self.settings.lease_s, build_body)
+            try:
+                return ob.take_next(conn, attempt.lane, self.owner, now, self.settings.lease_s, build_body)
+            except poison.PoisonRowError:
+                return None  # keep this settle; the lane's next step takes the poison row alone
 
         ahead = self.store.transaction(ob.lease_protected(settle_then_take))
         report.pushed += 1

@@ -32,6 +32,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -46,8 +47,9 @@ from galtea_local.outbox import attempts as ob
 from galtea_local.store import Store
 from galtea_local_daemon.engine import EngineSettings, PassReport, SyncEngine
 from galtea_local_daemon.housekeeping import WAL_CHECK_EVERY_S, Housekeeper
+from galtea_local_daemon.loadwatch import PUBLISH_EVERY_S, WriteWatch
 from galtea_local_daemon.logs import configure_logging
-from galtea_local_daemon.metrics import DaemonMetrics
+from galtea_local_daemon.metrics import REFRESH_EVERY_S, DaemonMetrics
 from galtea_local_daemon.runtime import make_client, make_engine, open_store, pusher_guard, release_stale_leases
 from galtea_local_daemon.sdnotify import Notifier
 from galtea_local_daemon.watch import Watcher
@@ -99,6 +101,7 @@ class Daemon:
         self.notifier = notifier
         self.housekeeper = Housekeeper(store, settings.retention)
         self.metrics = DaemonMetrics(store, settings.metrics)
+        self.write_watch = WriteWatch(store)
         self.scheduler = BackgroundScheduler(timezone=timezone.utc)
         logging.getLogger("apscheduler.scheduler").addFilter(_SkippedRunFilter())
         self._state = threading.Lock()
@@ -107,12 +110,14 @@ class Daemon:
         self._quiet = False  # the last pass was halted (auth, throttle): store writes do not wake us
         self._pass_done = JobDone()
         self._wal_done = JobDone()
+        self._write_watch_done = JobDone()
         self._stop = threading.Event()  # set by a signal; the main loop waits on it
         self._failing: str | None = None  # the kind of store error the last pass met, if any
         self._pass_started: float | None = None  # monotonic; None between passes
         self._last_pass_end = time.monotonic()
         self._signal: int | None = None
         self._status_text = ""
+        self._status_read_at = float("-inf")
         # A pass stops claiming after its budget; in-flight requests end within the lease.
         self._stall_s = EngineSettings.pass_budget_s + settings.sync.lease_s
 
@@ -172,12 +177,22 @@ class Daemon:
         self._failing = kind
 
     def _wal_job(self) -> None:
-        self._wal_done.start()
-        try:
-            if not self.engine.stopping:
-                self.housekeeper.bound_wal()
-        finally:
-            self._wal_done.end()
+        self._tracked(self.housekeeper.bound_wal, self._wal_done)()
+
+    def _tracked(self, job: Callable[[], object], done: JobDone) -> Callable[[], None]:
+        """``job`` as a scheduled job with its own completion signal; skipped once stopping."""
+
+        def run() -> None:
+            done.start()
+            try:
+                if not self.engine.stopping:
+                    job()
+            except StoreError as error:  # a store fault: the next run tries again
+                log.debug("job %s failed: %s", getattr(job, "__name__", job), error)
+            finally:
+                done.end()
+
+        return run
 
     def _after_pass(self, report: PassReport) -> None:
         self.metrics.count_pass(report)
@@ -189,12 +204,21 @@ class Daemon:
             return  # housekeeping can wait for the next start; the stop deadline cannot
         try:
             self.housekeeper.run()
-            if self.metrics.wants_status() or self.notifier.enabled:
+            # At most once a second (REFRESH_EVERY_S): a status read counts every record, and under
+            # systemd a read after each of many short passes cost the drain more as the store grew.
+            if self.metrics.wants_status() or (self.notifier.enabled and self._status_due()):
                 self._publish_status()
         except StoreError as error:
             log.warning("housekeeping failed: %s", error)
         except Exception:
             log.exception("housekeeping failed")
+
+    def _status_due(self) -> bool:
+        now = time.monotonic()
+        if now - self._status_read_at < REFRESH_EVERY_S:
+            return False
+        self._status_read_at = now
+        return True
 
     def _publish_status(self) -> None:
         status = store_status(self.store)
@@ -249,6 +273,8 @@ class Daemon:
             self._pass_job, IntervalTrigger(seconds=self.settings.sync.interval_s), id=JOB_ID,
             max_instances=1, coalesce=True, misfire_grace_time=None, next_run_time=datetime.now(timezone.utc),
         )
+        self.scheduler.add_job(self._tracked(self.write_watch.publish, self._write_watch_done),
+                               IntervalTrigger(seconds=PUBLISH_EVERY_S), id="write-watch", max_instances=1, coalesce=True)
         if self.store.dialect == "sqlite":  # PostgreSQL bounds its own WAL
             self.scheduler.add_job(self._wal_job, IntervalTrigger(seconds=WAL_CHECK_EVERY_S), id=WAL_JOB_ID,
                                    max_instances=1, coalesce=True)
@@ -295,14 +321,16 @@ class Daemon:
         with self._state:
             self.engine.request_stop()  # no new claims; backoff sleeps end now
         self.scheduler.shutdown(wait=False)
-        if not (self._pass_done.wait_until(deadline) and self._wal_done.wait_until(deadline)):
+        jobs = (self._pass_done, self._wal_done, self._write_watch_done)
+        if not all(job.wait_until(deadline) for job in jobs):
             released = self._release_leases(time.monotonic() + RELEASE_GRACE_S)
             log.warning("in-flight pushes did not finish within %gs; they stay queued (a sent one is "
                         "reconciled before any re-send) and go up after a restart; leases %s", timeout,
                         "given back" if released else "not given back (the store did not answer): they expire")
             _flush_logs()
             os._exit(0)  # the pass's threads may sit in a request or a lock wait; do not wait for them
-        if not self._release_leases(min(deadline, time.monotonic()) + RELEASE_GRACE_S):  # lanes a failed release left behind
+        # Lanes a failed release left behind (a store fault during the last pass).
+        if not self._release_leases(min(deadline, time.monotonic()) + RELEASE_GRACE_S):
             log.warning("could not give back this daemon's leases: they expire after sync.lease_s")
         self.metrics.stop()
         log.info("stopped cleanly")
