@@ -142,6 +142,7 @@ class SyncEngine:
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._stranded: set[str] = set()  # lanes whose release failed (a store fault): released at the next claim
+        self._released: dict[str, float] = {}  # lane -> when this pusher last gave it back (see _released_since)
 
     # -- control -------------------------------------------------------------
 
@@ -191,7 +192,8 @@ class SyncEngine:
             if free and not self._should_stop_claiming(deadline):
                 try:
                     lanes = self.store.transaction(
-                        ob.claim_lanes, self.owner, at, self.settings.lease_s, free, frozenset(active.values())
+                        ob.claim_lanes, self.owner, at, self.settings.lease_s, free,
+                        frozenset(active.values()) | self._released_since(at),
                     )
                 except StoreError as error:  # a store fault: finish the lanes in flight, claim next pass
                     _limited.warning("claim", "claiming lanes failed: %s", error)
@@ -262,8 +264,19 @@ class SyncEngine:
             with self._lock:
                 self._stranded.update(lanes)
             return
+        released = self.clock()
         with self._lock:
             self._stranded.difference_update(lanes)
+            self._released.update(dict.fromkeys(lanes, released))
+
+    def _released_since(self, at: float) -> frozenset[str]:
+        """Lanes this pusher gave back after ``at``. A released lane is claimable at once by any
+        pusher, but this one takes it again only at a later claim: one lane whose every attempt
+        fails at once must not spin a pass (the round robin's order, as before releases freed
+        lanes at once)."""
+        with self._lock:
+            self._released = {lane: when for lane, when in self._released.items() if when > at}
+            return frozenset(self._released)
 
     def _step_with_retries(self, lane: str, report: PassReport, ahead: ob.Attempt | None,
                            take_more: bool) -> Any:
