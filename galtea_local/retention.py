@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from galtea_local.outbox import probes
 from galtea_local.store import dialects
 from galtea_local.errors import StoreFullError
+from galtea_local.store.contract import StoreConnection
 
 STORE_FULL = "store_full"  # meta key: present (with the reason) while new records are refused
 
@@ -124,7 +125,7 @@ def set_store_full(conn: sqlite3.Connection, reason: str | None) -> None:
         )
 
 
-def refuse_if_full(conn: sqlite3.Connection) -> None:
+def refuse_if_full(conn: StoreConnection) -> None:
     """Raise :class:`StoreFullError` while the daemon says the store is at its cap."""
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (STORE_FULL,)).fetchone()
     if row is not None:

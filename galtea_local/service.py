@@ -19,7 +19,7 @@ from galtea_local.store.dialects import NO_LIMIT
 from galtea_local.errors import InvalidInputError, NotFoundError
 from galtea_local.outbox import sessions as sessions_queue
 from galtea_local.read_model import InferenceResult, build, from_row
-from galtea_local.store import Store, named_outcome
+from galtea_local.store import StorageBackend, named_outcome
 from galtea_local.validation import (
     COST_KEYS,
     USAGE_KEYS,
@@ -97,7 +97,7 @@ def _epoch(name: str, value: str | int | float | None) -> float | None:
 class InferenceResultService:
     """The ``inference_results`` (alias ``traces``) service of :class:`galtea_local.Galtea`."""
 
-    def __init__(self, store: Store, max_record_bytes: int) -> None:
+    def __init__(self, store: StorageBackend, max_record_bytes: int) -> None:
         self._store = store
         self._max_record_bytes = max_record_bytes
         self._prefix = store.store_id[:8]

@@ -21,7 +21,7 @@ from galtea_local.store.dialects import NO_LIMIT
 from galtea_local.errors import InvalidInputError
 from galtea_local.outbox import sessions as queue
 from galtea_local.read_model import iso_utc, stored_json
-from galtea_local.store import Store, named_outcome
+from galtea_local.store import StorageBackend, named_outcome
 from galtea_local.validation import (
     check_count,
     check_encodable,
@@ -138,7 +138,7 @@ def _insert(conn: sqlite3.Connection, values: dict[str, Any], now: float) -> int
 class SessionService:
     """The ``sessions`` service of :class:`galtea_local.Galtea`: local at once, upstream later."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StorageBackend) -> None:
         self._store = store
         self._prefix = store.store_id[:8]
 

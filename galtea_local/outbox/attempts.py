@@ -10,7 +10,6 @@ means "maybe sent", never "not sent".
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -18,6 +17,7 @@ from typing import Any, TypeVar
 
 from galtea_local.outbox import probes
 from galtea_local.store import dialects
+from galtea_local.store.contract import StoreConnection
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -55,7 +55,7 @@ class Attempt:
     body: dict[str, Any] | None = None  # set by take_next(): already marked ``sending``, send this
 
 
-def deactivate_drained_lanes(conn: sqlite3.Connection) -> int:
+def deactivate_drained_lanes(conn: StoreConnection) -> int:
     """Mark lanes with no open operation inactive, so claiming skips them."""
     return conn.execute(
         "UPDATE lanes SET active = 0 WHERE active = 1 AND NOT EXISTS ("
@@ -63,7 +63,7 @@ def deactivate_drained_lanes(conn: sqlite3.Connection) -> int:
     ).rowcount
 
 
-def due_lanes(conn: sqlite3.Connection, now: float, limit: int) -> list[str]:
+def due_lanes(conn: StoreConnection, now: float, limit: int) -> list[str]:
     """Unleased lanes whose head operation is due at ``now``, least recently served first.
 
     Round robin, not oldest head first: a lane that just gave back its claim
@@ -89,7 +89,7 @@ def due_lanes(conn: sqlite3.Connection, now: float, limit: int) -> list[str]:
 
 
 @dialects.read_committed
-def claim_lanes(conn: sqlite3.Connection, owner: str, now: float, lease_s: float, limit: int,
+def claim_lanes(conn: StoreConnection, owner: str, now: float, lease_s: float, limit: int,
                 skip: frozenset[str] = frozenset()) -> list[str]:
     """Lease up to ``limit`` due lanes (not in ``skip``), least recently served first.
 
@@ -111,7 +111,7 @@ def claim_lanes(conn: sqlite3.Connection, owner: str, now: float, lease_s: float
 
 
 @lease_protected
-def release_lane(conn: sqlite3.Connection, lane: str, owner: str, now: float | None = None) -> None:
+def release_lane(conn: StoreConnection, lane: str, owner: str, now: float | None = None) -> None:
     """Give the lane back: claimable at once by anyone (no owner). ``lease_until`` keeps the
     release time, on the lease clock: the round robin's "last served" mark."""
     clock, clock_now = dialects.lease_clock(conn, time.time() if now is None else now)
@@ -122,26 +122,26 @@ def release_lane(conn: sqlite3.Connection, lane: str, owner: str, now: float | N
 
 
 @lease_protected
-def release_lanes(conn: sqlite3.Connection, lanes: list[str], owner: str) -> None:
+def release_lanes(conn: StoreConnection, lanes: list[str], owner: str) -> None:
     """Give back lanes whose release failed earlier (a store fault), so they do not wait out the lease."""
     for lane in lanes:
         release_lane(conn, lane, owner)
 
 
 @lease_protected
-def release_owned(conn: sqlite3.Connection, owner: str) -> int:
+def release_owned(conn: StoreConnection, owner: str) -> int:
     """Give back every lane ``owner`` holds (a daemon stopping past its deadline): claimable at once."""
     clock, clock_now = dialects.lease_clock(conn, time.time())
     return conn.execute(f"UPDATE lanes SET lease_owner = NULL, lease_until = {clock} WHERE lease_owner = ?",
                         (clock_now, owner)).rowcount
 
 
-def release_all_leases(conn: sqlite3.Connection) -> int:
+def release_all_leases(conn: StoreConnection) -> int:
     """Forget every lease: for a pusher that holds the store's exclusive lock, all are stale."""
     return conn.execute("UPDATE lanes SET lease_owner = NULL, lease_until = NULL WHERE lease_owner IS NOT NULL").rowcount
 
 
-def _holds(conn: sqlite3.Connection, lane: str, owner: str, now: float, lease_s: float) -> sqlite3.Row | None:
+def _holds(conn: StoreConnection, lane: str, owner: str, now: float, lease_s: float) -> Any | None:
     """Renew our lease on the lane: its row (for ``remote_session_id``), or None when another pusher took it."""
     clock, clock_now = dialects.lease_clock(conn, now)
     rows = conn.execute(
@@ -152,7 +152,7 @@ def _holds(conn: sqlite3.Connection, lane: str, owner: str, now: float, lease_s:
 
 
 @lease_protected
-def next_attempt(conn: sqlite3.Connection, lane: str, owner: str, now: float, lease_s: float) -> Attempt | None:
+def next_attempt(conn: StoreConnection, lane: str, owner: str, now: float, lease_s: float) -> Attempt | None:
     """The lane's head operation if it is due and the lease is still ours, else None."""
     lane_row = _holds(conn, lane, owner, now, lease_s)
     if lane_row is None:
@@ -178,7 +178,7 @@ def next_attempt(conn: sqlite3.Connection, lane: str, owner: str, now: float, le
 
 @lease_protected
 def begin_attempt(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     attempt: Attempt,
     owner: str,
     now: float,
@@ -205,7 +205,7 @@ _CLOSE_FOLDING = {
 }
 
 
-def _mark(conn: sqlite3.Connection, attempt: Attempt, target: dict[str, Any], now: float,
+def _mark(conn: StoreConnection, attempt: Attempt, target: dict[str, Any], now: float,
           build_body: Callable[[dict[str, Any], Attempt], dict[str, Any]]) -> dict[str, Any] | None:
     """Mark the op ``sending`` with the body it will carry; None if it is no longer open.
 
@@ -237,7 +237,7 @@ def _needs_care(attempt: Attempt) -> bool:
 
 @lease_protected
 def take_next(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     lane: str,
     owner: str,
     now: float,
@@ -257,7 +257,7 @@ def take_next(
     return None if body is None else replace(attempt, body=body)
 
 
-def _target(conn: sqlite3.Connection, op: sqlite3.Row) -> dict[str, Any]:
+def _target(conn: StoreConnection, op: Any) -> dict[str, Any]:
     if op["session_seq"] is not None:
         return dict(conn.execute("SELECT * FROM sessions WHERE seq = ?", (op["session_seq"],)).fetchone())
     return dict(conn.execute("SELECT * FROM inference_results WHERE seq = ?", (op["record_seq"],)).fetchone())
@@ -284,14 +284,14 @@ def _state_sql(attempt: Attempt) -> str:
     )
 
 
-def _set_sync_state(conn: sqlite3.Connection, attempt: Attempt, state: str | None = None) -> None:
+def _set_sync_state(conn: StoreConnection, attempt: Attempt, state: str | None = None) -> None:
     table = "sessions" if _is_session(attempt) else "inference_results"
     value = ":state" if state is not None else _state_sql(attempt)
     conn.execute(f"UPDATE {table} SET sync_state = {value} WHERE seq = :target",
                  {"state": state, "target": attempt.record["seq"], "lane": attempt.lane})
 
 
-def _adopt_session(conn: sqlite3.Connection, attempt: Attempt, remote: dict[str, Any]) -> None:
+def _adopt_session(conn: StoreConnection, attempt: Attempt, remote: dict[str, Any]) -> None:
     conn.execute(
         "UPDATE sessions SET remote_id = ?, remote_version_id = ? WHERE seq = ?",
         (remote.get("id"), remote.get("versionId"), attempt.record["seq"]),
@@ -300,7 +300,7 @@ def _adopt_session(conn: sqlite3.Connection, attempt: Attempt, remote: dict[str,
     conn.execute("UPDATE lanes SET remote_session_id = ? WHERE key = ?", (remote.get("id"), attempt.lane))
 
 
-def _adopt_record(conn: sqlite3.Connection, attempt: Attempt, remote: dict[str, Any]) -> None:
+def _adopt_record(conn: StoreConnection, attempt: Attempt, remote: dict[str, Any]) -> None:
     conn.execute(
         "UPDATE inference_results SET remote_id = :id, remote_index = :index, remote_session_id = :session,"
         f" remote_created_at = :created, sync_state = {_state_sql(attempt)} WHERE seq = :target",
@@ -315,7 +315,7 @@ def _adopt_record(conn: sqlite3.Connection, attempt: Attempt, remote: dict[str, 
 
 
 @lease_protected
-def settle_done(conn: sqlite3.Connection, attempt: Attempt, now: float, remote: dict[str, Any] | None) -> None:
+def settle_done(conn: StoreConnection, attempt: Attempt, now: float, remote: dict[str, Any] | None) -> None:
     """The operation is applied upstream; for a create, record what the server assigned."""
     conn.execute(
         "UPDATE outbox SET state = 'done', settled_at = ?, sent_body = NULL, last_error = NULL WHERE seq = ?",
@@ -331,7 +331,7 @@ def settle_done(conn: sqlite3.Connection, attempt: Attempt, now: float, remote: 
 
 @lease_protected
 def settle_retry(
-    conn: sqlite3.Connection, attempt: Attempt, not_before: float, error: str, status: int | None, *, maybe_sent: bool
+    conn: StoreConnection, attempt: Attempt, not_before: float, error: str, status: int | None, *, maybe_sent: bool
 ) -> None:
     """Try again later. A maybe-sent operation stays ``sending``: the next attempt reconciles."""
     if maybe_sent:
@@ -348,7 +348,7 @@ def settle_retry(
 
 
 @lease_protected
-def settle_dead(conn: sqlite3.Connection, attempt: Attempt, now: float, error: str, status: int | None) -> None:
+def settle_dead(conn: StoreConnection, attempt: Attempt, now: float, error: str, status: int | None) -> None:
     """The upstream refused the operation for good: keep it, with the API's message, for the operator."""
     conn.execute(
         "UPDATE outbox SET state = 'dead', settled_at = ?, last_error = ?, last_status = ? WHERE seq = ?",
@@ -358,7 +358,7 @@ def settle_dead(conn: sqlite3.Connection, attempt: Attempt, now: float, error: s
 
 
 @lease_protected
-def cancel_with_record(conn: sqlite3.Connection, attempt: Attempt, now: float, reason: str) -> None:
+def cancel_with_record(conn: StoreConnection, attempt: Attempt, now: float, reason: str) -> None:
     """A delete of a record that never reached upstream: nothing to send, and nothing left to hold."""
     conn.execute(
         "UPDATE outbox SET state = 'done', settled_at = ?, last_error = ? WHERE record_seq = ? AND state = 'dead'",
@@ -367,7 +367,7 @@ def cancel_with_record(conn: sqlite3.Connection, attempt: Attempt, now: float, r
     settle_done(conn, attempt, now, None)
 
 
-def owners_of(conn: sqlite3.Connection, remote_ids: list[str]) -> set[str]:
+def owners_of(conn: StoreConnection, remote_ids: list[str]) -> set[str]:
     """Which of these remote ids a local record already owns (reconciliation must not adopt them)."""
     if not remote_ids:
         return set()

@@ -1,8 +1,8 @@
 """Pusher health kept in the store's ``meta`` table, so ``status`` can read it from any process."""
 
 from __future__ import annotations
+from galtea_local.store.contract import StoreConnection
 
-import sqlite3
 
 LAST_SUCCESS = "last_success_at"
 LAST_ERROR = "last_error"
@@ -15,7 +15,7 @@ LONGEST_WRITE_NAME = "longest_write_name"
 LONGEST_WRITE_RECENT = "longest_write_recent_s"
 
 
-def put(conn: sqlite3.Connection, key: str, value: object | None) -> None:
+def put(conn: StoreConnection, key: str, value: object | None) -> None:
     if value is None:
         conn.execute("DELETE FROM meta WHERE key = ?", (key,))
     else:
@@ -25,11 +25,11 @@ def put(conn: sqlite3.Connection, key: str, value: object | None) -> None:
         )
 
 
-def get(conn: sqlite3.Connection, key: str) -> str | None:
+def get(conn: StoreConnection, key: str) -> str | None:
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     return None if row is None else row[0]
 
 
-def get_float(conn: sqlite3.Connection, key: str) -> float | None:
+def get_float(conn: StoreConnection, key: str) -> float | None:
     value = get(conn, key)
     return None if value is None else float(value)
