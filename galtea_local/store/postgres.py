@@ -102,11 +102,13 @@ def session_settings(conninfo: str, busy_timeout_s: float) -> dict[str, Any]:
 
     Set at connection start, so they hold whatever the database's defaults say
     (an ``ALTER DATABASE ... SET statement_timeout = '1ms'`` does not reach us).
-    ``idle_in_transaction_session_timeout``: a frozen process must not hold row locks for ever.
+    ``idle_in_transaction_session_timeout``: a frozen process (SIGSTOP, a VM pause) must not hold
+    row locks for long; our transactions last milliseconds, and a read that pages through a large
+    export idles far less than twice ``busy_timeout_s`` between fetches.
     """
     ms = max(1, int(busy_timeout_s * 1000))
     ours = (f"-c lock_timeout={ms} -c statement_timeout={ms}"
-            f" -c idle_in_transaction_session_timeout={max(60_000, 2 * ms)}")
+            f" -c idle_in_transaction_session_timeout={max(5_000, 2 * ms)}")
     given = conninfo_to_dict(conninfo).get("options")
     return {
         "options": f"{given} {ours}" if given else ours,
