@@ -22,7 +22,7 @@ from galtea_local import Galtea
 from galtea_local.bundle import BundleWriter, export_bundle, import_bundle
 from galtea_local.config.schema import BundleSettings
 from galtea_local.errors import BundleError
-from tests.bundle_helpers import read_lines, table_counts
+from tests.bundle_helpers import SIGNING, key_env, read_lines, table_counts
 from tests.sync_helpers import cli_env, galtea_local, new_session, open_store, write_config
 
 MAX_RSS_KB = 200 * 1024  # the reported failures peaked at 1.67 GB and hit MemoryError at 2 GB
@@ -41,7 +41,7 @@ def exported(tmp_path: Path, emulator) -> tuple[Path, list[dict[str, Any]]]:
         galtea.inference_results.create(session_id=remote, input="q2", usage_info={"tokens": 3})
     store = open_store(origin)
     try:
-        path = export_bundle(store, tmp_path / "genuine.glb").path
+        path = export_bundle(store, tmp_path / "genuine.glb", signing=SIGNING).path
     finally:
         store.close()
     return path, read_lines(path)
@@ -52,7 +52,7 @@ def _rewrite(lines: list[dict[str, Any]], out: Path, change: dict[str, Any], ind
     header, *content = [dict(line) for line in lines[:-1]]
     content[index].update(change)
     header = {k: v for k, v in header.items() if k not in ("format", "version")}
-    with BundleWriter(out, header) as writer:
+    with BundleWriter(out, header, SIGNING) as writer:  # a site with the key wrote it: only the rules refuse it
         for entry in content:
             writer.write(entry)
     return out
@@ -82,7 +82,7 @@ def test_a_record_create_would_refuse_refuses_the_bundle(exported, tmp_path, cha
     store = open_store(tmp_path / "connected.db")
     try:
         with pytest.raises(BundleError) as refused:
-            import_bundle(store, bad)
+            import_bundle(store, bad, signing=SIGNING)
         assert table_counts(tmp_path / "connected.db") == (0, 0, 0)
     finally:
         store.close()
@@ -97,7 +97,7 @@ def test_a_bad_session_line_is_refused(exported, tmp_path):
     store = open_store(tmp_path / "connected.db")
     try:
         with pytest.raises(BundleError, match="line 2 .*metadata_json"):
-            import_bundle(store, bad)
+            import_bundle(store, bad, signing=SIGNING)
     finally:
         store.close()
 
@@ -108,8 +108,8 @@ def test_max_record_bytes_applies_to_imports(exported, tmp_path):
     store = open_store(tmp_path / "connected.db")
     try:
         with pytest.raises(BundleError, match="max_record_bytes"):
-            import_bundle(store, big, max_record_bytes=1000)
-        assert import_bundle(store, big, max_record_bytes=4000).records_added == 3
+            import_bundle(store, big, max_record_bytes=1000, signing=SIGNING)
+        assert import_bundle(store, big, max_record_bytes=4000, signing=SIGNING).records_added == 3
     finally:
         store.close()
 
@@ -126,7 +126,7 @@ def test_each_read_bound_refuses_with_one_line(exported, tmp_path, limits, bound
     store = open_store(tmp_path / "connected.db")
     try:
         with pytest.raises(BundleError, match=bound):
-            import_bundle(store, path, limits=limits)
+            import_bundle(store, path, limits=limits, signing=SIGNING)
         assert table_counts(tmp_path / "connected.db") == (0, 0, 0)
     finally:
         store.close()
@@ -175,7 +175,7 @@ def test_a_bomb_is_refused_in_bounded_memory_and_sync_still_ends(exported, tmp_p
         short = b'{"type":"x"}\n'  # parses as an entry: only the bounds can stop it
         path = _members(tmp_path / "bomb.glb", _header(lines), b"", short * (2**20 // len(short)), 2 * 1024)
     assert path.stat().st_size < 5 * 2**20
-    env = cli_env(tmp_path / "connected.db", emulator.url, emulator.api_key, write_config(tmp_path))
+    env = key_env(cli_env(tmp_path / "connected.db", emulator.url, emulator.api_key, write_config(tmp_path)), tmp_path)
     result = _measured_import(path, env)
     assert result["rc"] == 1 and "Traceback" not in result["stderr"], result["stderr"][-2000:]
     assert len(result["stderr"].strip().splitlines()) == 1 and "refused" in result["stderr"]

@@ -20,13 +20,17 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Protocol
 
+from galtea_local.bundle import ledger
 from galtea_local.bundle.format import BundleWriter
+from galtea_local.bundle.signing import Signing
+from galtea_local.errors import BundleError
 from galtea_local.outbox import health
 from galtea_local.read_model import iso_utc
 from galtea_local.store import Store
@@ -134,34 +138,44 @@ def generator_name() -> str:
         return "galtea-local"
 
 
-def export_bundle(store: Store, out: Path | str, *, since_last: bool = False, start: float | None = None,
-                  end: float | None = None, progress: Callable[[int], Progress] | None = None,
-                  overlap_s: float = OVERLAP_S) -> ExportResult:
-    """Write the bundle to ``out`` (atomically: the file appears complete or not at all).
+def export_bundle(store: Store, out: Path | str, *, signing: Signing, since_last: bool = False,
+                  start: float | None = None, end: float | None = None,
+                  progress: Callable[[int], Progress] | None = None, overlap_s: float = OVERLAP_S) -> ExportResult:
+    """Write the bundle to ``out`` (atomically: the file appears complete or not at all), signed
+    with ``signing.key`` (an unsigned bundle only when there is no key and ``allow_unsigned``).
 
     ``start``/``end`` (epoch seconds) select on ``created_at``; an export
     restricted to a time range does not move the ``since_last`` watermark.
     ``progress(total)`` returns a tqdm-like bar (``update``/``close``).
     """
+    if signing.key is None and not signing.allow_unsigned:
+        raise BundleError(f"{out}: no bundle key to sign it with; make one with `galtea-local keygen` and set "
+                          "bundle.key_file, or pass --unsigned")
     began = time.time()
     since = store.read(health.get_float, WATERMARK) if since_last else None
     selection = _Selection(since, start, end)
+    export_id = ledger.new_export_id()
     header = {"kind": "records", "origin_store_id": store.store_id, "created_at": iso_utc(began),
-              "generator": generator_name(), "since": since, "from": start, "to": end}
-    with store.reading() as conn, BundleWriter(out, header) as writer:
+              "generator": generator_name(), "since": since, "from": start, "to": end, "export_id": export_id}
+    carried = {"session": array("q"), "record": array("q")}  # 8 bytes a row: what the ledger records after
+    with store.reading() as conn, BundleWriter(out, header, signing) as writer:
         count_sql, params = _records_sql(selection, "COUNT(*)")
         bar = progress(conn.execute(count_sql, params).fetchone()[0]) if progress else None
         try:
             for row in iter_rows(conn, *_sessions_sql(selection)):
                 writer.write(_entry("session", row, SESSION_FIELDS))
+                carried["session"].append(row["seq"])
             sql, params = _records_sql(selection, "r.*, o.sending_since AS maybe_since, o.sent_body AS maybe_body")
             for row in iter_rows(conn, sql + " ORDER BY r.seq", params):
                 writer.write(_record_entry(row))
+                carried["record"].append(row["seq"])
                 if bar is not None:
                     bar.update(1)
         finally:
             if bar is not None:
                 bar.close()
+    for kind, seqs in carried.items():
+        ledger.record_exported(store, export_id, kind, seqs)
     if start is None and end is None:
         store.transaction(health.put, WATERMARK, repr(began - overlap_s))
     return ExportResult(writer.path, writer.counts["session"], writer.counts["record"], since)

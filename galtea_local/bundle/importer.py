@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from galtea_local import outbox, retention
-from galtea_local.bundle import checks
+from galtea_local.bundle import checks, ledger
 from galtea_local.bundle.export import RECORD_FIELDS, SESSION_FIELDS
 from galtea_local.bundle.format import BundleReader
+from galtea_local.bundle.signing import Signing
 from galtea_local.config.schema import BundleSettings, StoreSettings
 from galtea_local.errors import BundleError
 from galtea_local.outbox import imports
@@ -214,6 +215,9 @@ def _apply(conn: sqlite3.Connection, reader: BundleReader, prefix: str, origin: 
             raise BundleError(f"{reader.path}: unknown entry type {entry['type']!r} in a version-1 bundle; "
                               "upgrade galtea-local on this machine")
     run.finish_sessions()
+    export_id = reader.header.get("export_id")
+    if isinstance(export_id, str):  # listed in this store's receipts for the origin
+        ledger.record_imported(conn, origin, export_id, run.now)
     return run.result
 
 
@@ -227,9 +231,13 @@ def _check_entry(path: Path, max_record_bytes: int, entry: dict[str, Any]) -> No
         checks.check_session(entry)
 
 
-def import_bundle(store: Store, path: Path | str, *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
-                  limits: BundleSettings | None = None) -> ImportResult:
+def import_bundle(store: Store, path: Path | str, *, signing: Signing,
+                  max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, limits: BundleSettings | None = None
+                  ) -> ImportResult:
     """Verify the bundle, then add its rows in one transaction; raises :class:`BundleError` if refused.
+
+    The file must be signed with ``signing.key`` (an unsigned one passes only
+    with ``signing.allow_unsigned``): a forged bundle imports nothing.
 
     Every line must pass the rules ``create()`` applies, ``max_record_bytes``
     included; a file past ``limits`` (size, line length, line count,
@@ -240,12 +248,15 @@ def import_bundle(store: Store, path: Path | str, *, max_record_bytes: int = DEF
     nothing already here. Imported records are ordinary queued records that
     this store's daemon pushes.
     """
-    reader = BundleReader(path, "records", limits)
+    reader = BundleReader(path, "records", limits, signing)
     check = functools.partial(_check_entry, reader.path, max_record_bytes)
     reader.verify(check)
     origin = reader.header.get("origin_store_id")
     if not isinstance(origin, str) or not origin:
         raise BundleError(f"{reader.path}: corrupt (no origin store id in the header); write it again")
+    export_id = reader.header.get("export_id")
+    if export_id is not None and not (isinstance(export_id, str) and 0 < len(export_id) <= 64):
+        raise BundleError(f"{reader.path}: corrupt (bad export_id in the header); write it again")
     if origin == store.store_id:
         raise BundleError(f"{reader.path}: exported from this very store ({origin}); import it on the connected "
                           "machine, and bring its receipt back here with `galtea-local import-receipt`")
