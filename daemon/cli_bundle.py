@@ -39,6 +39,7 @@ def add_commands(commands: Any, common: Callable[[argparse.ArgumentParser], None
     common(command)
     command.add_argument("file", help="bundle written by `galtea-local export`")
     command.add_argument("--allow-unsigned", action="store_true", help=_ALLOW_UNSIGNED)
+    command.add_argument("--no-progress", action="store_true", help="no progress bar")
     command = commands.add_parser("receipt", help="write which imported records of an origin are upstream")
     common(command)
     command.add_argument("--for", dest="origin", required=True, metavar="ORIGIN_STORE_ID",
@@ -117,7 +118,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     settings = _settings(args)
     store = _store(args, settings)
     result = import_bundle(store, args.file, signing=_signing(settings, args.allow_unsigned),
-                           max_record_bytes=settings.store.max_record_bytes, limits=settings.bundle)
+                           max_record_bytes=settings.store.max_record_bytes, limits=settings.bundle,
+                           progress=_progress(args, "import"))
     print(f"imported {args.file} from store {result.origin_store_id}: records {result.records_added} added, "
           f"{result.records_updated} updated, {result.records_unchanged} already here; sessions "
           f"{result.sessions_added} added, {result.sessions_updated} updated, {result.sessions_unchanged} already here")

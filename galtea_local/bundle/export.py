@@ -82,12 +82,10 @@ class _Selection:
 
 
 def _records_sql(selection: _Selection, columns: str) -> tuple[str, dict[str, Any]]:
+    """The records to export: one pass over the table, linear in its size (no per-row probe)."""
     extra, params = selection.where("r")
     return (
         f"SELECT {columns} FROM inference_results r"
-        # Probes the open-operations index by lane (an index by record would cost every create()).
-        " LEFT JOIN outbox o ON o.lane = r.lane AND o.state IN ('pending', 'sending') AND o.record_seq = r.seq"
-        " AND o.kind = 'create' AND o.state = 'sending'"
         " WHERE r.sync_state IN ('queued', 'dead') AND NOT (r.deleted = 1 AND r.remote_id IS NULL)"
         f"{extra}",
         params,
@@ -98,19 +96,33 @@ def _sessions_sql(selection: _Selection) -> tuple[str, dict[str, Any]]:
     extra, params = selection.where("s")
     records, _ = _records_sql(selection, "CAST(substr(r.lane, 4) AS INTEGER)")
     return (
-        "SELECT s.*, o.sending_since AS maybe_since, o.sent_body AS maybe_body FROM sessions s"
-        " LEFT JOIN outbox o ON o.session_seq = s.seq AND o.kind = 'session_create' AND o.state = 'sending'"
+        "SELECT s.* FROM sessions s"
         f" WHERE (s.sync_state IN ('queued', 'dead'){extra})"
         f" OR s.seq IN ({records} AND r.lane LIKE 'ls:%') ORDER BY s.seq",
         params,
     )
 
 
-def _entry(kind: str, row: sqlite3.Row, fields: tuple[str, ...]) -> dict[str, Any]:
+# Creates whose attempt may have reached the server (at most one per lane: a lane's head).
+# Read once rather than probed per exported row: a per-row probe of the open-operations
+# index walks the lane's whole backlog, which made an export quadratic in a session's size.
+_MAYBE_SENT = (
+    "SELECT {column}, sending_since, sent_body FROM outbox"
+    " WHERE state IN ('pending', 'sending') AND state = 'sending' AND kind = '{kind}'"
+)
+
+
+def _maybe_sent(conn: sqlite3.Connection, kind: str) -> dict[int, dict[str, Any]]:
+    column = "session_seq" if kind == "session_create" else "record_seq"
+    rows = conn.execute(_MAYBE_SENT.format(column=column, kind=kind)).fetchall()
+    return {row[0]: {"since": row[1], "body": _json(row[2])} for row in rows}
+
+
+def _entry(kind: str, row: sqlite3.Row, fields: tuple[str, ...], maybe_sent: dict[int, Any]) -> dict[str, Any]:
     entry: dict[str, Any] = {"type": kind, "origin_seq": row["seq"], **{name: row[name] for name in fields}}
-    if row["maybe_since"] is not None:
+    if row["seq"] in maybe_sent:
         # The origin's create may have reached the server: the destination reconciles first.
-        entry["maybe_sent"] = {"since": row["maybe_since"], "body": _json(row["maybe_body"])}
+        entry["maybe_sent"] = maybe_sent[row["seq"]]
     return entry
 
 
@@ -118,8 +130,8 @@ def _json(text: str | None) -> Any:
     return json.loads(text) if text else {}
 
 
-def _record_entry(row: sqlite3.Row) -> dict[str, Any]:
-    entry = _entry("record", row, RECORD_FIELDS)
+def _record_entry(row: sqlite3.Row, maybe_sent: dict[int, Any]) -> dict[str, Any]:
+    entry = _entry("record", row, RECORD_FIELDS, maybe_sent)
     # A turn of a session created offline names that session by its origin seq (its lane).
     entry["session_ref"] = int(row["lane"][3:]) if row["lane"].startswith("ls:") else None
     return entry
@@ -162,12 +174,14 @@ def export_bundle(store: Store, out: Path | str, *, signing: Signing, since_last
         count_sql, params = _records_sql(selection, "COUNT(*)")
         bar = progress(conn.execute(count_sql, params).fetchone()[0]) if progress else None
         try:
+            maybe_sent = _maybe_sent(conn, "session_create")
             for row in iter_rows(conn, *_sessions_sql(selection)):
-                writer.write(_entry("session", row, SESSION_FIELDS))
+                writer.write(_entry("session", row, SESSION_FIELDS, maybe_sent))
                 carried["session"].append(row["seq"])
-            sql, params = _records_sql(selection, "r.*, o.sending_since AS maybe_since, o.sent_body AS maybe_body")
+            maybe_sent = _maybe_sent(conn, "create")
+            sql, params = _records_sql(selection, "r.*")
             for row in iter_rows(conn, sql + " ORDER BY r.seq", params):
-                writer.write(_record_entry(row))
+                writer.write(_record_entry(row, maybe_sent))
                 carried["record"].append(row["seq"])
                 if bar is not None:
                     bar.update(1)

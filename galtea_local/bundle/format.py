@@ -242,9 +242,10 @@ class BundleReader:
         self.signing = signing  # None: the signature is not checked (only for a file this process wrote)
         self.header: dict[str, Any] = {}
         self.line = 0  # the line number of the entry last yielded, for messages
+        self._digest = hashlib.sha256()
 
     def entries(self) -> Iterator[dict[str, Any]]:
-        digest = hashlib.sha256()
+        self._digest = digest = hashlib.sha256()
         mac = self.signing.new_mac() if self.signing is not None else None
         counts: Counter[str] = Counter()
         trailer: dict[str, Any] | None = None
@@ -277,6 +278,10 @@ class BundleReader:
         _check_trailer(self.path, trailer, digest.hexdigest(), counts)
         if self.signing is not None:
             self.signing.check(self.path, trailer or {}, mac)
+
+    def digest_so_far(self) -> str:
+        """The SHA-256 of every line read so far by :meth:`entries` (header included)."""
+        return self._digest.copy().hexdigest()
 
     def checked(self, check: Callable[[dict[str, Any]], None]) -> Iterator[dict[str, Any]]:
         """:meth:`entries`, each passed through ``check``; a line it refuses is a :class:`BundleError` naming it.

@@ -14,6 +14,7 @@ So importing a bundle twice, or two overlapping bundles, queues nothing twice.
 from __future__ import annotations
 
 import functools
+import itertools
 import sqlite3
 import time
 from collections.abc import Callable
@@ -23,17 +24,19 @@ from typing import Any
 
 from galtea_local import outbox, retention
 from galtea_local.bundle import checks, ledger
-from galtea_local.bundle.export import RECORD_FIELDS, SESSION_FIELDS
+from galtea_local.bundle.export import RECORD_FIELDS, SESSION_FIELDS, Progress
 from galtea_local.bundle.format import BundleReader
 from galtea_local.bundle.signing import Signing
 from galtea_local.config.schema import BundleSettings, StoreSettings
 from galtea_local.errors import BundleError
+from galtea_local.validation import show
 from galtea_local.outbox import imports
 from galtea_local.outbox import sessions as session_queue
 from galtea_local.store import Store
 
 
 DEFAULT_MAX_RECORD_BYTES = StoreSettings().max_record_bytes
+CHUNK = 500  # lines per write transaction: well under 100 ms of lock at the import's rate
 
 
 @dataclass
@@ -71,10 +74,11 @@ def _session_ops(changes: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 
 class _Import:
-    """One bundle applied inside one transaction."""
+    """One bundle applied, chunk by chunk; what it learns (session seqs) carries across chunks."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, origin: str, prefix: str) -> None:
-        self.conn, self.path, self.origin, self.prefix = conn, path, origin, prefix
+    def __init__(self, path: Path, origin: str, prefix: str) -> None:
+        self.conn: sqlite3.Connection = None  # type: ignore[assignment]  # set for each chunk's transaction
+        self.path, self.origin, self.prefix = path, origin, prefix
         self.now = time.time()
         self.result = ImportResult(origin)
         self.session_seqs: dict[int, int] = {}  # origin session seq -> this store's seq
@@ -200,25 +204,49 @@ class _Import:
         )
 
 
-def _apply(conn: sqlite3.Connection, reader: BundleReader, prefix: str, origin: str,
-           check: Callable[[dict[str, Any]], None]) -> ImportResult:
-    retention.refuse_if_full(conn)
-    run = _Import(conn, reader.path, origin, prefix)
-    for entry in reader.checked(check):  # checked again: the file may have changed since verify()
-        if reader.header.get("origin_store_id") != origin:  # read again with the first line
-            raise BundleError(f"{reader.path}: the file changed while it was imported; import it again")
+def _apply_chunk(conn: sqlite3.Connection, run: _Import, reader: BundleReader, chunk: list[dict[str, Any]],
+                 first: bool, last: bool) -> None:
+    """One short transaction: an app's create() on this store waits for at most one chunk."""
+    run.conn = conn
+    if first:
+        retention.refuse_if_full(conn)
+    for entry in chunk:
         if entry["type"] == "session":
             run.session(entry)
-        elif entry["type"] == "record":
-            run.record(entry)
         else:
-            raise BundleError(f"{reader.path}: unknown entry type {entry['type']!r} in a version-1 bundle; "
-                              "upgrade galtea-local on this machine")
-    run.finish_sessions()
-    export_id = reader.header.get("export_id")
-    if isinstance(export_id, str):  # listed in this store's receipts for the origin
-        ledger.record_imported(conn, origin, export_id, run.now)
-    return run.result
+            run.record(entry)
+    if last:
+        run.finish_sessions()
+        export_id = reader.header.get("export_id")
+        if isinstance(export_id, str):  # listed in this store's receipts for the origin
+            ledger.record_imported(conn, run.origin, export_id, run.now)
+
+
+def _verify(reader: BundleReader, check: Callable[[dict[str, Any]], None]) -> tuple[list[str], int]:
+    """The whole file checked (content, checksum, signature); the digest at each chunk's end, and the
+    number of records. The apply pass commits a chunk only once its lines hash to the same digest."""
+    marks, records = [], 0
+    for count, entry in enumerate(reader.checked(check), start=1):
+        records += entry["type"] == "record"
+        if count % CHUNK == 0:
+            marks.append(reader.digest_so_far())
+    return marks, records
+
+
+def _apply(store: Store, reader: BundleReader, run: _Import, check: Callable[[dict[str, Any]], None],
+           marks: list[str], bar: Progress | None) -> None:
+    entries = reader.checked(check)  # the file is read between transactions, never inside one
+    for index in itertools.count():
+        chunk = list(itertools.islice(entries, CHUNK))
+        last = len(chunk) < CHUNK  # the reader then checked the trailer and the signature again
+        if not last and (index >= len(marks) or reader.digest_so_far() != marks[index]):
+            raise BundleError(f"{reader.path}: the file changed while it was imported; import it again (what was "
+                              "imported before the change was verified, and is not imported twice)")
+        store.transaction(_apply_chunk, run, reader, chunk, index == 0, last)
+        if bar is not None:
+            bar.update(sum(entry["type"] == "record" for entry in chunk))
+        if last:
+            return
 
 
 def _check_entry(path: Path, max_record_bytes: int, entry: dict[str, Any]) -> None:
@@ -229,12 +257,21 @@ def _check_entry(path: Path, max_record_bytes: int, entry: dict[str, Any]) -> No
     elif entry["type"] == "session":
         _require(path, entry, SESSION_FIELDS)
         checks.check_session(entry)
+    else:
+        raise BundleError(f"{path}: unknown entry type {show(entry['type'])} in a version-1 bundle; "
+                          "upgrade galtea-local on this machine")
 
 
 def import_bundle(store: Store, path: Path | str, *, signing: Signing,
-                  max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, limits: BundleSettings | None = None
-                  ) -> ImportResult:
-    """Verify the bundle, then add its rows in one transaction; raises :class:`BundleError` if refused.
+                  max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, limits: BundleSettings | None = None,
+                  progress: Callable[[int], Progress] | None = None) -> ImportResult:
+    """Verify the whole bundle, then add its rows in short transactions; :class:`BundleError` if refused.
+
+    Nothing is written before the whole file is verified. The rows then go in
+    chunks of :data:`CHUNK` lines, each in its own transaction, so writers on
+    this store wait for one chunk at most; a chunk commits only if its lines
+    hash as they did when verified (a file changed meanwhile stops the import;
+    what went in before was verified, and importing again adds nothing twice).
 
     The file must be signed with ``signing.key`` (an unsigned one passes only
     with ``signing.allow_unsigned``): a forged bundle imports nothing.
@@ -250,7 +287,7 @@ def import_bundle(store: Store, path: Path | str, *, signing: Signing,
     """
     reader = BundleReader(path, "records", limits, signing)
     check = functools.partial(_check_entry, reader.path, max_record_bytes)
-    reader.verify(check)
+    marks, records = _verify(reader, check)
     origin = reader.header.get("origin_store_id")
     if not isinstance(origin, str) or not origin:
         raise BundleError(f"{reader.path}: corrupt (no origin store id in the header); write it again")
@@ -260,4 +297,11 @@ def import_bundle(store: Store, path: Path | str, *, signing: Signing,
     if origin == store.store_id:
         raise BundleError(f"{reader.path}: exported from this very store ({origin}); import it on the connected "
                           "machine, and bring its receipt back here with `galtea-local import-receipt`")
-    return store.transaction(_apply, reader, store.store_id[:8], origin, check)
+    run = _Import(reader.path, origin, store.store_id[:8])
+    bar = progress(records) if progress else None
+    try:
+        _apply(store, reader, run, check, marks, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    return run.result
