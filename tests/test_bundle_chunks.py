@@ -18,6 +18,14 @@ from tests.sync_helpers import open_store
 CHUNK = 7
 
 
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    """Chunks of 7 lines, each applied in one transaction (no time limit), with no pause between."""
+    monkeypatch.setattr(importer, "CHUNK", CHUNK)
+    monkeypatch.setattr(importer, "HOLD_S", 3600.0)
+    monkeypatch.setattr(importer, "PAUSE", 0.0)
+
+
 @pytest.fixture
 def origin(tmp_path: Path):
     with Galtea(store=tmp_path / "origin.db") as galtea:
@@ -29,7 +37,6 @@ def origin(tmp_path: Path):
 
 
 def test_import_commits_chunk_by_chunk_and_a_writer_gets_in_between(origin, tmp_path, monkeypatch):
-    monkeypatch.setattr(importer, "CHUNK", CHUNK)
     bundle = export_bundle(origin, tmp_path / "b.glb", signing=SIGNING).path
     connected = open_store(tmp_path / "connected.db")
     app = Galtea(store=tmp_path / "connected.db")
@@ -61,7 +68,6 @@ def test_import_commits_chunk_by_chunk_and_a_writer_gets_in_between(origin, tmp_
 
 
 def test_a_file_changed_mid_import_stops_it_and_a_new_import_adds_the_rest_once(origin, tmp_path, monkeypatch):
-    monkeypatch.setattr(importer, "CHUNK", CHUNK)
     bundle = export_bundle(origin, tmp_path / "b.glb", signing=SIGNING).path
     genuine = bundle.read_bytes()
     with Galtea(store=origin.path) as galtea:
@@ -69,10 +75,14 @@ def test_a_file_changed_mid_import_stops_it_and_a_new_import_adds_the_rest_once(
     other = export_bundle(origin, tmp_path / "other.glb", signing=SIGNING).path  # also valid, other bytes
     original = importer._apply_chunk
 
-    def swap_after_first(conn, run, reader, chunk, first, last):
-        original(conn, run, reader, chunk, first, last)
-        if first:
+    def swap_after_first(conn, run, reader, chunk, start, last):
+        at = original(conn, run, reader, chunk, start, last)
+        if not swapped:
+            swapped.append(True)
             bundle.write_bytes(other.read_bytes())
+        return at
+
+    swapped: list[bool] = []
 
     monkeypatch.setattr(importer, "_apply_chunk", swap_after_first)
     connected = open_store(tmp_path / "connected.db")
@@ -106,3 +116,24 @@ def test_export_reads_each_row_once(origin, tmp_path):
             conn.set_progress_handler(None, 100)
         steps.append(counter[0])
     assert steps[1] < 2.6 * steps[0], steps  # quadratic would be 4x
+
+
+def test_a_transaction_stops_at_its_time_budget_and_the_next_one_goes_on(origin, tmp_path, monkeypatch):
+    monkeypatch.setattr(importer, "HOLD_S", 0.0)  # every transaction applies one line, then yields the lock
+    bundle = export_bundle(origin, tmp_path / "b.glb", signing=SIGNING).path
+    connected = open_store(tmp_path / "connected.db")
+    transactions = []
+    transaction = connected.transaction
+
+    def counted(fn, *args):
+        transactions.append(fn)
+        return transaction(fn, *args)
+
+    connected.transaction = counted
+    try:
+        assert import_bundle(connected, bundle, signing=SIGNING).records_added == 40
+    finally:
+        connected.close()
+    assert transactions.count(importer._apply_chunk) == 40
+    inputs = [r[0] for r in rows(tmp_path / "connected.db", "SELECT input FROM inference_results ORDER BY seq")]
+    assert inputs == [f'"q{n}"' for n in range(40)]

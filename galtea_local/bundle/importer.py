@@ -36,7 +36,9 @@ from galtea_local.store import Store
 
 
 DEFAULT_MAX_RECORD_BYTES = StoreSettings().max_record_bytes
-CHUNK = 500  # lines per write transaction: well under 100 ms of lock at the import's rate
+CHUNK = 500  # lines verified against the first pass at once (applied in transactions of HOLD_S)
+HOLD_S = 0.010  # about the longest one transaction of an import holds the write lock
+PAUSE = 1.0  # the pause after a transaction, as a share of how long it held the lock
 
 
 @dataclass
@@ -57,10 +59,13 @@ def _require(path: Path, entry: dict[str, Any], fields: tuple[str, ...]) -> None
                           "write the bundle again with `galtea-local export`")
 
 
-def _insert(conn: sqlite3.Connection, table: str, values: dict[str, Any]) -> int:
+def _insert(conn: sqlite3.Connection, table: str, values: dict[str, Any], returning: bool = False) -> Any:
+    """The new row's seq, or with ``returning`` the whole row (one statement rather than two)."""
     columns = ", ".join(values)
-    return conn.execute(f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(values))})",
-                        tuple(values.values())).lastrowid
+    sql = f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(values))})"
+    if returning:
+        return conn.execute(sql + " RETURNING *", tuple(values.values())).fetchone()
+    return conn.execute(sql, tuple(values.values())).lastrowid
 
 
 def _session_ops(changes: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -83,8 +88,23 @@ class _Import:
         self.result = ImportResult(origin)
         self.session_seqs: dict[int, int] = {}  # origin session seq -> this store's seq
         self.session_patches: list[tuple[int, dict[str, Any]]] = []  # queued after the turns, as at the origin
+        self._known: dict[str, dict[int, Any]] = {}  # this chunk's rows already here, by table and origin seq
+        self._active: set[str] = set()  # lanes activated in the current transaction
+
+    def prefetch(self, chunk: list[dict[str, Any]]) -> None:
+        """The rows of this chunk already here, in one query per table instead of one per line."""
+        self._known, self._active = {}, set()
+        for table, kind in (("sessions", "session"), ("inference_results", "record")):
+            seqs = [entry["origin_seq"] for entry in chunk if entry["type"] == kind]
+            found = self.conn.execute(
+                f"SELECT * FROM {table} WHERE origin_store_id = ? AND origin_seq IN ({', '.join('?' * len(seqs))})",
+                (self.origin, *seqs)).fetchall() if seqs else []
+            self._known[table] = {row["origin_seq"]: row for row in found}
 
     def _existing(self, table: str, origin_seq: int) -> sqlite3.Row | None:
+        known = self._known.get(table, {})
+        if origin_seq in known:
+            return known[origin_seq]
         return self.conn.execute(f"SELECT * FROM {table} WHERE origin_store_id = ? AND origin_seq = ?",
                                  (self.origin, origin_seq)).fetchone()
 
@@ -95,7 +115,6 @@ class _Import:
     # -- sessions --------------------------------------------------------------
 
     def session(self, entry: dict[str, Any]) -> None:
-        _require(self.path, entry, SESSION_FIELDS)
         existing = self._existing("sessions", entry["origin_seq"])
         if existing is None:
             self.session_seqs[entry["origin_seq"]] = self._add_session(entry)
@@ -163,8 +182,7 @@ class _Import:
             if local is not None:
                 values["lane"] = session_queue.session_lane(local["seq"])
 
-    def record(self, entry: dict[str, Any]) -> None:
-        _require(self.path, entry, RECORD_FIELDS)
+    def record(self, entry: dict[str, Any]) -> None:  # entries were checked by _check_entry() when verified
         existing = self._existing("inference_results", entry["origin_seq"])
         if existing is None:
             self._add_record(entry)
@@ -181,10 +199,12 @@ class _Import:
         values = {name: entry[name] for name in RECORD_FIELDS}
         self._route(entry, values)
         values.update(self._origin_columns(entry), sync_state="queued", create_sent=int(entry["remote_id"] is not None))
-        seq = _insert(self.conn, "inference_results", values)
-        row = self.conn.execute("SELECT * FROM inference_results WHERE seq = ?", (seq,)).fetchone()
+        row = _insert(self.conn, "inference_results", values, returning=True)
+        self._known.setdefault("inference_results", {})[entry["origin_seq"]] = row  # a repeated line finds it
         maybe_sent = entry.get("maybe_sent") if entry["remote_id"] is None else None
-        imports.enqueue_imported_record(self.conn, row, self.now, maybe_sent)
+        imports.enqueue_imported_record(self.conn, row, self.now, maybe_sent,
+                                        activate=row["lane"] not in self._active)
+        self._active.add(row["lane"])  # one activation per lane and transaction is enough
         self.result.records_added += 1
 
     def _update_record(self, existing: sqlite3.Row, entry: dict[str, Any]) -> None:
@@ -205,21 +225,47 @@ class _Import:
 
 
 def _apply_chunk(conn: sqlite3.Connection, run: _Import, reader: BundleReader, chunk: list[dict[str, Any]],
-                 first: bool, last: bool) -> None:
-    """One short transaction: an app's create() on this store waits for at most one chunk."""
+                 start: int, last: bool) -> int:
+    """Apply ``chunk[start:]`` for at most :data:`HOLD_S` in one transaction; return where it stopped.
+
+    An app's create() on this store then waits for one such transaction at most.
+    """
     run.conn = conn
-    if first:
+    run.prefetch(chunk[start:])
+    if run.result.records_added + run.result.sessions_added == 0:
         retention.refuse_if_full(conn)
-    for entry in chunk:
+    deadline = time.monotonic() + HOLD_S
+    at = start
+    while at < len(chunk) and (at == start or time.monotonic() < deadline):
+        entry = chunk[at]
         if entry["type"] == "session":
             run.session(entry)
         else:
             run.record(entry)
-    if last:
+        at += 1
+    if last and at == len(chunk):
         run.finish_sessions()
         export_id = reader.header.get("export_id")
         if isinstance(export_id, str):  # listed in this store's receipts for the origin
             ledger.record_imported(conn, run.origin, export_id, run.now)
+    return at
+
+
+def _apply_verified(store: Store, run: _Import, reader: BundleReader, chunk: list[dict[str, Any]],
+                    last: bool) -> None:
+    """A verified chunk, in transactions of about HOLD_S each, with a pause as long between them.
+
+    SQLite has no queue for its write lock: a waiting writer polls, at growing
+    intervals. An importer that takes the lock back at once would win nearly every
+    time; pausing as long as it held the lock gives a waiting create() its turn.
+    """
+    at = 0
+    while at < len(chunk) or (last and at == 0):
+        began = time.monotonic()
+        at = store.transaction(_apply_chunk, run, reader, chunk, at, last)
+        time.sleep(min(time.monotonic() - began, HOLD_S) * PAUSE)
+        if at == len(chunk):
+            return
 
 
 def _verify(reader: BundleReader, check: Callable[[dict[str, Any]], None]) -> tuple[list[str], int]:
@@ -233,16 +279,17 @@ def _verify(reader: BundleReader, check: Callable[[dict[str, Any]], None]) -> tu
     return marks, records
 
 
-def _apply(store: Store, reader: BundleReader, run: _Import, check: Callable[[dict[str, Any]], None],
-           marks: list[str], bar: Progress | None) -> None:
-    entries = reader.checked(check)  # the file is read between transactions, never inside one
+def _apply(store: Store, reader: BundleReader, run: _Import, marks: list[str], bar: Progress | None) -> None:
+    # Not checked again: each chunk is committed only if it hashes as the lines verified in
+    # _verify() did, and the last one only after the trailer's checksum and signature pass.
+    entries = reader.entries()  # read between transactions, never inside one
     for index in itertools.count():
         chunk = list(itertools.islice(entries, CHUNK))
         last = len(chunk) < CHUNK  # the reader then checked the trailer and the signature again
         if not last and (index >= len(marks) or reader.digest_so_far() != marks[index]):
             raise BundleError(f"{reader.path}: the file changed while it was imported; import it again (what was "
                               "imported before the change was verified, and is not imported twice)")
-        store.transaction(_apply_chunk, run, reader, chunk, index == 0, last)
+        _apply_verified(store, run, reader, chunk, last)
         if bar is not None:
             bar.update(sum(entry["type"] == "record" for entry in chunk))
         if last:
@@ -300,7 +347,7 @@ def import_bundle(store: Store, path: Path | str, *, signing: Signing,
     run = _Import(reader.path, origin, store.store_id[:8])
     bar = progress(records) if progress else None
     try:
-        _apply(store, reader, run, check, marks, bar)
+        _apply(store, reader, run, marks, bar)
     finally:
         if bar is not None:
             bar.close()
