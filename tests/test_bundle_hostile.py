@@ -185,3 +185,19 @@ def test_a_bomb_is_refused_in_bounded_memory_and_sync_still_ends(exported, tmp_p
     assert genuine.returncode == 0, genuine.stderr
     synced = galtea_local("sync", env=env, timeout=60)
     assert synced.returncode == 0 and len(synced.stderr) < MAX_LOG_BYTES, synced.stderr
+
+
+def test_a_repeated_line_is_imported_once(exported, tmp_path):
+    _, lines = exported
+    header, *content = [dict(line) for line in lines[:-1]]
+    header = {k: v for k, v in header.items() if k not in ("format", "version")}
+    with BundleWriter(tmp_path / "twice.glb", header, SIGNING) as writer:
+        for entry in content + content:  # every session and record line twice
+            writer.write(entry)
+    store = open_store(tmp_path / "connected.db")
+    try:
+        result = import_bundle(store, tmp_path / "twice.glb", signing=SIGNING)
+    finally:
+        store.close()
+    assert (result.records_added, result.records_unchanged, result.sessions_added) == (3, 3, 1)
+    assert table_counts(tmp_path / "connected.db")[:2] == (3, 1)

@@ -90,21 +90,22 @@ class _Import:
         self.session_patches: list[tuple[int, dict[str, Any]]] = []  # queued after the turns, as at the origin
         self._known: dict[str, dict[int, Any]] = {}  # this chunk's rows already here, by table and origin seq
         self._active: set[str] = set()  # lanes activated in the current transaction
+        self._asked: dict[str, set[int]] = {}  # the origin seqs prefetch() looked up, by table
 
     def prefetch(self, chunk: list[dict[str, Any]]) -> None:
         """The rows of this chunk already here, in one query per table instead of one per line."""
-        self._known, self._active = {}, set()
+        self._known, self._asked, self._active = {}, {}, set()
         for table, kind in (("sessions", "session"), ("inference_results", "record")):
             seqs = [entry["origin_seq"] for entry in chunk if entry["type"] == kind]
             found = self.conn.execute(
                 f"SELECT * FROM {table} WHERE origin_store_id = ? AND origin_seq IN ({', '.join('?' * len(seqs))})",
                 (self.origin, *seqs)).fetchall() if seqs else []
             self._known[table] = {row["origin_seq"]: row for row in found}
+            self._asked[table] = set(seqs)
 
     def _existing(self, table: str, origin_seq: int) -> sqlite3.Row | None:
-        known = self._known.get(table, {})
-        if origin_seq in known:
-            return known[origin_seq]
+        if origin_seq in self._asked.get(table, ()):  # prefetched: absent from _known means not here
+            return self._known[table].get(origin_seq)
         return self.conn.execute(f"SELECT * FROM {table} WHERE origin_store_id = ? AND origin_seq = ?",
                                  (self.origin, origin_seq)).fetchone()
 
@@ -142,7 +143,9 @@ class _Import:
         patch = {k: v for k, v in patch.items() if v is not None}
         values.update(self._origin_columns(entry), sync_state="queued" if patch or not remote_id else "synced",
                       create_sent=int(remote_id is not None))
-        seq = _insert(self.conn, "sessions", values)
+        row = _insert(self.conn, "sessions", values, returning=True)
+        self._known.setdefault("sessions", {})[entry["origin_seq"]] = row  # a repeated line finds it
+        seq = row["seq"]
         imports.enqueue_imported_session(self.conn, seq, remote_id, self.now, entry.get("maybe_sent"))
         if patch:
             self.session_patches.append((seq, patch))
@@ -262,7 +265,11 @@ def _apply_verified(store: Store, run: _Import, reader: BundleReader, chunk: lis
     at = 0
     while at < len(chunk) or (last and at == 0):
         began = time.monotonic()
-        at = store.transaction(_apply_chunk, run, reader, chunk, at, last)
+        try:
+            at = store.transaction(_apply_chunk, run, reader, chunk, at, last)
+        except sqlite3.IntegrityError as error:  # verified lines the store still refuses (a hostile repeat)
+            raise BundleError(f"{reader.path}: the store refused a line ({error}); this chunk was not imported, "
+                              "earlier ones were (importing again adds nothing twice)") from None
         time.sleep(min(time.monotonic() - began, HOLD_S) * PAUSE)
         if at == len(chunk):
             return
