@@ -39,9 +39,13 @@ _FIX_COPY = "copy the file again from the machine that wrote it, or write it aga
 _FIX_LIMIT = "If the file is genuine, raise that bound in the [bundle] section of the config file"
 
 
+# sort_keys: the same content always gives the same bytes (and the same checksum). One encoder for
+# every line: json.dumps() with options builds a new one per call, a third of an export's time.
+_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
 def _line(entry: dict[str, Any]) -> bytes:
-    # sort_keys: the same content always gives the same bytes (and the same checksum).
-    return (json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+    return (_encode(entry) + "\n").encode()
 
 
 def _target(path: Path, header: dict[str, Any]) -> Path:
@@ -79,7 +83,8 @@ class BundleWriter:
         except OSError as exc:
             raise BundleError(f"{self.path}: cannot write it ({exc.strerror or exc}); choose a writable --out") from None
         # mtime=0: the bytes depend on the content only.
-        self._gzip = gzip.GzipFile(fileobj=self._raw, mode="wb", mtime=0)
+        # Level 6 (zlib's default), not gzip's 9: JSON lines compress nearly as well, several times faster.
+        self._gzip = gzip.GzipFile(fileobj=self._raw, mode="wb", mtime=0, compresslevel=6)
         self._emit(self._header)
         return self
 
