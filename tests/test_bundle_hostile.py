@@ -187,6 +187,24 @@ def test_a_bomb_is_refused_in_bounded_memory_and_sync_still_ends(exported, tmp_p
     assert synced.returncode == 0 and len(synced.stderr) < MAX_LOG_BYTES, synced.stderr
 
 
+@pytest.mark.parametrize("hostile", ["300mb_record", "origin_seq_2_70", "list_for_a_number", "updated_later"])
+def test_the_cli_refuses_each_hostile_bundle_in_bounded_memory(exported, tmp_path, hostile):
+    _, lines = exported
+    if hostile == "300mb_record":  # the reported 306 KB bundle whose one record is 300 MB
+        record = json.dumps(lines[-2], sort_keys=True, separators=(",", ":")).encode()
+        head, _ = record.split(b'"input":', 1)
+        path = _members(tmp_path / "big.glb", _header(lines), head + b'"input":"', b"x" * 2**20, 300)
+    else:
+        change = {"origin_seq_2_70": {"origin_seq": 2**70}, "list_for_a_number": {"latency": [1, 2]},
+                  "updated_later": {"updated_at": "later"}}[hostile]
+        path = _rewrite(lines, tmp_path / "bad.glb", change)
+    env = key_env(cli_env(tmp_path / "connected.db", "http://127.0.0.1:9", "gsk_unused"), tmp_path)
+    result = _measured_import(path, env)
+    assert result["rc"] == 1 and "Traceback" not in result["stderr"], result["stderr"][-2000:]
+    assert len(result["stderr"].strip().splitlines()) == 1, result["stderr"]
+    assert result["max_rss_kb"] < MAX_RSS_KB, result["max_rss_kb"]
+
+
 def test_a_repeated_line_is_imported_once(exported, tmp_path):
     _, lines = exported
     header, *content = [dict(line) for line in lines[:-1]]
