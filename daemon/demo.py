@@ -51,6 +51,9 @@ backoff_max_s = 2.0
 backoff_jitter_s = 0.2
 lease_s = 10.0
 shutdown_timeout_s = 5.0
+# The emulator commits at once unless told to commit late, so a lost create that is not
+# listed after 2 s never will be; production keeps the default (docs/delivery.md).
+commit_grace_s = 2.0
 """
 
 

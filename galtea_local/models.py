@@ -157,6 +157,19 @@ class OutboxOperation(SQLModel, table=True):
     last_status: Optional[int] = None
     created_at: float
     settled_at: Optional[float] = None
+    # Server clock minus ours when the attempt was marked: its start in server time (issue 11).
+    sending_offset_s: Optional[float] = None
+
+
+class OwnedRemoteId(SQLModel, table=True):
+    """A remote id some local record owns or owned: reconciliation never adopts it.
+
+    Kept after retention deletes the row (filled by triggers on ``inference_results``)."""
+
+    __tablename__ = "owned_remote_ids"
+
+    remote_id: str = Field(primary_key=True)
+    owned_at: float
 
 
 class SessionRow(SQLModel, table=True):
@@ -223,5 +236,6 @@ TABLES = [
     SessionRow.__table__,
     OutboxOperation.__table__,
     Lane.__table__,
+    OwnedRemoteId.__table__,
 ]
 COLUMNS = [c.name for c in InferenceResultRow.__table__.columns]

@@ -46,6 +46,8 @@ def _health(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
         "auth_failing": auth_since is not None,
         "auth_failing_since": auth_since,
         "throttled_until": throttled if throttled and throttled > now else None,
+        "server_clock_offset_s": health.get_float(conn, health.SERVER_CLOCK_OFFSET),
+        "resent_unconfirmed": int(health.get_float(conn, health.RESENT_UNCONFIRMED) or 0),
     }
 
 
@@ -81,6 +83,11 @@ def format_status(status: dict[str, Any]) -> str:
     ]
     if status["auth_failing"]:
         lines.append(f"AUTH FAILING since {when(status['auth_failing_since'])}: pushing is paused; fix the API key")
+    offset = status.get("server_clock_offset_s")
+    lines.append(f"server clock {'not measured yet' if offset is None else f'{offset:+.1f} s from ours'}")
+    if status.get("resent_unconfirmed"):
+        lines.append(f"UNCONFIRMED RE-SENDS {status['resent_unconfirmed']}: creates re-sent after their first attempt"
+                     " was not found within sync.commit_grace_s; run `galtea-local verify` to check for duplicates")
     if status["throttled_until"]:
         lines.append(f"throttled   until {when(status['throttled_until'])} (the API asked us to slow down)")
     return "\n".join(lines)

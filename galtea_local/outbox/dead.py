@@ -2,7 +2,7 @@
 
 Nothing is ever dropped silently: ``retry`` puts a target's dead operations
 (a record's, or an offline session's) back in their lane, in their original
-order; ``drop`` is the operator's explicit decision and marks the target
+order, still "maybe sent" when an attempt may have reached the server; ``drop`` is the operator's explicit decision and marks the target
 ``dropped``. A session's turns wait behind its dead create, so retrying the
 session releases them.
 """
@@ -55,8 +55,10 @@ def retry_dead(conn: sqlite3.Connection, record_seqs: list[int] | None = None,
     for (column, table), chosen in zip(_TARGETS, (record_seqs, session_seqs)):
         for seq in _dead_targets(conn, column, None if every else (chosen or [])):
             ops = conn.execute(
-                "UPDATE outbox SET state = 'pending', not_before = 0, settled_at = NULL, sending_since = NULL,"
-                f" sent_body = NULL WHERE {column} = ? AND state = 'dead' RETURNING lane",
+                # One that may have been sent keeps its mark: the engine reconciles it before any
+                # re-send (a dead create may exist upstream, e.g. after a refused reconciliation read).
+                "UPDATE outbox SET state = CASE WHEN sent_body IS NULL THEN 'pending' ELSE 'sending' END,"
+                f" not_before = 0, settled_at = NULL WHERE {column} = ? AND state = 'dead' RETURNING lane",
                 (seq,),
             ).fetchall()
             if ops:

@@ -214,11 +214,40 @@ def _lighter_outbox_index(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+# Delivery exactness (issue 11). An attempt remembers the server clock offset measured when it
+# was marked, so its reconciliation window and commit grace are in server time. Every remote id
+# a local record ever owned is kept (compactly, beyond retention and through bundle receipts),
+# so reconciliation never adopts a record that an older or imported row owns; triggers catch
+# every path that sets a remote id, present and future.
+DELIVERY = (
+    """ALTER TABLE outbox ADD COLUMN sending_offset_s FLOAT""",
+    """CREATE TABLE owned_remote_ids (
+    remote_id VARCHAR NOT NULL,
+    owned_at FLOAT NOT NULL,
+    PRIMARY KEY (remote_id)
+)""",
+    """INSERT OR IGNORE INTO owned_remote_ids (remote_id, owned_at)"""
+    """ SELECT remote_id, updated_at FROM inference_results WHERE remote_id IS NOT NULL""",
+    """CREATE TRIGGER tr_results_owned_on_update AFTER UPDATE OF remote_id ON inference_results"""
+    """ WHEN NEW.remote_id IS NOT NULL BEGIN"""
+    """ INSERT OR IGNORE INTO owned_remote_ids (remote_id, owned_at) VALUES (NEW.remote_id, NEW.updated_at); END""",
+    """CREATE TRIGGER tr_results_owned_on_insert AFTER INSERT ON inference_results"""
+    """ WHEN NEW.remote_id IS NOT NULL BEGIN"""
+    """ INSERT OR IGNORE INTO owned_remote_ids (remote_id, owned_at) VALUES (NEW.remote_id, NEW.updated_at); END""",
+)
+
+
+def _delivery(conn: sqlite3.Connection) -> None:
+    for statement in DELIVERY:
+        conn.execute(statement)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_offline_sessions", _offline_sessions),
     ("0003_bundle_origin", _bundle_origin),
     ("0004_lighter_outbox_index", _lighter_outbox_index),
+    ("0005_delivery_exactness", _delivery),
 ]
 
 

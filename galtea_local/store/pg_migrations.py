@@ -79,6 +79,20 @@ _ORIGIN = tuple(
 )
 
 
+_DELIVERY = (
+    "ALTER TABLE outbox ADD COLUMN sending_offset_s DOUBLE PRECISION",
+    "CREATE TABLE owned_remote_ids (remote_id VARCHAR PRIMARY KEY, owned_at DOUBLE PRECISION NOT NULL)",
+    "INSERT INTO owned_remote_ids (remote_id, owned_at) SELECT remote_id, MAX(updated_at) FROM inference_results"
+    " WHERE remote_id IS NOT NULL GROUP BY remote_id ON CONFLICT DO NOTHING",
+    "CREATE FUNCTION galtea_own_remote_id() RETURNS trigger LANGUAGE plpgsql AS $body$ BEGIN"
+    " IF NEW.remote_id IS NOT NULL THEN"
+    " INSERT INTO owned_remote_ids (remote_id, owned_at) VALUES (NEW.remote_id, NEW.updated_at)"
+    " ON CONFLICT DO NOTHING; END IF; RETURN NULL; END $body$",
+    "CREATE TRIGGER tr_results_owned AFTER INSERT OR UPDATE OF remote_id ON inference_results"
+    " FOR EACH ROW EXECUTE FUNCTION galtea_own_remote_id()",
+)
+
+
 def _statements(statements: tuple[str, ...]) -> Callable[[Any], None]:
     def apply(conn: Any) -> None:
         for statement in statements:
@@ -97,6 +111,7 @@ MIGRATIONS: list[tuple[str, Callable[[Any], None]]] = [
     ("0002_offline_sessions", _statements(_SESSIONS)),
     ("0003_bundle_origin", _statements(_ORIGIN)),
     ("0004_lighter_outbox_index", _statements(migrations.LIGHTER_OUTBOX_INDEX)),  # the same SQL on both
+    ("0005_delivery_exactness", _statements(_DELIVERY)),
 ]
 assert [name for name, _ in MIGRATIONS] == [name for name, _ in migrations.MIGRATIONS], "one list of names"
 
