@@ -18,6 +18,11 @@ def _decoded(record: dict[str, Any], names: Any) -> dict[str, Any]:
     return fields
 
 
+def decoded_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """A record row's create fields, JSON columns decoded (snake_case, as ``wire.create_body`` takes them)."""
+    return _decoded(record, wire.CREATE_FIELDS)
+
+
 _SESSION_CREATE_FIELDS = ("custom_id", "version_id", "product_id", "test_case_id", "context")
 _SESSION_PATCH_FIELDS = {"status": "status", "context": "context", "stopping_reason": "stoppingReason",
                          "error": "error"}

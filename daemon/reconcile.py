@@ -34,7 +34,7 @@ WRITE_ONLY = frozenset({"retrievalContext"})
 _SESSION_ECHOED = ("testCaseId", "context", "metadata")
 
 
-def _as_stored(key: str, value: Any) -> Any:
+def as_stored(key: str, value: Any) -> Any:
     # The API stores a string input as {"user_message": ...}.
     if key == "input" and isinstance(value, str):
         return {"user_message": value}
@@ -46,7 +46,7 @@ def matches(sent: dict[str, Any], candidate: dict[str, Any]) -> bool:
     for key, value in sent.items():
         if key in _ANCHORS or key in WRITE_ONLY:
             continue
-        if _as_stored(key, candidate.get(key)) != _as_stored(key, value):
+        if as_stored(key, candidate.get(key)) != as_stored(key, value):
             return False
     return True
 
