@@ -220,6 +220,13 @@ class Lane(SQLModel, table=True):
             sqlite_where=text("active = 1"),
             postgresql_where=text("active = 1"),
         ),
+        # A turn logged by a remote session id finds the lane that pushes to it under another name.
+        Index(
+            "ix_lanes_remote_session",
+            "remote_session_id",
+            sqlite_where=text("remote_session_id IS NOT NULL"),
+            postgresql_where=text("remote_session_id IS NOT NULL"),
+        ),
     )
 
     key: str = Field(primary_key=True)

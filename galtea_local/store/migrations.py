@@ -220,6 +220,7 @@ def _lighter_outbox_index(conn: sqlite3.Connection) -> None:
 # so reconciliation never adopts a record that an older or imported row owns; triggers catch
 # every path that sets a remote id, present and future.
 DELIVERY = (
+    """CREATE INDEX ix_lanes_remote_session ON lanes (remote_session_id) WHERE remote_session_id IS NOT NULL""",
     """ALTER TABLE outbox ADD COLUMN sending_offset_s FLOAT""",
     """CREATE TABLE owned_remote_ids (
     remote_id VARCHAR NOT NULL,

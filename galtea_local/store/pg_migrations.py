@@ -80,6 +80,7 @@ _ORIGIN = tuple(
 
 
 _DELIVERY = (
+    "CREATE INDEX ix_lanes_remote_session ON lanes (remote_session_id) WHERE remote_session_id IS NOT NULL",
     "ALTER TABLE outbox ADD COLUMN sending_offset_s DOUBLE PRECISION",
     "CREATE TABLE owned_remote_ids (remote_id VARCHAR PRIMARY KEY, owned_at DOUBLE PRECISION NOT NULL)",
     "INSERT INTO owned_remote_ids (remote_id, owned_at) SELECT remote_id, MAX(updated_at) FROM inference_results"
