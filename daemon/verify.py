@@ -30,6 +30,7 @@ from typing import Any
 
 from galtea_local.outbox import health
 from galtea_local.outbox.enqueue import local_id
+from galtea_local.outbox.kinds import OPEN
 from galtea_local.read_model import iso_utc
 from galtea_local.store import Store
 from galtea_local_daemon import reconcile, wire
@@ -84,7 +85,7 @@ def _list_session(client: UpstreamClient, session_id: str, since: float | None) 
 def _open_fields(store: Store) -> dict[int, set[str]]:
     """Per record, the fields an open (queued) update still changes."""
     rows = store.read(lambda conn: conn.execute(
-        "SELECT record_seq, payload FROM outbox WHERE kind = 'update' AND state IN ('pending', 'sending')").fetchall())
+        f"SELECT record_seq, payload FROM outbox WHERE kind = 'update' AND {OPEN}").fetchall())
     pending: dict[int, set[str]] = defaultdict(set)
     for row in rows:
         pending[row[0]].update(wire.UPDATE_FIELDS.get(name, name) for name in json.loads(row[1] or "{}"))

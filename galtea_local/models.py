@@ -24,6 +24,8 @@ from typing import Optional
 from sqlalchemy import Index, text
 from sqlmodel import Field, SQLModel
 
+from galtea_local.outbox.kinds import OPEN
+
 
 def _origin_index(name: str) -> Index:
     """One row per (origin store, origin row): what makes importing a bundle twice add nothing."""
@@ -117,8 +119,8 @@ class OutboxOperation(SQLModel, table=True):
             "ix_outbox_open",
             "lane",
             "seq",
-            sqlite_where=text("state IN ('pending', 'sending')"),
-            postgresql_where=text("state IN ('pending', 'sending')"),
+            sqlite_where=text(OPEN),
+            postgresql_where=text(OPEN),
         ),
         Index(
             "ix_outbox_dead",

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from galtea_local.outbox import health
+from galtea_local.outbox.kinds import OPEN
 from galtea_local.store import Store
 
 _STATES = ("queued", "synced", "dead", "dropped", "cancelled")
@@ -22,7 +23,7 @@ def _counts(conn: sqlite3.Connection) -> dict[str, int]:
 def _queue_facts(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
     in_flight, oldest = conn.execute(
         "SELECT COUNT(DISTINCT CASE WHEN state = 'sending' THEN record_seq END), MIN(created_at)"
-        " FROM outbox WHERE state IN ('pending', 'sending')"
+        f" FROM outbox WHERE {OPEN}"
     ).fetchone()
     dead_ops = conn.execute("SELECT COUNT(*) FROM outbox WHERE state = 'dead'").fetchone()[0]
     sessions = dict(conn.execute("SELECT sync_state, COUNT(*) FROM sessions GROUP BY sync_state").fetchall())

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from galtea_local.outbox.kinds import OPEN, OpKind, held_behind_session, held_behind_session_sql, open_in
+from galtea_local.outbox.kinds import OPEN, OpKind, OpState, held_behind_session, held_behind_session_sql, open_in
 from galtea_local.store import dialects
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -151,7 +151,7 @@ def next_attempt(conn: sqlite3.Connection, lane: str, owner: str, now: float, le
         return None
     if held_behind_session(lane, lane_row["remote_session_id"], op["kind"]):
         return None
-    maybe = op["state"] == "sending"
+    maybe = op["state"] == OpState.SENDING
     return Attempt(
         op_seq=op["seq"],
         kind=OpKind(op["kind"]),

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from galtea_local.outbox.enqueue import ACTIVATE_LANE, local_id
+from galtea_local.outbox.kinds import OPEN
 from galtea_local.outbox.sessions import local_session_id, session_lane
 
 _TARGETS = (("record_seq", "inference_results"), ("session_seq", "sessions"))
@@ -91,11 +92,11 @@ def _drop_held_turns(conn: sqlite3.Connection, now: float, session_seq: int) -> 
     lane = session_lane(session_seq)
     conn.execute(
         "UPDATE inference_results SET sync_state = 'dropped' WHERE seq IN (SELECT record_seq FROM outbox"
-        " WHERE lane = ? AND state IN ('pending', 'sending') AND record_seq IS NOT NULL)",
+        f" WHERE lane = ? AND {OPEN} AND record_seq IS NOT NULL)",
         (lane,),
     )
     return conn.execute(
         "UPDATE outbox SET state = 'done', settled_at = ?, last_error = 'dropped with its session'"
-        " WHERE lane = ? AND state IN ('pending', 'sending')",
+        f" WHERE lane = ? AND {OPEN}",
         (now, lane),
     ).rowcount

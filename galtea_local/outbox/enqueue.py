@@ -12,6 +12,7 @@ from typing import Any
 
 from galtea_local import retention
 from galtea_local.errors import NotFoundError
+from galtea_local.outbox.kinds import OPEN
 
 _INSERT_OP = (
     "INSERT INTO outbox (record_seq, lane, kind, payload, state, attempts, not_before, created_at)"
@@ -79,7 +80,7 @@ def enqueue_delete(conn: sqlite3.Connection, record: sqlite3.Row, now: float) ->
     if not record["create_sent"]:
         conn.execute(
             "UPDATE outbox SET state = 'done', settled_at = ?, last_error = 'cancelled: deleted before sync'"
-            " WHERE lane = ? AND state IN ('pending', 'sending') AND record_seq = ?",
+            f" WHERE lane = ? AND {OPEN} AND record_seq = ?",
             (now, record["lane"], record["seq"]),
         )
         return True
