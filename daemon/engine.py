@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from galtea_local.errors import AuthError, RejectedError, UpstreamError
@@ -28,54 +28,13 @@ from galtea_local.store import Store
 from galtea_local_daemon import reconcile
 from galtea_local_daemon.backoff import Backoff, retry_after_of
 from galtea_local_daemon.bodies import build_body
-from galtea_local_daemon.steps import IDLE, Step, StepOutcome
+from galtea_local_daemon.maybe_sent import MaybeSent
+from galtea_local_daemon.steps import IDLE, EngineSettings, PassReport, Step, StepOutcome
 from galtea_local_daemon.upstream import UpstreamClient
 
 __all__ = ["EngineSettings", "PassReport", "SyncEngine", "build_body"]
 
 log = logging.getLogger("galtea_local.sync")
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    concurrency: int = 32
-    batch_size: int = 10  # operations of one lane per claim, so lanes take turns
-    lease_s: float = 60.0
-    clock_skew_s: float = 120.0
-    # A maybe-sent create that reconciliation did not find is not sent again until this many
-    # seconds (server time) after its attempt began: a request held in the server or a proxy
-    # may still commit until then (docs/delivery.md gives the reasoning for the default).
-    commit_grace_s: float = 120.0
-    pass_budget_s: float = 30.0  # a pass stops claiming after this long; the next pass goes on
-    # Attempts at one operation within a pass. Without a bound, a backoff capped below the
-    # in-pass wait limit retries an unreachable API forever and `sync` never exits.
-    in_pass_tries: int = 5
-
-
-@dataclass
-class PassReport:
-    """What one pass did. ``more_due`` tells the scheduler to come back at once."""
-
-    pushed: int = 0
-    adopted: int = 0
-    retried: int = 0
-    waiting: int = 0  # maybe-sent creates held back until their commit grace ends
-    resent: int = 0  # maybe-sent creates not found upstream after the grace, sent again
-    dead: int = 0
-    auth_failing: bool = False
-    throttled_until: float | None = None
-    more_due: bool = False
-    errors: list[str] = field(default_factory=list)
-
-    def merge(self, other: PassReport) -> None:
-        self.pushed += other.pushed
-        self.adopted += other.adopted
-        self.retried += other.retried
-        self.waiting += other.waiting
-        self.resent += other.resent
-        self.dead += other.dead
-        self.auth_failing = self.auth_failing or other.auth_failing
-        self.errors.extend(other.errors)
 
 
 class SyncEngine:
@@ -101,6 +60,8 @@ class SyncEngine:
         self._throttled_until = 0.0
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self.maybe_sent = MaybeSent(store, client, self.clock, clock_skew_s=self.settings.clock_skew_s,
+                                    commit_grace_s=self.settings.commit_grace_s)
 
     # -- control -------------------------------------------------------------
 
@@ -264,7 +225,7 @@ class SyncEngine:
         """A maybe-sent create: adopt what the server has, or wait out the grace; None: send it again."""
         self._wait_for_throttle()
         try:
-            found = self._find_upstream(attempt)
+            found = self.maybe_sent.find_upstream(attempt)
         except reconcile.ForeignSessionError:
             raise  # a decision, not a failed read: dead-lettered
         except AuthError as error:
@@ -277,7 +238,7 @@ class SyncEngine:
             self.store.transaction(ob.settle_done, attempt, self.clock(), found)
             report.adopted += 1
             return StepOutcome(Step.ADOPTED)
-        remaining = self._grace_left(attempt)
+        remaining = self.maybe_sent.grace_left(attempt)
         if remaining > 0:
             self.store.transaction(ob.settle_retry, attempt, self.clock() + remaining,
                                    "maybe sent, not found upstream yet: waiting out the commit grace", None,
@@ -289,25 +250,8 @@ class SyncEngine:
                     " again (a duplicate if the first attempt still commits)", attempt.kind, attempt.record["seq"])
         return None
 
-    def _find_upstream(self, attempt: ob.Attempt) -> dict[str, Any] | None:
-        sent = attempt.sent_body or {}
-        if attempt.kind == OpKind.SESSION_CREATE:
-            return reconcile.find_session(self.client, sent)
-        window_from = self._attempt_start_server(attempt) - self.settings.clock_skew_s
-        return reconcile.find_adoptable(self.client, sent, window_from, attempt.lane_session_id,
-                                        lambda ids: self.store.read(ob.owners_of, ids))
-
-    def _attempt_start_server(self, attempt: ob.Attempt) -> float:
-        """When the earlier attempt began, in server time (the offset measured then, else now's)."""
-        offset = attempt.sent_offset_s if attempt.sent_offset_s is not None else (self._offset() or 0.0)
-        return (attempt.maybe_sent_since or 0.0) + offset
-
-    def _grace_left(self, attempt: ob.Attempt) -> float:
-        server_now = self.clock() + (self._offset() or 0.0)
-        return self.settings.commit_grace_s - (server_now - self._attempt_start_server(attempt))
-
     def _offset(self) -> float | None:
-        return self.client.server_clock.offset_s
+        return self.maybe_sent.offset()
 
     def _lease_fresh(self, taken: _Taken) -> bool:
         """Right before the request leaves: is the lane still ours?
@@ -378,18 +322,7 @@ class SyncEngine:
         return StepOutcome(Step.DEAD)
 
     def _adopt_existing_session(self, attempt: ob.Attempt, error: RejectedError, report: PassReport) -> bool:
-        """A re-sent session create answered "already exists": our first attempt committed late.
-
-        Only for a create that may have been sent before, and only a session that
-        holds what we sent (else it is someone else's: dead-lettered, not merged into).
-        """
-        if attempt.kind != OpKind.SESSION_CREATE or attempt.maybe_sent_since is None or error.status != 400 \
-                or "already exists" not in error.message or isinstance(error, reconcile.ForeignSessionError):
-            return False
-        try:
-            found = reconcile.find_session(self.client, attempt.sent_body or {})
-        except UpstreamError:
-            return False
+        found = self.maybe_sent.existing_session(attempt, error)
         if found is None:
             return False
         self.store.transaction(ob.settle_done, attempt, self.clock(), found)
