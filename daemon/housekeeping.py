@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from galtea_local import retention
 from galtea_local.config import RetentionSettings
+from galtea_local.outbox import ownership
 from galtea_local.store import Store
 
 log = logging.getLogger("galtea_local.housekeeping")
@@ -92,6 +93,7 @@ class Housekeeper:
             total += deleted
             if deleted < 2000:
                 break
+        self.store.transaction(ownership.prune, now)  # the remote ids owned are kept longer than the rows
         if total:
             log.info("retention: deleted %d synced record(s) older than %g day(s)", total, self.settings.synced_days)
         return total

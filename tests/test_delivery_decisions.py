@@ -127,3 +127,21 @@ def test_server_clock_offset_is_the_median_of_date_samples() -> None:
     assert abs(clock.offset_s - 300) < 1.5
     clock.observe("not a date", now, now)
     assert abs(clock.offset_s - 300) < 1.5
+
+
+def test_ownership_is_forgotten_only_beyond_any_possible_reconciliation(tmp_path: Path) -> None:
+    from galtea_local.outbox import ownership
+
+    with Galtea(store=tmp_path / "s.db") as local, closing(Store(str(tmp_path / "s.db"))) as store:
+        local.traces.create(session_id="s", input="q")
+        store.transaction(lambda c: c.execute("UPDATE inference_results SET remote_id = 'r-old'"))
+        store.transaction(lambda c: c.execute("DELETE FROM outbox") and c.execute("DELETE FROM inference_results"))
+        owned = store.read(lambda c: c.execute("SELECT remote_id, owned_at FROM owned_remote_ids").fetchall())
+        assert [row[0] for row in owned] == ["r-old"] and abs(owned[0][1] - time.time()) < 60  # survives the row
+        later = time.time() + ownership.MARGIN_S + 10
+        local.traces.create(session_id="s", input="q")  # maybe sent long ago: it could still reach back
+        store.transaction(lambda c: c.execute("UPDATE outbox SET state = 'sending', sending_since = ?",
+                                              (time.time() - 1,)))
+        assert store.transaction(ownership.prune, later) == 0
+        store.transaction(lambda c: c.execute("UPDATE outbox SET state = 'done'"))
+        assert store.transaction(ownership.prune, later) == 1

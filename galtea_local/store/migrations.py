@@ -219,6 +219,7 @@ def _lighter_outbox_index(conn: sqlite3.Connection) -> None:
 # a local record ever owned is kept (compactly, beyond retention and through bundle receipts),
 # so reconciliation never adopts a record that an older or imported row owns; triggers catch
 # every path that sets a remote id, present and future.
+_NOW = "((julianday('now') - 2440587.5) * 86400.0)"  # Unix seconds from SQLite's clock (3.40 has no unixepoch subsec)
 DELIVERY = (
     """CREATE INDEX ix_lanes_remote_session ON lanes (remote_session_id) WHERE remote_session_id IS NOT NULL""",
     """ALTER TABLE outbox ADD COLUMN sending_offset_s FLOAT""",
@@ -227,14 +228,14 @@ DELIVERY = (
     owned_at FLOAT NOT NULL,
     PRIMARY KEY (remote_id)
 )""",
-    """INSERT OR IGNORE INTO owned_remote_ids (remote_id, owned_at)"""
-    """ SELECT remote_id, updated_at FROM inference_results WHERE remote_id IS NOT NULL""",
-    """CREATE TRIGGER tr_results_owned_on_update AFTER UPDATE OF remote_id ON inference_results"""
-    """ WHEN NEW.remote_id IS NOT NULL BEGIN"""
-    """ INSERT OR IGNORE INTO owned_remote_ids (remote_id, owned_at) VALUES (NEW.remote_id, NEW.updated_at); END""",
-    """CREATE TRIGGER tr_results_owned_on_insert AFTER INSERT ON inference_results"""
-    """ WHEN NEW.remote_id IS NOT NULL BEGIN"""
-    """ INSERT OR IGNORE INTO owned_remote_ids (remote_id, owned_at) VALUES (NEW.remote_id, NEW.updated_at); END""",
+    f"""INSERT OR IGNORE INTO owned_remote_ids (remote_id, owned_at)"""
+    f""" SELECT remote_id, {_NOW} FROM inference_results WHERE remote_id IS NOT NULL""",
+    f"""CREATE TRIGGER tr_results_owned_on_update AFTER UPDATE OF remote_id ON inference_results"""
+    f""" WHEN NEW.remote_id IS NOT NULL BEGIN"""
+    f""" INSERT OR IGNORE INTO owned_remote_ids (remote_id, owned_at) VALUES (NEW.remote_id, {_NOW}); END""",
+    f"""CREATE TRIGGER tr_results_owned_on_insert AFTER INSERT ON inference_results"""
+    f""" WHEN NEW.remote_id IS NOT NULL BEGIN"""
+    f""" INSERT OR IGNORE INTO owned_remote_ids (remote_id, owned_at) VALUES (NEW.remote_id, {_NOW}); END""",
 )
 
 

@@ -83,11 +83,11 @@ _DELIVERY = (
     "CREATE INDEX ix_lanes_remote_session ON lanes (remote_session_id) WHERE remote_session_id IS NOT NULL",
     "ALTER TABLE outbox ADD COLUMN sending_offset_s DOUBLE PRECISION",
     "CREATE TABLE owned_remote_ids (remote_id VARCHAR PRIMARY KEY, owned_at DOUBLE PRECISION NOT NULL)",
-    "INSERT INTO owned_remote_ids (remote_id, owned_at) SELECT remote_id, MAX(updated_at) FROM inference_results"
-    " WHERE remote_id IS NOT NULL GROUP BY remote_id ON CONFLICT DO NOTHING",
+    "INSERT INTO owned_remote_ids (remote_id, owned_at) SELECT DISTINCT remote_id, extract(epoch FROM now())"
+    " FROM inference_results WHERE remote_id IS NOT NULL ON CONFLICT DO NOTHING",
     "CREATE FUNCTION galtea_own_remote_id() RETURNS trigger LANGUAGE plpgsql AS $body$ BEGIN"
     " IF NEW.remote_id IS NOT NULL THEN"
-    " INSERT INTO owned_remote_ids (remote_id, owned_at) VALUES (NEW.remote_id, NEW.updated_at)"
+    " INSERT INTO owned_remote_ids (remote_id, owned_at) VALUES (NEW.remote_id, extract(epoch FROM clock_timestamp()))"
     " ON CONFLICT DO NOTHING; END IF; RETURN NULL; END $body$",
     "CREATE TRIGGER tr_results_owned AFTER INSERT OR UPDATE OF remote_id ON inference_results"
     " FOR EACH ROW EXECUTE FUNCTION galtea_own_remote_id()",
