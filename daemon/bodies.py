@@ -7,7 +7,7 @@ from typing import Any
 
 from galtea_local.outbox import attempts as ob
 from galtea_local.outbox.kinds import OpKind
-from galtea_local_daemon import wire
+from galtea_local_daemon import poison, wire
 
 
 def _decoded(record: dict[str, Any], names: Any) -> dict[str, Any]:
@@ -42,6 +42,7 @@ def _session_patch_body(changes: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+@poison.refuse_unencodable  # a row that cannot be encoded is dead-lettered, not retried forever
 def build_body(row: dict[str, Any], attempt: ob.Attempt) -> dict[str, Any]:
     """The request body for an attempt, from the target row as it is at the write-ahead mark."""
     if attempt.kind == OpKind.CREATE:

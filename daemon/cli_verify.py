@@ -42,14 +42,14 @@ def add_command(commands: argparse._SubParsersAction, common: Callable[[argparse
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from galtea_local_daemon.cli import settings_from
-    from galtea_local_daemon.runtime import make_client, open_store
+    from galtea_local_daemon.cli import existing_store, settings_from
+    from galtea_local_daemon.runtime import make_client
     from galtea_local_daemon.verify import format_report, verify
 
     settings = settings_from(args)
     settings.upstream.require_api_key()
     since = since_value(args.since) if args.since else None
-    store = open_store(settings)
+    store = existing_store(args)
     with make_client(settings) as client:
         report = verify(store, client, since, settings.sync.clock_skew_s)
     if report.ok and since is None:

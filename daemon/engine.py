@@ -3,7 +3,7 @@
 :meth:`SyncEngine.run_once` is the whole loop body; the daemon's scheduler and
 ``galtea-local sync`` only call it. A pass claims lanes (sessions) with a
 lease, drains each one in order on a thread pool (different sessions in
-parallel, up to ``concurrency``), and settles every outcome as design.md §6
+parallel, up to ``concurrency``), and settles every outcome as docs/delivery.md
 says. Nothing is held open across an HTTP call: each step is its own short
 transaction.
 """
@@ -25,16 +25,18 @@ from galtea_local.outbox import attempts as ob
 from galtea_local.outbox import health
 from galtea_local.outbox.kinds import OpKind
 from galtea_local.store import Store
-from galtea_local_daemon import reconcile
+from galtea_local_daemon import poison, reconcile
 from galtea_local_daemon.backoff import Backoff, retry_after_of
 from galtea_local_daemon.bodies import build_body
 from galtea_local_daemon.maybe_sent import MaybeSent
+from galtea_local_daemon.ratelimit import RateLimitedLog, error_key
 from galtea_local_daemon.steps import IDLE, EngineSettings, PassReport, Step, StepOutcome
 from galtea_local_daemon.upstream import UpstreamClient
 
 __all__ = ["EngineSettings", "PassReport", "SyncEngine", "build_body"]
 
 log = logging.getLogger("galtea_local.sync")
+_limited = RateLimitedLog(log)  # an error that repeats every pass is logged once a minute, with a count
 
 
 class SyncEngine:
@@ -93,7 +95,10 @@ class SyncEngine:
         concurrency = 1 if auth_was_failing else self.settings.concurrency  # probe with one lane
         self._drain(now, concurrency, report)
         self._record_health(report, auth_was_failing)
-        report.more_due = not self.stopping and not self._halt.is_set() and self._has_due()
+        # A pass that settled nothing (every lane hit an unexpected error) does not ask to run
+        # again at once: the scheduler's interval paces it, and `sync` ends.
+        progressed = report.pushed or report.adopted or report.dead or report.retried
+        report.more_due = not self.stopping and not self._halt.is_set() and bool(progressed) and self._has_due()
         return report
 
     def _drain(self, now: float, concurrency: int, report: PassReport) -> None:
@@ -149,8 +154,8 @@ class SyncEngine:
                 if not outcome.goes_on:
                     break
                 ahead = _Taken(outcome.ahead, time.monotonic()) if outcome.ahead else None
-        except Exception:  # a bug must not kill the pass: log it, keep the lane's state durable
-            log.exception("unexpected error while pushing lane %s", lane)
+        except Exception as error:  # a bug must not kill the pass: log it, keep the lane's state durable
+            _limited.exception(error_key(error), "unexpected error while pushing lane %s", lane)
             report.errors.append(f"internal error on lane {lane}")
         finally:
             self.store.transaction(ob.release_lane, lane, self.owner, self.clock())
@@ -161,7 +166,12 @@ class SyncEngine:
         """Settle the lane's head operation, retrying in place while waits are short."""
         taken = ahead
         for tries in range(1, self.settings.in_pass_tries + 1):
-            outcome = self._step(lane, report, taken, take_more)
+            try:
+                outcome = self._step(lane, report, taken, take_more)
+            except poison.PoisonRowError as bad:
+                poison.dead_letter(self.store, bad, self.clock())
+                report.dead += 1
+                return StepOutcome(Step.DEAD)
             taken = None  # a retry takes the head afresh
             if outcome.step is not Step.RETRY or self._halted() or tries == self.settings.in_pass_tries \
                     or outcome.retry_in > self.backoff.in_pass_max_wait_s:
@@ -303,8 +313,11 @@ class SyncEngine:
             ob.settle_done(conn, attempt, now, remote)
             if not take_more or self._halted() or self._throttled_until > now:
                 return None  # throttled: the next mark waits for the throttle first
-            return ob.take_next(conn, attempt.lane, self.owner, now, self.settings.lease_s, build_body,
-                                self._offset())
+            try:
+                return ob.take_next(conn, attempt.lane, self.owner, now, self.settings.lease_s, build_body,
+                                    self._offset())
+            except poison.PoisonRowError:
+                return None  # keep this settle; the lane's next step takes the poison row alone
 
         ahead = self.store.transaction(ob.lease_protected(settle_then_take))
         if not held:

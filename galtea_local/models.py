@@ -70,6 +70,7 @@ class InferenceResultRow(SQLModel, table=True):
             postgresql_where=text("remote_id IS NOT NULL"),
         ),
         Index("ix_results_session", "session_id"),
+        Index("ix_results_sync_state", "sync_state"),  # status counts through it, not the wide rows
         _origin_index("ix_results_origin"),
     )
 
@@ -128,13 +129,9 @@ class OutboxOperation(SQLModel, table=True):
             sqlite_where=text("state = 'dead'"),
             postgresql_where=text("state = 'dead'"),
         ),
-        # Retention finds a record's settled operations by it; open ones are found by lane.
-        Index(
-            "ix_outbox_record_done",
-            "record_seq",
-            sqlite_where=text("state = 'done'"),
-            postgresql_where=text("state = 'done'"),
-        ),
+        # A record's operations, one lookup whatever its lane's backlog (outbox/probes.py);
+        # also what the foreign-key check needs when retention deletes a record.
+        Index("ix_outbox_by_record", "record_seq"),
         Index(
             "ix_outbox_session",
             "session_seq",

@@ -9,6 +9,10 @@ LAST_ERROR = "last_error"
 LAST_ERROR_AT = "last_error_at"
 AUTH_FAILING = "auth_failing_since"
 THROTTLED_UNTIL = "throttled_until"
+# The daemon's longest write transaction (galtea_local_daemon.loadwatch): since its start, and recently.
+LONGEST_WRITE = "longest_write_s"
+LONGEST_WRITE_NAME = "longest_write_name"
+LONGEST_WRITE_RECENT = "longest_write_recent_s"
 SERVER_CLOCK_OFFSET = "server_clock_offset_s"  # server time minus ours, from the API's Date header
 # Creates re-sent after a maybe-sent attempt was not found within the commit grace: each one is
 # a duplicate if that attempt still commits later (only `galtea-local verify` can tell).

@@ -241,6 +241,24 @@ DELIVERY = (
 
 def _delivery(conn: sqlite3.Connection) -> None:
     for statement in DELIVERY:
+# Sustained load (issue 17): statements whose cost does not grow with the backlog.
+# - Operations by record, all states. Deleting a record made SQLite's foreign-key check scan
+#   the whole outbox for children (a partial index cannot serve it): retention held the write
+#   lock for seconds. It also serves a record's open operations in one lookup, where the probe
+#   by lane walked the lane's backlog on every settle (galtea_local/outbox/probes.py), and the
+#   settled-by-record probe, so that partial index goes: settling moves an operation between
+#   fewer indexes. create() pays one index insert for it.
+# - Records by sync state: ``status`` counts through this narrow index instead of reading
+#   every row of the widest table, and retention reads only settled records.
+BOUNDED_PROBES = (
+    """CREATE INDEX ix_outbox_by_record ON outbox (record_seq)""",
+    """DROP INDEX ix_outbox_record_done""",
+    """CREATE INDEX ix_results_sync_state ON inference_results (sync_state)""",
+)
+
+
+def _bounded_probes(conn: sqlite3.Connection) -> None:
+    for statement in BOUNDED_PROBES:
         conn.execute(statement)
 
 
@@ -250,6 +268,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0003_bundle_origin", _bundle_origin),
     ("0004_lighter_outbox_index", _lighter_outbox_index),
     ("0005_delivery_exactness", _delivery),
+    ("0006a_bounded_probes", _bounded_probes),
 ]
 
 

@@ -113,6 +113,7 @@ MIGRATIONS: list[tuple[str, Callable[[Any], None]]] = [
     ("0003_bundle_origin", _statements(_ORIGIN)),
     ("0004_lighter_outbox_index", _statements(migrations.LIGHTER_OUTBOX_INDEX)),  # the same SQL on both
     ("0005_delivery_exactness", _statements(_DELIVERY)),
+    ("0006a_bounded_probes", _statements(migrations.BOUNDED_PROBES)),  # the same SQL on both
 ]
 assert [name for name, _ in MIGRATIONS] == [name for name, _ in migrations.MIGRATIONS], "one list of names"
 
