@@ -15,12 +15,14 @@ from typing import Any
 import httpx
 
 from galtea_local import Galtea
+from galtea_local.config import RetentionSettings
 from galtea_local.outbox import attempts as ob
 from galtea_local.outbox import dead
 from galtea_local.store import Store
 from galtea_local_daemon.backoff import Backoff
 from galtea_local_daemon.bodies import build_body
 from galtea_local_daemon.engine import EngineSettings, PassReport, SyncEngine, _Taken
+from galtea_local_daemon.housekeeping import Housekeeper
 from galtea_local_daemon.servertime import ServerClock
 from galtea_local_daemon.steps import Step
 from galtea_local_daemon.upstream import UpstreamClient
@@ -142,6 +144,8 @@ def test_ownership_is_forgotten_only_beyond_any_possible_reconciliation(tmp_path
         local.traces.create(session_id="s", input="q")  # maybe sent long ago: it could still reach back
         store.transaction(lambda c: c.execute("UPDATE outbox SET state = 'sending', sending_since = ?",
                                               (time.time() - 1,)))
-        assert store.transaction(ownership.prune, later) == 0
+        assert store.transaction(ownership.prune, store.read(ownership.forget_before, later)) == 0
         store.transaction(lambda c: c.execute("UPDATE outbox SET state = 'done'"))
-        assert store.transaction(ownership.prune, later) == 1
+        keeper = Housekeeper(store, RetentionSettings(synced_days=1000.0), clock=lambda: later - 3600)
+        keeper.expire(later)  # retention's hourly turn forgets it
+        assert store.read(lambda c: c.execute("SELECT COUNT(*) FROM owned_remote_ids").fetchone()[0]) == 0

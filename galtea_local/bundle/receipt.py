@@ -24,6 +24,7 @@ from galtea_local.bundle.format import BundleReader, BundleWriter
 from galtea_local.config.schema import BundleSettings
 from galtea_local.errors import BundleError
 from galtea_local.outbox import imports
+from galtea_local.outbox import ownership
 from galtea_local.read_model import iso_utc
 from galtea_local.store import Store
 
@@ -77,6 +78,9 @@ def _confirm(conn: sqlite3.Connection, path: Path, entry: dict[str, Any], result
     changed = row["updated_at"] > entry["origin_updated_at"]
     if row["remote_id"] is not None and row["remote_id"] != entry["remote_id"]:
         result.conflicts += 1
+        return
+    if row["remote_id"] is None and ownership.owned_elsewhere(conn, table, entry["remote_id"]):
+        result.conflicts += 1  # another local row owns (or owned) that upstream record: never two
         return
     if row["remote_id"] == entry["remote_id"] and (row["sync_state"] == "synced" or changed):
         result.unchanged += 1  # confirmed before: nothing new to learn

@@ -236,11 +236,15 @@ DELIVERY = (
     f"""CREATE TRIGGER tr_results_owned_on_insert AFTER INSERT ON inference_results"""
     f""" WHEN NEW.remote_id IS NOT NULL BEGIN"""
     f""" INSERT OR IGNORE INTO owned_remote_ids (remote_id, owned_at) VALUES (NEW.remote_id, {_NOW}); END""",
+    """CREATE INDEX ix_owned_at ON owned_remote_ids (owned_at)""",
 )
 
 
 def _delivery(conn: sqlite3.Connection) -> None:
     for statement in DELIVERY:
+        conn.execute(statement)
+
+
 # Sustained load (issue 17): statements whose cost does not grow with the backlog.
 # - Operations by record, all states. Deleting a record made SQLite's foreign-key check scan
 #   the whole outbox for children (a partial index cannot serve it): retention held the write
