@@ -22,12 +22,12 @@ from typing import Any
 
 from galtea_local.errors import AuthError, RejectedError, UpstreamError
 from galtea_local.outbox import attempts as ob
-from galtea_local.outbox import health
+from galtea_local.outbox import drift, health
 from galtea_local.outbox.kinds import OpKind
 from galtea_local.store import Store
-from galtea_local_daemon import poison, reconcile
+from galtea_local_daemon import poison, reconcile, wire
 from galtea_local_daemon.backoff import Backoff, retry_after_of
-from galtea_local_daemon.bodies import build_body
+from galtea_local_daemon.bodies import build_body, decoded_fields
 from galtea_local_daemon.maybe_sent import MaybeSent
 from galtea_local_daemon.ratelimit import RateLimitedLog, error_key
 from galtea_local_daemon.steps import IDLE, EngineSettings, PassReport, Step, StepOutcome
@@ -245,7 +245,9 @@ class SyncEngine:
             # exist upstream. Nothing new was sent; the earlier attempt stays "maybe sent".
             return self._retry(attempt, error, report, maybe_sent=True)
         if found is not None:
-            self.store.transaction(ob.settle_done, attempt, self.clock(), found)
+            drifted = attempt.kind == OpKind.CREATE and bool(
+                reconcile.differing_fields(wire.create_body(decoded_fields(attempt.record)), found))
+            self.store.transaction(drift.settle_adopted, attempt, self.clock(), found, drifted)
             report.adopted += 1
             return StepOutcome(Step.ADOPTED)
         remaining = self.maybe_sent.grace_left(attempt)

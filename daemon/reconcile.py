@@ -24,6 +24,7 @@ from typing import Any
 
 from galtea_local.errors import RejectedError
 from galtea_local.read_model import iso_utc
+from galtea_local_daemon import wire
 from galtea_local_daemon.upstream import UpstreamClient
 
 PAGE = 500
@@ -39,6 +40,20 @@ def as_stored(key: str, value: Any) -> Any:
     if key == "input" and isinstance(value, str):
         return {"user_message": value}
     return value
+
+
+# Echoed fields compared one by one (session anchors and write-only fields aside).
+COMPARED = tuple(camel for camel in wire.UPDATE_FIELDS.values() if camel not in WRITE_ONLY and camel != "sessionId")
+
+
+def differing_fields(body: dict[str, Any], record: dict[str, Any]) -> dict[str, list[Any]]:
+    """The echoed fields whose value in ``record`` (as the API answers) differs from ``body`` (a create body)."""
+    differing = {}
+    for name in COMPARED:
+        ours, theirs = as_stored(name, body.get(name)), as_stored(name, record.get(name))
+        if ours != theirs:
+            differing[name] = [ours, theirs]
+    return differing
 
 
 def matches(sent: dict[str, Any], candidate: dict[str, Any]) -> bool:

@@ -37,9 +37,6 @@ from galtea_local_daemon import reconcile, wire
 from galtea_local_daemon.bodies import decoded_fields
 from galtea_local_daemon.upstream import UpstreamClient
 
-# Echoed fields compared record by record (the session anchors and write-only fields aside).
-_COMPARED = tuple(camel for camel in wire.UPDATE_FIELDS.values()
-                  if camel not in reconcile.WRITE_ONLY and camel != "sessionId")
 _LOCAL = (
     "SELECT r.*, l.remote_session_id AS lane_session FROM inference_results r LEFT JOIN lanes l ON l.key = r.lane"
     " WHERE r.deleted = 0 AND r.created_at >= ? ORDER BY r.seq"
@@ -149,15 +146,8 @@ def _compare_session(report: VerifyReport, prefix: str, session_id: str, local: 
 
 
 def _differences(row: Any, record: dict[str, Any], in_flight: set[str]) -> dict[str, list[Any]]:
-    body = wire.create_body(decoded_fields(dict(row)))
-    differing = {}
-    for name in _COMPARED:
-        if name in in_flight:
-            continue
-        ours, theirs = reconcile.as_stored(name, body.get(name)), reconcile.as_stored(name, record.get(name))
-        if ours != theirs:
-            differing[name] = [ours, theirs]
-    return differing
+    differing = reconcile.differing_fields(wire.create_body(decoded_fields(dict(row))), record)
+    return {name: values for name, values in differing.items() if name not in in_flight}
 
 
 def format_report(report: VerifyReport) -> str:
