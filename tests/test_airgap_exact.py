@@ -11,7 +11,8 @@ from galtea_local.bundle import export_bundle, import_bundle, import_receipt, wr
 from galtea_local.outbox import attempts as ob
 from galtea_local_daemon.bodies import build_body
 from tests.emulator_fixture import EmulatorHandle
-from tests.sync_helpers import drain, make_engine, new_session, open_store
+from galtea_local.status import store_status
+from tests.sync_helpers import cli_env, drain, galtea_local, make_engine, new_session, open_store, upstream_by_session
 
 
 def test_a_receipt_naming_an_owned_remote_id_is_a_conflict(tmp_path: Path, emulator: EmulatorHandle) -> None:
@@ -65,3 +66,38 @@ def test_an_update_after_a_maybe_sent_create_travels_in_the_bundle(tmp_path: Pat
         connected.close()
     (record,) = emulator.dump(log=False)["inferenceResults"]
     assert (record["status"], record["actualOutput"]) == ("GENERATED", "a")
+
+
+def test_export_hands_custody_over_until_a_receipt_or_a_reclaim(tmp_path: Path, emulator: EmulatorHandle) -> None:
+    """Issue 11 #9c: the origin's own daemon, online before the receipt, pushes nothing it exported."""
+    session_id = new_session(emulator)
+    origin, connected = open_store(tmp_path / "origin.db"), open_store(tmp_path / "connected.db")
+    try:
+        with Galtea(store=tmp_path / "origin.db") as origin_app:
+            for n in range(3):
+                origin_app.traces.create(session_id=session_id, input=f"t{n}")
+        export_bundle(origin, tmp_path / "queue.glb")
+        with Galtea(store=tmp_path / "origin.db") as origin_app:
+            origin_app.traces.create(session_id=session_id, input="t3")  # after the export: waits behind it
+        engine = make_engine(origin, emulator)
+        engine.run_once()
+        assert emulator.dump(log=False)["inferenceResults"] == []
+        assert store_status(origin)["handed_over"] == 3
+        import_bundle(connected, tmp_path / "queue.glb")
+        drain(make_engine(connected, emulator))
+        write_receipt(connected, origin.store_id, tmp_path / "receipt.glb")
+        import_receipt(origin, tmp_path / "receipt.glb")
+        assert store_status(origin)["handed_over"] == 0
+        drain(engine)  # now t3 goes, after the three the connected machine pushed
+        export_bundle(origin, tmp_path / "empty.glb")
+        with Galtea(store=tmp_path / "origin.db") as origin_app:
+            origin_app.traces.create(session_id=session_id, input="t4")
+        export_bundle(origin, tmp_path / "lost.glb")  # this bundle is lost on the way
+        env = cli_env(tmp_path / "origin.db", emulator.url, emulator.api_key)
+        assert galtea_local("reclaim", "--all", env=env).returncode == 0
+        drain(engine)
+    finally:
+        origin.close()
+        connected.close()
+    inputs = [r["input"]["user_message"] for r in upstream_by_session(emulator)[session_id]]
+    assert inputs == ["t0", "t1", "t2", "t3", "t4"]

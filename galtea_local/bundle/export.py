@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from galtea_local.bundle.format import BundleWriter
-from galtea_local.outbox import health, probes
+from galtea_local.outbox import custody, health, probes
 from galtea_local.read_model import iso_utc
 from galtea_local.store import Store
 from galtea_local.validation import COST_KEYS, USAGE_KEYS
@@ -151,17 +151,21 @@ def export_bundle(store: Store, out: Path | str, *, since_last: bool = False, st
     with store.reading() as conn, BundleWriter(out, header) as writer:
         count_sql, params = _records_sql(selection, "COUNT(*)")
         bar = progress(conn.execute(count_sql, params).fetchone()[0]) if progress else None
+        exported: dict[str, list[int]] = {"session": [], "record": []}  # handed over once written
         try:
             for row in iter_rows(conn, *_sessions_sql(selection)):
                 writer.write(_entry("session", row, SESSION_FIELDS))
+                exported["session"].append(row["seq"])
             sql, params = _records_sql(selection, "r.*, o.sending_since AS maybe_since, o.sent_body AS maybe_body")
             for row in iter_rows(conn, sql + " ORDER BY r.seq", params):
                 writer.write(_record_entry(row))
+                exported["record"].append(row["seq"])
                 if bar is not None:
                     bar.update(1)
         finally:
             if bar is not None:
                 bar.close()
+    store.transaction(custody.hand_over, exported["record"], exported["session"])  # the bundle's side pushes them
     if start is None and end is None:
         store.transaction(health.put, WATERMARK, repr(began - overlap_s))
     return ExportResult(writer.path, writer.counts["session"], writer.counts["record"], since)

@@ -24,7 +24,7 @@ from galtea_local.bundle.format import BundleReader, BundleWriter
 from galtea_local.config.schema import BundleSettings
 from galtea_local.errors import BundleError
 from galtea_local.outbox import imports
-from galtea_local.outbox import ownership
+from galtea_local.outbox import custody, ownership
 from galtea_local.read_model import iso_utc
 from galtea_local.store import Store
 
@@ -113,4 +113,6 @@ def import_receipt(store: Store, path: Path | str, *, limits: BundleSettings | N
         raise BundleError(f"{reader.path}: this receipt is for store {addressed}, but this store is "
                           f"{store.store_id}; import it on the store whose `galtea-local status --json` shows "
                           f"store_id {addressed}")
-    return store.transaction(_apply, reader, store.store_id)
+    result = store.transaction(_apply, reader, store.store_id)
+    store.transaction(custody.recount)  # what is still handed over, for status
+    return result
