@@ -83,13 +83,13 @@ def test_skewed_server_clock(emulator: EmulatorHandle, tmp_path: Path, offset_s:
 
 
 def late_run(emulator: EmulatorHandle, tmp_path: Path, grace_s: float) -> tuple[list[str], dict[str, Any]]:
-    # Each create is held 0.6 s inside the server; the client gives up after 0.2 s.
-    return push_all(emulator, tmp_path, faults={"late_rate": 0.3, "late_commit_s": 0.6},
-                    commit_grace_s=grace_s, timeouts=(5.0, 0.2, 5.0, 5.0))
+    # Each create is held 0.4 s inside the server; the client gives up after 0.15 s.
+    return push_all(emulator, tmp_path, faults={"late_rate": 0.25, "late_commit_s": 0.4},
+                    commit_grace_s=grace_s, timeouts=(5.0, 0.15, 5.0, 5.0))
 
 
 def test_late_commits_wait_out_the_grace(emulator: EmulatorHandle, tmp_path: Path) -> None:
-    sessions, status = late_run(emulator, tmp_path, grace_s=1.5)
+    sessions, status = late_run(emulator, tmp_path, grace_s=1.0)
     assert emulator.dump(log=False)["faults"]["late"] > 0
     assert_exact(emulator, sessions, status)
     assert status["resent_unconfirmed"] == 0

@@ -13,22 +13,22 @@ from galtea_local.store import open_store as open_any_store
 from tests.emulator_fixture import EmulatorHandle
 from tests.sync_helpers import make_engine, new_session, upstream_by_session
 
-SESSIONS, PER_SESSION = 8, 6
+SESSIONS, PER_SESSION = 8, 4
 
 
 def test_two_pushers_with_retry_after_longer_than_the_lease(
     emulator_factory: Callable[..., EmulatorHandle], pg_url: str
 ) -> None:
-    emulator = emulator_factory(retry_after_s=2)
+    emulator = emulator_factory(retry_after_s=1)
     sessions = [new_session(emulator) for _ in range(SESSIONS)]
     with Galtea(store=pg_url) as local:
         for turn in range(PER_SESSION):
             for session_id in sessions:
                 local.traces.create(session_id=session_id, input=f"{session_id}#{turn}")
-    emulator.set_faults(throttle_rate=0.1, latency_ms=40)  # busy pushers: each claims the other's expired lanes
+    emulator.set_faults(throttle_rate=0.15, latency_ms=20)  # busy pushers: each claims the other's expired lanes
     stores = [open_any_store(pg_url) for _ in range(2)]
     # No commit grace: only the lease rules keep the two pushers apart here.
-    engines = [make_engine(store, emulator, concurrency=4, lease_s=0.5, commit_grace_s=0.0) for store in stores]
+    engines = [make_engine(store, emulator, concurrency=4, lease_s=0.3, commit_grace_s=0.0) for store in stores]
     stop = threading.Event()
 
     def push(engine) -> None:  # noqa: ANN001
