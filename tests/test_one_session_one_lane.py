@@ -46,3 +46,19 @@ def test_local_session_and_its_remote_id_share_a_lane(emulator: EmulatorHandle, 
         drain(engine)
     records = upstream_by_session(emulator)[remote]
     assert [r["input"]["user_message"] for r in records] == [f"t{n}" for n in range(TURNS)]
+
+
+def test_turns_queued_under_both_names_go_in_creation_order(emulator: EmulatorHandle, tmp_path: Path) -> None:
+    """Turns logged by the remote id while the custom-id lane had not learned it yet are folded
+    into that lane once it has, and go up in creation order with its own."""
+    remote = new_session(emulator, custom_id="ticket-4")
+    store_path = tmp_path / "store.db"
+    with Galtea(store=store_path) as local, closing(open_store(store_path)) as store:
+        for turn in range(TURNS):
+            if turn % 3 == 1:
+                local.traces.create(session_id=remote, input=f"t{turn}")
+            else:
+                local.traces.create(session_custom_id="ticket-4", version_id="v1", input=f"t{turn}")
+        drain(make_engine(store, emulator, concurrency=1))
+    records = upstream_by_session(emulator)[remote]
+    assert [r["input"]["user_message"] for r in records] == [f"t{n}" for n in range(TURNS)]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from galtea_local.outbox.kinds import OPEN, OpKind, OpState, held_behind_session, held_behind_session_sql, open_in
-from galtea_local.outbox import probes
+from galtea_local.outbox import lanes, probes
 from galtea_local.store import dialects
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -147,6 +147,7 @@ def next_attempt(conn: sqlite3.Connection, lane: str, owner: str, now: float, le
     lane_row = _holds(conn, lane, owner, now, lease_s)
     if lane_row is None:
         return None
+    lanes.fold_siblings(conn, lane, lane_row["remote_session_id"], now)  # one upstream session, one lane
     op = conn.execute(_HEAD, (lane,)).fetchone()
     if op is None or op["not_before"] > now:
         return None
