@@ -18,7 +18,6 @@ from galtea_local import outbox
 from galtea_local.store.dialects import NO_LIMIT
 from galtea_local.errors import InvalidInputError, NotFoundError
 from galtea_local.outbox import sessions as sessions_queue
-from galtea_local.outbox import lanes
 from galtea_local.read_model import InferenceResult, build, from_row
 from galtea_local.store import Store
 from galtea_local.validation import (
@@ -49,13 +48,11 @@ _READ_DEFAULTS = {**dict.fromkeys(_CREATE_COLUMNS), "remote_id": None, "remote_i
 
 
 def _route_to_local_session(conn: sqlite3.Connection, row: dict[str, Any], prefix: str) -> None:
-    """A turn of a session created offline joins that session's lane, behind its create; a turn
-    logged by a remote session id joins the lane that already pushes to it under another name."""
+    """A turn of a session created offline joins that session's lane, behind its create."""
     if row["session_id"] is not None:
         seq = sessions_queue.parse_session_id(prefix, row["session_id"])
-        if seq is None:  # a remote session id: one upstream session is one lane, whatever its name
-            row["lane"] = lanes.lane_for_remote_session(conn, row["session_id"], row["lane"])
-            return
+        if seq is None:
+            return  # a remote session id
         if conn.execute("SELECT 1 FROM sessions WHERE seq = ?", (seq,)).fetchone() is None:
             raise NotFoundError(f"session_id: {row['session_id']!r} is not a session of this store")
         row["lane"] = sessions_queue.session_lane(seq)
@@ -132,7 +129,9 @@ class InferenceResultService:
         ``when_full = "refuse"``; in either case nothing is written.
         """
         row = _new_row(create_fields(locals(), self._max_record_bytes), time.time())
-        seq = self._store.transaction(_insert, row, self._prefix)
+        # Only a local session id or a custom id can name a session created offline.
+        local = session_custom_id is not None or session_id.startswith("ses_")
+        seq = self._store.transaction(_insert, row, self._prefix if local else None)
         return build({**_READ_DEFAULTS, **row}, outbox.local_id(self._prefix, seq), input, output)
 
     def create_batch(

@@ -27,8 +27,6 @@ def test_custom_id_and_remote_id_turns_keep_creation_order(emulator: EmulatorHan
             else:
                 local.traces.create(session_custom_id="ticket-9", version_id="v1", input=f"t{turn}")
         drain(engine)
-        lanes = store.read(lambda c: {r[0] for r in c.execute("SELECT lane FROM inference_results")})
-    assert len(lanes) == 1
     records = upstream_by_session(emulator)[remote]
     assert [r["input"]["user_message"] for r in records] == [f"t{n}" for n in range(TURNS)]
 

@@ -147,7 +147,8 @@ def next_attempt(conn: sqlite3.Connection, lane: str, owner: str, now: float, le
     lane_row = _holds(conn, lane, owner, now, lease_s)
     if lane_row is None:
         return None
-    lanes.fold_siblings(conn, lane, lane_row["remote_session_id"], now)  # one upstream session, one lane
+    if not lanes.fold_siblings(conn, lane, lane_row["remote_session_id"], now):
+        return None  # an older turn of this upstream session waits in a lane another pusher holds
     op = conn.execute(_HEAD, (lane,)).fetchone()
     if op is None or op["not_before"] > now:
         return None
