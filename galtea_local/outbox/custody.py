@@ -16,17 +16,18 @@ from collections.abc import Iterable
 
 from galtea_local.outbox import health
 from galtea_local.outbox.kinds import OPEN
+from galtea_local.store import Store
 
 HANDED_OVER = 1e18  # not_before of an exported operation: never due
 HANDED_OVER_COUNT = "handed_over_operations"  # meta: how many wait for a receipt (status shows it)
-_BATCH = 500
+_CHUNK = 5000  # operations per write transaction
 
 
-def _batches(seqs: Iterable[int]) -> Iterable[list[int]]:
+def _batches(seqs: Iterable[int], size: int = 500) -> Iterable[list[int]]:
     chunk: list[int] = []
     for seq in seqs:
         chunk.append(seq)
-        if len(chunk) == _BATCH:
+        if len(chunk) == size:
             yield chunk
             chunk = []
     if chunk:
@@ -44,27 +45,35 @@ def _mark(conn: sqlite3.Connection, column: str, seqs: Iterable[int], not_before
 
 def hand_over(conn: sqlite3.Connection, record_seqs: Iterable[int], session_seqs: Iterable[int]) -> int:
     """Hold the open operations of these exported records and sessions until a receipt or a reclaim."""
-    count = _mark(conn, "record_seq", record_seqs, HANDED_OVER, OPEN)
-    count += _mark(conn, "session_seq", session_seqs, HANDED_OVER, OPEN)
-    recount(conn)
+    return (_mark(conn, "record_seq", record_seqs, HANDED_OVER, OPEN)
+            + _mark(conn, "session_seq", session_seqs, HANDED_OVER, OPEN))
+
+
+def hand_over_all(store: Store, record_seqs: Iterable[int], session_seqs: Iterable[int]) -> int:
+    """:func:`hand_over` in short write transactions (an app's create() never waits long), then recount."""
+    count = sum(store.transaction(hand_over, [], chunk) for chunk in _batches(session_seqs, _CHUNK))
+    count += sum(store.transaction(hand_over, chunk, []) for chunk in _batches(record_seqs, _CHUNK))
+    recount(store)
     return count
 
 
 def reclaim(conn: sqlite3.Connection, record_seqs: list[int] | None = None,
             session_seqs: list[int] | None = None) -> int:
-    """Take handed-over operations back (all when both are None): the daemon pushes them again."""
+    """Take handed-over operations back (all when both are None): the daemon pushes them again.
+    The caller then runs :func:`recount`."""
     held = f"{OPEN} AND not_before >= {HANDED_OVER!r}"
     if record_seqs is None and session_seqs is None:
-        count = conn.execute(f"UPDATE outbox SET not_before = 0 WHERE {held}").rowcount
-    else:
-        count = _mark(conn, "record_seq", record_seqs or [], 0.0, held)
-        count += _mark(conn, "session_seq", session_seqs or [], 0.0, held)
-    recount(conn)
-    return count
+        return conn.execute(f"UPDATE outbox SET not_before = 0 WHERE {held}").rowcount
+    return (_mark(conn, "record_seq", record_seqs or [], 0.0, held)
+            + _mark(conn, "session_seq", session_seqs or [], 0.0, held))
 
 
-def recount(conn: sqlite3.Connection) -> int:
-    """Count the held operations into ``meta`` (a scan: export, receipt and reclaim only)."""
-    count = conn.execute(f"SELECT COUNT(*) FROM outbox WHERE {OPEN} AND not_before >= ?", (HANDED_OVER,)).fetchone()[0]
-    health.put(conn, HANDED_OVER_COUNT, count or None)
+def count_held(conn: sqlite3.Connection) -> int:
+    return conn.execute(f"SELECT COUNT(*) FROM outbox WHERE {OPEN} AND not_before >= ?", (HANDED_OVER,)).fetchone()[0]
+
+
+def recount(store: Store) -> int:
+    """Count the held operations (a read: export, receipt and reclaim only) into ``meta`` for status."""
+    count = store.read(count_held)
+    store.transaction(health.put, HANDED_OVER_COUNT, count or None)
     return count
