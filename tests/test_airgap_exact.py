@@ -9,10 +9,10 @@ from pathlib import Path
 from galtea_local import Galtea
 from galtea_local.bundle import export_bundle, import_bundle, import_receipt, write_receipt
 from galtea_local.outbox import attempts as ob
+from galtea_local.status import store_status
 from galtea_local_daemon.bodies import build_body
 from tests.bundle_helpers import SIGNING
 from tests.emulator_fixture import EmulatorHandle
-from galtea_local.status import store_status
 from tests.sync_helpers import cli_env, drain, galtea_local, make_engine, new_session, open_store, upstream_by_session
 
 
