@@ -52,6 +52,7 @@ from galtea_local_daemon.logs import configure_logging
 from galtea_local_daemon.metrics import REFRESH_EVERY_S, DaemonMetrics
 from galtea_local_daemon.runtime import make_client, make_engine, open_store, pusher_guard, release_stale_leases
 from galtea_local_daemon.sdnotify import Notifier
+from galtea_local_daemon.storefile import EXIT_STORE_REPLACED, StoreFile
 from galtea_local_daemon.watch import Watcher
 
 log = logging.getLogger("galtea_local.daemon")
@@ -116,6 +117,8 @@ class Daemon:
         self._pass_started: float | None = None  # monotonic; None between passes
         self._last_pass_end = time.monotonic()
         self._signal: int | None = None
+        self._store_file = StoreFile(store.path) if store.dialect == "sqlite" else None
+        self._replaced: str | None = None  # set when the store file was replaced under us
         self._status_text = ""
         self._status_read_at = float("-inf")
         # A pass stops claiming after its budget; in-flight requests end within the lease.
@@ -290,7 +293,12 @@ class Daemon:
             self._main_loop()
         finally:
             watcher.stop()
-        return self._warm_stop()
+        code = self._warm_stop()
+        if self._replaced:
+            log.error("%s: exiting (%d) so the service manager starts a daemon on the new file",
+                      self._replaced, EXIT_STORE_REPLACED)
+            return EXIT_STORE_REPLACED
+        return code
 
     def _main_loop(self) -> None:
         """Wait for a signal, pinging systemd's watchdog. Nothing here touches the store, so a
@@ -298,6 +306,9 @@ class Daemon:
         ping_every = self.notifier.watchdog_interval()
         last_ping = float("-inf")
         while not self._stop.wait(POLL_S):
+            if self._store_file is not None and (replaced := self._store_file.replaced()):
+                self._replaced = replaced  # a stat, not a store read: it never blocks on a lock
+                return
             if ping_every is not None and time.monotonic() - last_ping >= ping_every and self._healthy():
                 self.notifier.watchdog()
                 last_ping = time.monotonic()
@@ -328,7 +339,7 @@ class Daemon:
                         "reconciled before any re-send) and go up after a restart; leases %s", timeout,
                         "given back" if released else "not given back (the store did not answer): they expire")
             _flush_logs()
-            os._exit(0)  # the pass's threads may sit in a request or a lock wait; do not wait for them
+            os._exit(EXIT_STORE_REPLACED if self._replaced else 0)  # threads may sit in a request: do not wait
         # Lanes a failed release left behind (a store fault during the last pass).
         if not self._release_leases(min(deadline, time.monotonic()) + RELEASE_GRACE_S):
             log.warning("could not give back this daemon's leases: they expire after sync.lease_s")
