@@ -14,7 +14,6 @@ are one session went up in push order (docs/delivery.md).
 
 from __future__ import annotations
 
-
 from galtea_local.outbox.kinds import OPEN
 from galtea_local.store import dialects
 from galtea_local.store.contract import StoreConnection
