@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from sqlalchemy import Index, text
+from sqlalchemy import BigInteger, Index, text
 from sqlmodel import Field, SQLModel
 
 
@@ -216,6 +216,53 @@ class Lane(SQLModel, table=True):
     remote_session_id: Optional[str] = None  # learned for session_custom_id lanes
 
 
+class SpanRow(SQLModel, table=True):
+    """A span, written when it ends (migration 0008a). ``sync_state`` is ``queued`` until the
+    span is upstream (or its upstream delete is), ``synced``, ``dead`` (refused for good) or
+    ``cancelled`` (deleted before it left). Only :mod:`galtea_local.outbox.spans` changes it."""
+
+    __tablename__ = "spans"
+    __table_args__ = (
+        Index("ix_spans_span_id", "span_id", unique=True),
+        Index("ix_spans_trace", "trace_ref"),
+        Index(
+            "ix_spans_queued",
+            "seq",
+            sqlite_where=text("sync_state = 'queued'"),
+            postgresql_where=text("sync_state = 'queued'"),
+        ),
+    )
+
+    seq: Optional[int] = Field(default=None, primary_key=True)
+    span_id: str  # trace_<16 hex>: the upstream id, generated here, so a re-send is recognised
+    trace_ref: str  # the trace id the app gave (local loc_... or remote)
+    record_seq: Optional[int] = None  # the local trace, when trace_ref is one of ours
+    name: str
+    type: Optional[str] = None
+    description: Optional[str] = None
+    input_data: Optional[str] = None  # JSON text, or a raw attribute string (read as {"value": ...})
+    output_data: Optional[str] = None
+    error: Optional[str] = None
+    metadata_json: Optional[str] = None
+    parent_span_id: Optional[str] = None
+    start_ns: Optional[int] = Field(default=None, sa_type=BigInteger)  # OTel spans: exact nanoseconds
+    end_ns: Optional[int] = Field(default=None, sa_type=BigInteger)
+    start_time: Optional[str] = None  # spans.create(): the ISO text given
+    end_time: Optional[str] = None
+    latency_ms: Optional[float] = None
+    sync_state: str = "queued"
+    pushed: int = 0  # 1 once upstream has it: a later delete must be sent
+    deleted: int = 0
+    attempts: int = 0
+    not_before: float = 0.0
+    lease_owner: Optional[str] = None
+    lease_until: Optional[float] = None
+    last_error: Optional[str] = None
+    remote_trace_id: Optional[str] = None
+    created_at: float
+    settled_at: Optional[float] = None
+
+
 TABLES = [
     Meta.__table__,
     SchemaMigration.__table__,
@@ -223,5 +270,6 @@ TABLES = [
     SessionRow.__table__,
     OutboxOperation.__table__,
     Lane.__table__,
+    SpanRow.__table__,
 ]
 COLUMNS = [c.name for c in InferenceResultRow.__table__.columns]

@@ -214,11 +214,60 @@ def _lighter_outbox_index(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+# Spans (issue 15): one row per span, written when the span ends. ``span_id`` is the
+# client-generated upstream id (``trace_<16 hex>``) and so the span's idempotency key;
+# ``record_seq`` points at the local trace when ``trace_ref`` is one of this store's local
+# ids (no foreign key: retention deletes a synced trace and its synced spans separately).
+# The queued index is what the daemon scans; settled spans leave it.
+SPANS = (
+    """CREATE TABLE spans (
+    seq INTEGER NOT NULL,
+    span_id VARCHAR NOT NULL,
+    trace_ref VARCHAR NOT NULL,
+    record_seq INTEGER,
+    name VARCHAR NOT NULL,
+    type VARCHAR,
+    description VARCHAR,
+    input_data VARCHAR,
+    output_data VARCHAR,
+    error VARCHAR,
+    metadata_json VARCHAR,
+    parent_span_id VARCHAR,
+    start_ns BIGINT,
+    end_ns BIGINT,
+    start_time VARCHAR,
+    end_time VARCHAR,
+    latency_ms FLOAT,
+    sync_state VARCHAR NOT NULL,
+    pushed INTEGER NOT NULL,
+    deleted INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    not_before FLOAT NOT NULL,
+    lease_owner VARCHAR,
+    lease_until FLOAT,
+    last_error VARCHAR,
+    remote_trace_id VARCHAR,
+    created_at FLOAT NOT NULL,
+    settled_at FLOAT,
+    PRIMARY KEY (seq)
+)""",
+    """CREATE UNIQUE INDEX ix_spans_span_id ON spans (span_id)""",
+    """CREATE INDEX ix_spans_trace ON spans (trace_ref)""",
+    """CREATE INDEX ix_spans_queued ON spans (seq) WHERE sync_state = 'queued'""",
+)
+
+
+def _spans(conn: sqlite3.Connection) -> None:
+    for statement in SPANS:
+        conn.execute(statement)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_offline_sessions", _offline_sessions),
     ("0003_bundle_origin", _bundle_origin),
     ("0004_lighter_outbox_index", _lighter_outbox_index),
+    ("0008a_spans", _spans),
 ]
 
 

@@ -79,6 +79,14 @@ _ORIGIN = tuple(
 )
 
 
+# As SQLite's 0008a, with a BIGINT identity for seq and DOUBLE PRECISION for epoch seconds.
+_SPANS = (
+    migrations.SPANS[0].replace("seq INTEGER NOT NULL,", _SEQ + ",", 1).replace("    PRIMARY KEY (seq)\n", "")
+    .replace("record_seq INTEGER", "record_seq BIGINT").replace("FLOAT", "DOUBLE PRECISION").replace(",\n)", "\n)"),
+    *migrations.SPANS[1:],
+)
+
+
 def _statements(statements: tuple[str, ...]) -> Callable[[Any], None]:
     def apply(conn: Any) -> None:
         for statement in statements:
@@ -97,6 +105,7 @@ MIGRATIONS: list[tuple[str, Callable[[Any], None]]] = [
     ("0002_offline_sessions", _statements(_SESSIONS)),
     ("0003_bundle_origin", _statements(_ORIGIN)),
     ("0004_lighter_outbox_index", _statements(migrations.LIGHTER_OUTBOX_INDEX)),  # the same SQL on both
+    ("0008a_spans", _statements(_SPANS)),
 ]
 assert [name for name, _ in MIGRATIONS] == [name for name, _ in migrations.MIGRATIONS], "one list of names"
 
