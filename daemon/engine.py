@@ -30,7 +30,7 @@ from galtea_local.errors import (
 from galtea_local.outbox import attempts as ob
 from galtea_local.outbox import health
 from galtea_local.store import Store
-from galtea_local_daemon import reconcile, wire
+from galtea_local_daemon import reconcile, spans_push, wire
 from galtea_local_daemon.backoff import Backoff, retry_after_of
 from galtea_local_daemon.upstream import UpstreamClient
 
@@ -58,6 +58,8 @@ class PassReport:
     retried: int = 0
     dead: int = 0
     auth_failing: bool = False
+    spans_pushed: int = 0
+    spans_dead: int = 0
     throttled_until: float | None = None
     more_due: bool = False
     errors: list[str] = field(default_factory=list)
@@ -67,6 +69,8 @@ class PassReport:
         self.adopted += other.adopted
         self.retried += other.retried
         self.dead += other.dead
+        self.spans_pushed += other.spans_pushed
+        self.spans_dead += other.spans_dead
         self.auth_failing = self.auth_failing or other.auth_failing
         self.errors.extend(other.errors)
 
@@ -167,6 +171,8 @@ class SyncEngine:
         auth_was_failing = self.store.read(health.get, health.AUTH_FAILING) is not None
         concurrency = 1 if auth_was_failing else self.settings.concurrency  # probe with one lane
         self._drain(now, concurrency, report)
+        # Spans go after the lanes, so a trace created in this pass takes its spans along.
+        spans_push.SpanPusher(self).push_due(report, time.monotonic() + self.settings.pass_budget_s)
         self._record_health(report, auth_was_failing)
         report.more_due = not self.stopping and not self._halt.is_set() and self._has_due()
         return report
@@ -209,7 +215,7 @@ class SyncEngine:
 
     def _has_due(self) -> bool:
         lanes = self.store.read(lambda conn: ob.due_lanes(conn, self.clock(), 1))
-        return bool(lanes)
+        return bool(lanes) or spans_push.spans_due(self.store, self.clock())
 
     # -- one lane ------------------------------------------------------------
 
@@ -396,7 +402,7 @@ class SyncEngine:
     def _record_health(self, report: PassReport, auth_was_failing: bool) -> None:
         def write(conn: Any) -> None:
             now = self.clock()
-            if report.pushed or report.adopted:
+            if report.pushed or report.adopted or report.spans_pushed:
                 health.put(conn, health.LAST_SUCCESS, now)
             if report.errors:
                 health.put(conn, health.LAST_ERROR, report.errors[-1][:500])

@@ -158,7 +158,7 @@ def _check_body(response: httpx.Response, expect: type | None, what: str) -> May
     if isinstance(body, expect):
         return None
     return MaybeSentError(
-        f"{what}: {response.status_code} with a body that is not a JSON {expect.__name__}; "
+        f"{what}: {response.status_code} with a body that is not a JSON {getattr(expect, '__name__', 'value')}; "
         "the server applied it but the result cannot be read",
         status=response.status_code,
     )
@@ -356,6 +356,23 @@ class UpstreamClient:
     def get_session(self, session_id: str) -> dict[str, Any]:
         """GET /sessions/{id}. A missing session raises RejectedError with status 404."""
         return self._call("GET", f"/sessions/{path_segment(session_id)}", expect=dict)
+
+    # -- spans (the API's /traces route) -----------------------------------
+
+    def create_spans(self, spans: Sequence[Mapping[str, Any]]) -> Any:
+        """POST /traces/batch?includeRejected=true: ``{"spans", "partialSuccess"?}``, or the bare
+        list of created spans from an API that predates the flag."""
+        return self._call("POST", "/traces/batch", query="includeRejected=true", body={"traces": list(spans)},
+                          expect=(dict, list))  # type: ignore[arg-type]
+
+    def list_spans(self, *, trace_ids: Sequence[str], offset: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        """GET /traces of these traces: one page."""
+        query = query_string([("inferenceResultIds", as_list(trace_ids)), ("offset", offset), ("limit", limit)])
+        return self._call("GET", "/traces", query=query, expect=list)
+
+    def delete_span(self, span_id: str) -> None:
+        """DELETE /traces/{id}; a span already gone counts as deleted."""
+        self._call("DELETE", f"/traces/{path_segment(span_id)}", expect=None, missing_ok=True)
 
     # -- the one place a request is sent ------------------------------------
 

@@ -1,7 +1,7 @@
 """The emulator's HTTP surface: the Galtea API routes the SDK calls, plus control endpoints.
 
 API routes (camelCase JSON, as the official SDK 5.12 sends and reads them):
-``/inferenceResults[/{id}|/batch]``, ``/sessions[/{id}[/finish]]`` and
+``/inferenceResults[/{id}|/batch]``, ``/sessions[/{id}[/finish]]``, ``/traces[/{id}|/batch]`` (spans) and
 ``GET /minimum-sdk-version``. Control routes live under ``/_emulator/`` and are
 never delayed, faulted or authenticated:
 
@@ -26,6 +26,7 @@ from galtea_local_daemon.emulator import rules
 from galtea_local_daemon.emulator.faults import FaultConfig, FaultInjector
 from galtea_local_daemon.emulator.layer import FaultLayer
 from galtea_local_daemon.emulator.rules import ApiError
+from galtea_local_daemon.emulator.spans import SpanStore
 from galtea_local_daemon.emulator.state import RESULT_FILTERS, SESSION_FILTERS, Store
 
 # Far ahead of any real release, and no higher minimum than the SDK we test with:
@@ -59,6 +60,7 @@ class EmulatorApp:
     def __init__(self, store: Store, injector: FaultInjector) -> None:
         self.store = store
         self.injector = injector
+        self.spans = SpanStore(store)
 
     def routes(self) -> list[Route]:
         return [
@@ -74,6 +76,11 @@ class EmulatorApp:
             Route("/sessions/{id}", self.update_session, methods=["PATCH"]),
             Route("/sessions/{id}", self.delete_session, methods=["DELETE"]),
             Route("/sessions/{id}/finish", self.finish_session, methods=["PATCH"]),
+            Route("/traces", self.create_span, methods=["POST"]),
+            Route("/traces", self.list_spans, methods=["GET"]),
+            Route("/traces/batch", self.create_spans, methods=["POST"]),
+            Route("/traces/{id}", self.get_span, methods=["GET"]),
+            Route("/traces/{id}", self.delete_span, methods=["DELETE"]),
             Route("/minimum-sdk-version", self.sdk_versions, methods=["GET"]),
             Route("/_emulator/dump", self.dump, methods=["GET"]),
             Route("/_emulator/faults", self.get_faults, methods=["GET"]),
@@ -129,6 +136,26 @@ class EmulatorApp:
         self.store.delete_session(request.path_params["id"])
         return Response(status_code=204)
 
+    # --- spans (the API's /traces route; see emulator/spans.py) ------------------------
+
+    async def create_span(self, request: Request) -> Response:
+        return JSONResponse(self.spans.create(await read_object(request)), status_code=201)
+
+    async def create_spans(self, request: Request) -> Response:
+        include_rejected = request.query_params.get("includeRejected") == "true"
+        answer = self.spans.create_batch(await read_object(request), include_rejected)
+        return JSONResponse(answer, status_code=201)
+
+    async def list_spans(self, request: Request) -> Response:
+        return JSONResponse(self.spans.list(request.query_params.multi_items()))
+
+    async def get_span(self, request: Request) -> Response:
+        return JSONResponse(self.spans.get(request.path_params["id"]))
+
+    async def delete_span(self, request: Request) -> Response:
+        self.spans.delete(request.path_params["id"])
+        return Response(status_code=204)
+
     async def sdk_versions(self, request: Request) -> Response:
         return JSONResponse(SDK_VERSIONS)
 
@@ -136,7 +163,9 @@ class EmulatorApp:
 
     async def dump(self, request: Request) -> Response:
         with_log = request.query_params.get("log", "1") not in ("0", "false")
-        return JSONResponse({**self.store.snapshot(), **self.injector.snapshot(with_log)})
+        spans = {"spans": list(self.spans.spans.values()), "deletedSpans": list(self.spans.deleted.values()),
+                 "refusedDuplicateSpans": self.spans.refused_duplicates}
+        return JSONResponse({**self.store.snapshot(), **spans, **self.injector.snapshot(with_log)})
 
     async def get_faults(self, request: Request) -> Response:
         return JSONResponse({**self.injector.config.as_dict(), "seed": self.injector.seed})
@@ -162,6 +191,7 @@ class EmulatorApp:
 
     async def reset(self, request: Request) -> Response:
         self.store.reset()
+        self.spans.reset()
         self.injector.reset()
         return JSONResponse({"reset": True})
 

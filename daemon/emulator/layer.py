@@ -17,7 +17,7 @@ from typing import Any
 from galtea_local_daemon.emulator.faults import AMBIGUOUS, FAIL, THROTTLE, FaultInjector
 
 Scope = dict[str, Any]
-API_PREFIXES = ("/inferenceResults", "/sessions")
+API_PREFIXES = ("/inferenceResults", "/sessions", "/traces")
 
 
 def route_of(path: str) -> str:

@@ -63,7 +63,7 @@ def delete_span(conn: sqlite3.Connection, seq: int, now: float) -> None:
 
 
 _DUE = (
-    "SELECT s.*, COALESCE(r.remote_id, CASE WHEN s.record_seq IS NULL THEN s.trace_ref END) AS upstream_trace"
+    "SELECT s.*, COALESCE(s.remote_trace_id, r.remote_id, CASE WHEN s.record_seq IS NULL THEN s.trace_ref END) AS upstream_trace"
     " FROM spans s LEFT JOIN inference_results r ON r.seq = s.record_seq"
     " WHERE s.sync_state = 'queued' AND s.not_before <= ? AND (s.lease_until IS NULL OR s.lease_until < ?)"
     " AND (s.record_seq IS NULL OR r.remote_id IS NOT NULL OR s.pushed = 1)"
