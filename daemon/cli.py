@@ -125,6 +125,10 @@ def cmd_dead(args: argparse.Namespace) -> int:
     if args.action == "retry":
         count = store.transaction(dead_letters.retry_dead, records, sessions)
         print(f"{count} operation(s) queued again")
+        if args.all:  # spans refused by the API: queued again too (see galtea_local/outbox/spans.py)
+            from galtea_local.outbox import spans as span_queue
+
+            print(f"{store.transaction(span_queue.retry_dead)} span(s) queued again")
     else:
         count = store.transaction(dead_letters.drop_dead, time.time(), records, sessions)
         print(f"{count} operation(s) dropped")

@@ -224,7 +224,18 @@ class SpanRow(SQLModel, table=True):
     __tablename__ = "spans"
     __table_args__ = (
         Index("ix_spans_span_id", "span_id", unique=True),
-        Index("ix_spans_trace", "trace_ref"),
+        Index(
+            "ix_spans_record",
+            "record_seq",
+            sqlite_where=text("record_seq IS NOT NULL"),
+            postgresql_where=text("record_seq IS NOT NULL"),
+        ),
+        Index(
+            "ix_spans_remote_trace",
+            "trace_ref",
+            sqlite_where=text("record_seq IS NULL"),
+            postgresql_where=text("record_seq IS NULL"),
+        ),
         Index(
             "ix_spans_queued",
             "seq",

@@ -58,9 +58,21 @@ def _error(span: ReadableSpan, attributes: Any) -> str | None:
     return error
 
 
-def span_values(span: ReadableSpan, trace_ref: str, prefix: str, now: float) -> tuple[Any, ...]:
+def plain_attributes(span: ReadableSpan) -> dict[str, Any]:
+    """The span's attributes as a plain dict.
+
+    ``span.attributes`` is a read-only proxy over OpenTelemetry's BoundedAttributes, whose
+    ``get`` raises and catches a KeyError for every absent key (we probe a dozen), and a copy
+    costs as much: the hot path reads the SDK's own dict when it is there (measured, see
+    benchmarks/bench_spans.py), and copies otherwise.
+    """
+    found = getattr(getattr(span, "_attributes", None), "_dict", None)
+    return found if isinstance(found, dict) else dict(span.attributes or {})
+
+
+def span_values(span: ReadableSpan, attributes: dict[str, Any], trace_ref: str, prefix: str,
+                now: float) -> tuple[Any, ...]:
     """The row for ``outbox.spans.insert_span``: INSERT_COLUMNS then the local record seq."""
-    attributes = span.attributes or {}
     parent = span.parent.span_id if span.parent is not None and span.parent.span_id else None
     start, end = span.start_time, span.end_time
     return (
@@ -83,13 +95,14 @@ class StoreSpanProcessor(SpanProcessor):
             span.set_attribute(attr.TRACE_ID, trace_id)
 
     def on_end(self, span: ReadableSpan) -> None:
-        trace_ref = span.attributes.get(attr.TRACE_ID) if span.attributes else None
+        attributes = plain_attributes(span)
+        trace_ref = attributes.get(attr.TRACE_ID)
         sink = provider.current_sink()
         if not trace_ref or sink is None:
             return  # not a Galtea span, or no Galtea() open to keep it
         store, prefix = sink
         try:
-            if not store.transaction(insert_span, span_values(span, str(trace_ref), prefix, time.time())):
+            if not store.transaction(insert_span, span_values(span, attributes, str(trace_ref), prefix, time.time())):
                 log.warning("span %r not kept: the store is at its size cap", span.name)
         except Exception:  # a processor must not break the app's code; say so loudly instead
             log.exception("span %r could not be written to the store", span.name)

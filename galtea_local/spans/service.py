@@ -151,14 +151,17 @@ class SpanService:
 
     def _select(self, ids: builtins.list[str], traces: builtins.list[str],
                 sessions: builtins.list[str]) -> builtins.list[Span]:
+        local = [seq for seq in (parse_local_id(self._prefix, t) for t in traces) if seq is not None]
         conditions, params = [], []
         for clause, values in (
-            ("s.span_id IN ({})", ids), ("s.trace_ref IN ({})", traces), ("r.remote_id IN ({})", traces),
-            ("(r.session_id IN ({0}) OR r.remote_session_id IN ({0}))", sessions),
+            ("s.span_id IN ({})", ids), ("(s.record_seq IS NULL AND s.trace_ref IN ({}))", traces),
+            ("s.record_seq IN ({})", local),
+            ("s.record_seq IN (SELECT seq FROM inference_results WHERE remote_id IN ({}))", traces),
+            ("s.record_seq IN (SELECT seq FROM inference_results WHERE session_id IN ({0})"
+             " OR remote_session_id IN ({0}))", sessions),
         ):
             if values:
-                marks = ", ".join("?" * len(values))
-                conditions.append(clause.format(marks))
+                conditions.append(clause.format(", ".join("?" * len(values))))
                 params.extend(values * clause.count("{"))
         query = f"{_SELECT} WHERE s.deleted = 0 AND ({' OR '.join(conditions)}) ORDER BY s.seq"
         rows = self._store.read(lambda conn: conn.execute(query, params).fetchall())

@@ -252,7 +252,10 @@ SPANS = (
     PRIMARY KEY (seq)
 )""",
     """CREATE UNIQUE INDEX ix_spans_span_id ON spans (span_id)""",
-    """CREATE INDEX ix_spans_trace ON spans (trace_ref)""",
+    # Spans of a local trace are found by its seq (appended in order: cheap on the hot path);
+    # only spans recorded under a remote trace id need the text index.
+    """CREATE INDEX ix_spans_record ON spans (record_seq) WHERE record_seq IS NOT NULL""",
+    """CREATE INDEX ix_spans_remote_trace ON spans (trace_ref) WHERE record_seq IS NULL""",
     """CREATE INDEX ix_spans_queued ON spans (seq) WHERE sync_state = 'queued'""",
 )
 
