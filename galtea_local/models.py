@@ -37,6 +37,11 @@ def _origin_index(name: str) -> Index:
     )
 
 
+def _partial_index(name: str, column: str, where: str) -> Index:
+    """An index over the rows matching ``where`` only, on both dialects."""
+    return Index(name, column, sqlite_where=text(where), postgresql_where=text(where))
+
+
 class Meta(SQLModel, table=True):
     """Key/value facts about the store (``store_id``, ``created_at``, auth pause, ...)."""
 
@@ -224,24 +229,9 @@ class SpanRow(SQLModel, table=True):
     __tablename__ = "spans"
     __table_args__ = (
         Index("ix_spans_span_id", "span_id", unique=True),
-        Index(
-            "ix_spans_record",
-            "record_seq",
-            sqlite_where=text("record_seq IS NOT NULL"),
-            postgresql_where=text("record_seq IS NOT NULL"),
-        ),
-        Index(
-            "ix_spans_remote_trace",
-            "trace_ref",
-            sqlite_where=text("record_seq IS NULL"),
-            postgresql_where=text("record_seq IS NULL"),
-        ),
-        Index(
-            "ix_spans_queued",
-            "seq",
-            sqlite_where=text("sync_state = 'queued'"),
-            postgresql_where=text("sync_state = 'queued'"),
-        ),
+        _partial_index("ix_spans_record", "record_seq", "record_seq IS NOT NULL"),
+        _partial_index("ix_spans_remote_trace", "trace_ref", "record_seq IS NULL"),
+        _partial_index("ix_spans_queued", "seq", "sync_state = 'queued'"),
     )
 
     seq: Optional[int] = Field(default=None, primary_key=True)
