@@ -30,7 +30,7 @@ from galtea_local.errors import (
 from galtea_local.outbox import attempts as ob
 from galtea_local.outbox import health
 from galtea_local.store import Store
-from galtea_local_daemon import reconcile, spans_push, wire
+from galtea_local_daemon import evaluations_push, reconcile, spans_push, wire
 from galtea_local_daemon.backoff import Backoff, retry_after_of
 from galtea_local_daemon.upstream import UpstreamClient
 
@@ -60,6 +60,7 @@ class PassReport:
     auth_failing: bool = False
     spans_pushed: int = 0
     spans_dead: int = 0
+    evaluations_pushed: int = 0
     throttled_until: float | None = None
     more_due: bool = False
     errors: list[str] = field(default_factory=list)
@@ -71,6 +72,7 @@ class PassReport:
         self.dead += other.dead
         self.spans_pushed += other.spans_pushed
         self.spans_dead += other.spans_dead
+        self.evaluations_pushed += other.evaluations_pushed
         self.auth_failing = self.auth_failing or other.auth_failing
         self.errors.extend(other.errors)
 
@@ -173,6 +175,7 @@ class SyncEngine:
         self._drain(now, concurrency, report)
         # Spans go after the lanes, so a trace created in this pass takes its spans along.
         spans_push.SpanPusher(self).push_due(report, time.monotonic() + self.settings.pass_budget_s)
+        evaluations_push.EvaluationPusher(self).push_due(report)
         self._record_health(report, auth_was_failing)
         report.more_due = not self.stopping and not self._halt.is_set() and self._has_due()
         return report
@@ -215,7 +218,8 @@ class SyncEngine:
 
     def _has_due(self) -> bool:
         lanes = self.store.read(lambda conn: ob.due_lanes(conn, self.clock(), 1))
-        return bool(lanes) or spans_push.spans_due(self.store, self.clock())
+        now = self.clock()
+        return bool(lanes) or spans_push.spans_due(self.store, now) or evaluations_push.evaluations_due(self.store, now)
 
     # -- one lane ------------------------------------------------------------
 

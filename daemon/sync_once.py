@@ -1,6 +1,6 @@
 """``galtea-local sync``: push everything that is due, once, then exit.
 
-Exit 0 when no record and no span is left waiting (dead letters may remain;
+Exit 0 when no record, span or evaluation is left waiting (dead letters may remain;
 they are reported), 2 when some still wait (backoff, auth failure, offline).
 """
 
@@ -52,4 +52,5 @@ def sync_once(settings: Settings) -> int:
         + ("; AUTH FAILING" if status["auth_failing"] else ""),
         file=sys.stderr,
     )
-    return 0 if status["queued"] == 0 and status["spans_queued"] == 0 else 2
+    waiting = status["queued"] + status["spans_queued"] + status["evaluations_queued"]
+    return 0 if waiting == 0 else 2

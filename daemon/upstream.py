@@ -374,6 +374,23 @@ class UpstreamClient:
         """DELETE /traces/{id}; a span already gone counts as deleted."""
         self._call("DELETE", f"/traces/{path_segment(span_id)}", expect=None, missing_ok=True)
 
+    # -- evaluations ---------------------------------------------------------
+
+    def evaluate_trace(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """POST /evaluations/fromInferenceResult; the evaluations created (one per metric)."""
+        return self._call("POST", "/evaluations/fromInferenceResult", body=body, expect=list)
+
+    def evaluate_session(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """POST /evaluations/fromSession; the evaluations created (one per metric)."""
+        return self._call("POST", "/evaluations/fromSession", body=body, expect=list)
+
+    def list_evaluations(self, *, session_ids: Sequence[str], from_created_at: str | None = None,
+                         limit: int = 1000) -> list[dict[str, Any]]:
+        """GET /evaluations of these sessions, oldest first: one page."""
+        query = query_string([("sessionIds", as_list(session_ids)), ("fromCreatedAt", from_created_at),
+                              ("limit", limit), ("sort", ["createdAt", "asc"])])
+        return self._call("GET", "/evaluations", query=query, expect=list)
+
     # -- the one place a request is sent ------------------------------------
 
     def _call(

@@ -13,6 +13,7 @@ from galtea_local.spans import provider
 from galtea_local.store import open_store
 
 if TYPE_CHECKING:
+    from galtea_local.evaluations import EvaluationService
     from galtea_local.spans.service import SpanService
 
 
@@ -56,6 +57,13 @@ class Galtea:
         from galtea_local.spans.service import SpanService
 
         return SpanService(self._store)
+
+    @functools.cached_property
+    def evaluations(self) -> EvaluationService:
+        """Evaluations queued offline, sent after their trace or session (loaded on first use)."""
+        from galtea_local.evaluations import EvaluationService
+
+        return EvaluationService(self._store, self.inference_results, self.sessions)
 
     @property
     def store_path(self) -> str:

@@ -264,6 +264,43 @@ class SpanRow(SQLModel, table=True):
     settled_at: Optional[float] = None
 
 
+class EvaluationRow(SQLModel, table=True):
+    """Evaluations asked for offline (migration 0008b): one row per ``evaluations.create()``.
+    ``sync_state`` is ``queued`` until the API answered (``synced``, its evaluations in
+    ``remote_json``) or refused (``dead``). Only :mod:`galtea_local.outbox.evaluations` changes it."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (_partial_index("ix_evaluations_queued", "seq", "sync_state = 'queued'"),)
+
+    seq: Optional[int] = Field(default=None, primary_key=True)
+    trace_ref: Optional[str] = None  # exactly one of trace_ref / session_ref
+    record_seq: Optional[int] = None  # the local trace, when trace_ref is one of ours
+    session_ref: Optional[str] = None
+    session_seq: Optional[int] = None  # the local session, when session_ref is one of ours
+    metrics_json: Optional[str] = None  # the wire metrics: [{"name"|"id", "score"?}, ...]
+    specification_ids_json: Optional[str] = None
+    run_id: Optional[str] = None
+    sync_state: str = "queued"
+    attempts: int = 0
+    not_before: float = 0.0
+    sending_since: Optional[float] = None  # write-ahead mark: "maybe sent" after a crash
+    lease_owner: Optional[str] = None
+    lease_until: Optional[float] = None
+    last_error: Optional[str] = None
+    remote_json: Optional[str] = None
+    created_at: float
+    settled_at: Optional[float] = None
+
+
+class EvaluationIdRow(SQLModel, table=True):
+    """An upstream evaluation id and the local row (and metric position) it answers."""
+
+    __tablename__ = "evaluation_ids"
+    remote_id: str = Field(primary_key=True)
+    evaluation_seq: int
+    position: int
+
+
 TABLES = [
     Meta.__table__,
     SchemaMigration.__table__,
@@ -272,5 +309,7 @@ TABLES = [
     OutboxOperation.__table__,
     Lane.__table__,
     SpanRow.__table__,
+    EvaluationRow.__table__,
+    EvaluationIdRow.__table__,
 ]
 COLUMNS = [c.name for c in InferenceResultRow.__table__.columns]

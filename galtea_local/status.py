@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from galtea_local.outbox import health
+from galtea_local.outbox import evaluations as evaluation_queue
 from galtea_local.outbox import spans as span_queue
 from galtea_local.store import Store
 
@@ -60,7 +61,8 @@ def store_status(store: Store, now: float | None = None) -> dict[str, Any]:
 
     def read(conn: sqlite3.Connection) -> dict[str, Any]:
         spans = {f"spans_{state}": count for state, count in span_queue.counts(conn).items()}
-        return {**_counts(conn), **_queue_facts(conn, now), **spans, **_health(conn, now)}
+        evaluations = {f"evaluations_{state}": count for state, count in evaluation_queue.counts(conn).items()}
+        return {**_counts(conn), **_queue_facts(conn, now), **spans, **evaluations, **_health(conn, now)}
 
     return {"store_id": store.store_id, "store": str(store.path), **store.read(read)}
 
@@ -78,6 +80,8 @@ def format_status(status: dict[str, Any]) -> str:
         f"sessions    {status['sessions_queued']} queued, {status['sessions_synced']} synced,"
         f" {status['sessions_dead']} dead (a dead session holds its turns)",
         f"spans       {status['spans_queued']} queued, {status['spans_synced']} synced, {status['spans_dead']} dead",
+        f"evaluations {status['evaluations_queued']} queued, {status['evaluations_synced']} synced,"
+        f" {status['evaluations_dead']} dead",
         f"oldest      {status['oldest_queued_age_s'] if status['oldest_queued_age_s'] is not None else '-'} s",
         f"last push   {when(status['last_success_at'])}",
         f"last error  {status['last_error'] or '-'}",

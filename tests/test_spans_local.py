@@ -40,13 +40,15 @@ PROBE = NETWORK_TRAP + textwrap.dedent(
     galtea.spans.create(trace_id=trace.id, name="manual", latency_ms=1.0)
     spans = galtea.spans.list(trace_id=trace.id)
     galtea.spans.delete(galtea.spans.get(spans[0].id).id)
+    galtea.evaluations.create(trace_id=trace.id, metrics=["m"])
+    galtea.traces.create_and_evaluate(session_id="s", input="q", output="a", metrics=[{"name": "m", "score": 1}])
     clients = sorted({"httpx", "requests", "urllib3", "http.client", "aiohttp"} & set(sys.modules))
     print(len(spans), loaded_at_start, clients, calls)
     """
 )
 
 
-def test_tracing_runs_offline_with_no_network(store_path: Path) -> None:
+def test_tracing_and_evaluations_run_offline_with_no_network(store_path: Path) -> None:
     probe = subprocess.run([sys.executable, "-c", PROBE, str(store_path)], capture_output=True, text=True, timeout=60)
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.strip() == "5 False [] []"  # OpenTelemetry loaded by the first use, not the import

@@ -16,11 +16,11 @@ from tests.sync_helpers import make_engine, new_session, open_store
 
 
 def drain_all(engine: SyncEngine, max_passes: int = 300) -> None:
-    """Passes until no record and no span waits (bounded by passes, not time)."""
+    """Passes until no record, span or evaluation waits (bounded by passes, not time)."""
     for _ in range(max_passes):
         report = engine.run_once()
         status = store_status(engine.store)
-        if status["queued"] == 0 and status["spans_queued"] == 0:
+        if status["queued"] == status["spans_queued"] == status["evaluations_queued"] == 0:
             return
         if not report.more_due:
             time.sleep(0.02)

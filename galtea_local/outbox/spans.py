@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from galtea_local import retention
+from galtea_local.outbox import leased
 
 INSERT_COLUMNS = (
     "span_id", "trace_ref", "name", "type", "description", "input_data", "output_data", "error",
@@ -79,12 +80,7 @@ def due(conn: sqlite3.Connection, now: float, limit: int) -> list[dict[str, Any]
 def claim_due(conn: sqlite3.Connection, owner: str, now: float, lease_s: float, limit: int) -> list[dict[str, Any]]:
     """Lease up to ``limit`` due spans to ``owner`` and count the attempt; return them."""
     rows = due(conn, now, limit)
-    if rows:
-        marks = ", ".join("?" * len(rows))
-        conn.execute(
-            f"UPDATE spans SET lease_owner = ?, lease_until = ?, attempts = attempts + 1 WHERE seq IN ({marks})",
-            (owner, now + lease_s, *(row["seq"] for row in rows)),
-        )
+    leased.lease(conn, "spans", [row["seq"] for row in rows], owner, now + lease_s)
     return rows
 
 
@@ -132,7 +128,4 @@ def retry_dead(conn: sqlite3.Connection) -> int:
 
 def counts(conn: sqlite3.Connection) -> dict[str, int]:
     """Spans by sync state (for ``status`` and metrics)."""
-    found = {state: 0 for state in ("queued", "synced", "dead", "cancelled")}
-    for state, count in conn.execute("SELECT sync_state, COUNT(*) FROM spans GROUP BY sync_state"):
-        found[state] = count
-    return found
+    return leased.count_states(conn, "spans")

@@ -265,12 +265,53 @@ def _spans(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+# Evaluations queued offline (issue 15): one row per evaluations.create() call, sent after the
+# trace (or session) it names is upstream. ``remote_json`` keeps the API's answer (one
+# evaluation per metric); ``evaluation_ids`` maps each upstream id back to its row.
+EVALUATIONS = (
+    """CREATE TABLE evaluations (
+    seq INTEGER NOT NULL,
+    trace_ref VARCHAR,
+    record_seq INTEGER,
+    session_ref VARCHAR,
+    session_seq INTEGER,
+    metrics_json VARCHAR,
+    specification_ids_json VARCHAR,
+    run_id VARCHAR,
+    sync_state VARCHAR NOT NULL,
+    attempts INTEGER NOT NULL,
+    not_before FLOAT NOT NULL,
+    sending_since FLOAT,
+    lease_owner VARCHAR,
+    lease_until FLOAT,
+    last_error VARCHAR,
+    remote_json VARCHAR,
+    created_at FLOAT NOT NULL,
+    settled_at FLOAT,
+    PRIMARY KEY (seq)
+)""",
+    """CREATE INDEX ix_evaluations_queued ON evaluations (seq) WHERE sync_state = 'queued'""",
+    """CREATE TABLE evaluation_ids (
+    remote_id VARCHAR NOT NULL,
+    evaluation_seq INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    PRIMARY KEY (remote_id)
+)""",
+)
+
+
+def _evaluations(conn: sqlite3.Connection) -> None:
+    for statement in EVALUATIONS:
+        conn.execute(statement)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_offline_sessions", _offline_sessions),
     ("0003_bundle_origin", _bundle_origin),
     ("0004_lighter_outbox_index", _lighter_outbox_index),
     ("0008a_spans", _spans),
+    ("0008b_evaluations", _evaluations),
 ]
 
 

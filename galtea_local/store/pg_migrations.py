@@ -86,6 +86,13 @@ _SPANS = (
     *migrations.SPANS[1:],
 )
 
+_EVALUATIONS = (
+    migrations.EVALUATIONS[0].replace("seq INTEGER NOT NULL,", _SEQ + ",", 1).replace("    PRIMARY KEY (seq)\n", "")
+    .replace("_seq INTEGER", "_seq BIGINT").replace("FLOAT", "DOUBLE PRECISION").replace(",\n)", "\n)"),
+    migrations.EVALUATIONS[1],
+    migrations.EVALUATIONS[2].replace("evaluation_seq INTEGER", "evaluation_seq BIGINT"),
+)
+
 
 def _statements(statements: tuple[str, ...]) -> Callable[[Any], None]:
     def apply(conn: Any) -> None:
@@ -106,6 +113,7 @@ MIGRATIONS: list[tuple[str, Callable[[Any], None]]] = [
     ("0003_bundle_origin", _statements(_ORIGIN)),
     ("0004_lighter_outbox_index", _statements(migrations.LIGHTER_OUTBOX_INDEX)),  # the same SQL on both
     ("0008a_spans", _statements(_SPANS)),
+    ("0008b_evaluations", _statements(_EVALUATIONS)),
 ]
 assert [name for name, _ in MIGRATIONS] == [name for name, _ in migrations.MIGRATIONS], "one list of names"
 
