@@ -125,10 +125,11 @@ def cmd_dead(args: argparse.Namespace) -> int:
     if args.action == "retry":
         count = store.transaction(dead_letters.retry_dead, records, sessions)
         print(f"{count} operation(s) queued again")
-        if args.all:  # spans refused by the API: queued again too (see galtea_local/outbox/spans.py)
-            from galtea_local.outbox import spans as span_queue
+        if args.all:  # spans and evaluation requests refused by the API: queued again too
+            from galtea_local.outbox import evaluations, spans
 
-            print(f"{store.transaction(span_queue.retry_dead)} span(s) queued again")
+            print(f"{store.transaction(spans.retry_dead)} span(s), "
+                  f"{store.transaction(evaluations.retry_dead)} evaluation request(s) queued again")
     else:
         count = store.transaction(dead_letters.drop_dead, time.time(), records, sessions)
         print(f"{count} operation(s) dropped")

@@ -28,7 +28,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from galtea_local import retention
+from galtea_local import retention, span_retention
 from galtea_local.config import RetentionSettings
 from galtea_local.store import Store
 
@@ -92,6 +92,8 @@ class Housekeeper:
             total += deleted
             if deleted < 2000:
                 break
+        while self.store.transaction(span_retention.delete_settled_before, cutoff) >= 2000:
+            pass  # spans and evaluation requests, in batches as well
         if total:
             log.info("retention: deleted %d synced record(s) older than %g day(s)", total, self.settings.synced_days)
         return total
@@ -105,7 +107,9 @@ class Housekeeper:
         used = self.store.read(retention.used_bytes)
         if used > cap and self.settings.when_full == "drop_synced":
             while used > cap:
-                deleted = self.store.transaction(retention.delete_oldest_synced, self._drop_batch(used - cap))
+                batch = self._drop_batch(used - cap)
+                deleted = self.store.transaction(retention.delete_oldest_synced, batch)
+                deleted += self.store.transaction(span_retention.delete_oldest_settled, batch)
                 if not deleted:
                     break  # only unsynced records left: those are never dropped
                 dropped += deleted

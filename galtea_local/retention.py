@@ -23,6 +23,11 @@ from galtea_local.errors import StoreFullError
 
 STORE_FULL = "store_full"  # meta key: present (with the reason) while new records are refused
 
+# A span or evaluation still waiting needs its trace's remote id, read from the record row.
+HELD_BY_SPANS = (
+    " AND NOT EXISTS (SELECT 1 FROM spans s WHERE s.record_seq = r.seq AND s.sync_state = 'queued')"
+    " AND NOT EXISTS (SELECT 1 FROM evaluations e WHERE e.record_seq = r.seq AND e.sync_state = 'queued')"
+)
 _DELETABLE = (
     "SELECT r.seq FROM inference_results r"
     " WHERE r.sync_state IN ('synced', 'cancelled') AND r.origin_store_id IS NULL"
@@ -33,6 +38,7 @@ _DELETABLE = (
     " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.record_seq = r.seq AND o.state = 'dead')"
     " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.lane = r.lane AND o.state IN ('pending', 'sending')"
     "   AND o.record_seq = r.seq)"
+    + HELD_BY_SPANS +
     " ORDER BY r.seq LIMIT :limit"
 )
 
