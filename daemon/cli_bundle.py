@@ -62,16 +62,16 @@ def _progress(args: argparse.Namespace, what: str) -> Callable[[int], Any] | Non
     return lambda total: tqdm(total=total, desc=what, unit="record", file=sys.stderr)
 
 
-def _store(args: argparse.Namespace) -> Any:
+def _store(args: argparse.Namespace, *, must_exist: bool = False) -> Any:
+    from galtea_local.store import open_configured
     from galtea_local_daemon.cli import settings_from
-    from galtea_local_daemon.runtime import open_store
 
-    return open_store(settings_from(args))
+    return open_configured(settings_from(args).store, must_exist=must_exist)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     start, end = _epoch("--from", args.start), _epoch("--to", args.end)
-    result = export_bundle(_store(args), args.out, since_last=args.since_last, start=start, end=end,
+    result = export_bundle(_store(args, must_exist=True), args.out, since_last=args.since_last, start=start, end=end,
                            progress=_progress(args, "export"))
     scope = "changed since the last export" if args.since_last else "not yet confirmed upstream"
     print(f"wrote {result.path}: {result.records} record(s) and {result.sessions} session(s) {scope}; "

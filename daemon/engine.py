@@ -3,7 +3,7 @@
 :meth:`SyncEngine.run_once` is the whole loop body; the daemon's scheduler and
 ``galtea-local sync`` only call it. A pass claims lanes (sessions) with a
 lease, drains each one in order on a thread pool (different sessions in
-parallel, up to ``concurrency``), and settles every outcome as design.md §6
+parallel, up to ``concurrency``), and settles every outcome as docs/delivery.md
 says. Nothing is held open across an HTTP call: each step is its own short
 transaction.
 """
