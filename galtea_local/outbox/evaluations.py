@@ -31,17 +31,17 @@ INSERT_EVALUATION = (
     " not_before)"
     f" SELECT {', '.join('?' * len(INSERT_COLUMNS))}, (SELECT seq FROM inference_results WHERE seq = ?),"
     " (SELECT seq FROM sessions WHERE seq = ?), 'queued', 0, 0"
-    f" WHERE NOT EXISTS (SELECT 1 FROM meta WHERE key = '{retention.STORE_FULL}')"
+    f" WHERE NOT EXISTS (SELECT 1 FROM meta WHERE key = '{retention.STORE_FULL}') RETURNING seq"
 )
 
 
 def insert_evaluation(conn: sqlite3.Connection, values: Sequence[Any]) -> int:
     """Queue one evaluation request (INSERT_COLUMNS, then the local record and session seqs or None);
     return its seq. :class:`StoreFullError` while the store is at its cap."""
-    cursor = conn.execute(INSERT_EVALUATION, values)
-    if cursor.rowcount == 0:
+    row = conn.execute(INSERT_EVALUATION, values).fetchone()  # RETURNING: both dialects, no lastrowid
+    if row is None:
         retention.refuse_if_full(conn)
-    return cursor.lastrowid
+    return row[0]
 
 
 _UPSTREAM = (
