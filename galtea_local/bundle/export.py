@@ -26,6 +26,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Protocol
 
+from galtea_local.bundle import spans as bundle_spans
 from galtea_local.bundle.format import BundleWriter
 from galtea_local.outbox import health
 from galtea_local.read_model import iso_utc
@@ -159,6 +160,8 @@ def export_bundle(store: Store, out: Path | str, *, since_last: bool = False, st
                 writer.write(_record_entry(row))
                 if bar is not None:
                     bar.update(1)
+            for entry in bundle_spans.entries(conn, start, end, since):  # after their records
+                writer.write(entry)
         finally:
             if bar is not None:
                 bar.close()

@@ -21,6 +21,7 @@ from typing import Any
 
 from galtea_local import outbox, retention
 from galtea_local.bundle.export import RECORD_FIELDS, SESSION_FIELDS
+from galtea_local.bundle import spans as bundle_spans
 from galtea_local.bundle.format import BundleReader
 from galtea_local.errors import BundleError
 from galtea_local.outbox import imports
@@ -37,6 +38,7 @@ class ImportResult:
     sessions_added: int = 0
     sessions_updated: int = 0
     sessions_unchanged: int = 0
+    spans_added: int = 0
 
 
 def _require(path: Path, entry: dict[str, Any], fields: tuple[str, ...]) -> None:
@@ -202,6 +204,8 @@ def _apply(conn: sqlite3.Connection, reader: BundleReader, prefix: str, origin: 
             run.session(entry)
         elif entry["type"] == "record":
             run.record(entry)
+        elif entry["type"] == "span":
+            run.result.spans_added += bundle_spans.import_span(conn, reader.path, entry, origin, prefix)
         else:
             raise BundleError(f"{reader.path}: unknown entry type {entry['type']!r} in a version-1 bundle; "
                               "upgrade galtea-local on this machine")

@@ -1,0 +1,41 @@
+"""Spans across the air gap: exported with their trace, pushed by the connected side, and
+recognised as already there when the origin sends them after the receipt: one copy upstream."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import galtea_local
+from galtea_local import Galtea
+from galtea_local.bundle import export_bundle, import_bundle, import_receipt, write_receipt
+from galtea_local.status import store_status
+from tests.emulator_fixture import EmulatorHandle
+from tests.sync_helpers import make_engine, new_session, open_store
+from tests.test_spans_sync import drain_all
+
+
+def test_spans_travel_with_their_trace_and_go_up_once(tmp_path: Path, emulator: EmulatorHandle) -> None:
+    session_id = new_session(emulator)
+    origin_path, connected_path = tmp_path / "kiosk.db", tmp_path / "office.db"
+    with Galtea(store=origin_path) as kiosk:
+        trace = kiosk.traces.create(session_id=session_id, input="q")
+        token = galtea_local.set_context(trace_id=trace.id)
+        with galtea_local.start_span("agent", type="AGENT"):
+            with galtea_local.start_span("tool", type="TOOL") as tool:
+                tool.update(output={"ok": True})
+        galtea_local.clear_context(token)
+        origin_id = kiosk.store_id
+    origin, connected = open_store(origin_path), open_store(connected_path)
+    bundle = export_bundle(origin, tmp_path / "usb.glb")
+    first, again = import_bundle(connected, bundle.path), import_bundle(connected, bundle.path)
+    assert (first.spans_added, again.spans_added) == (2, 0)
+    drain_all(make_engine(connected, emulator))
+    spans = emulator.dump(log=False)["spans"]
+    assert sorted(s["name"] for s in spans) == ["agent", "tool"]
+    assert {s["inferenceResultId"] for s in spans} == {emulator.dump(log=False)["inferenceResults"][0]["id"]}
+    write_receipt(connected, origin_id, tmp_path / "receipt.glb")
+    import_receipt(origin, tmp_path / "receipt.glb")
+    drain_all(make_engine(origin, emulator))  # the origin's copies are recognised, not stored again
+    dump = emulator.dump(log=False)
+    assert len(dump["spans"]) == 2 and dump["refusedDuplicateSpans"] == 2
+    assert store_status(origin)["spans_synced"] == 2 and store_status(connected)["spans_synced"] == 2
