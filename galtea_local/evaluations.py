@@ -153,9 +153,14 @@ class EvaluationService:
                 return evaluation
         raise NotFoundError(f"evaluation {evaluation_id!r}: no such evaluation in this store")
 
-    def list(self, session_id: str | builtins.list[str] | None = None, trace_id: str | None = None,
-             id: str | builtins.list[str] | None = None, **_filters: Any) -> builtins.list[Evaluation]:
-        """Evaluations asked for in this store, of these sessions / traces, or with these ids."""
+    def list(self, id: str | builtins.list[str] | None = None, session_id: str | builtins.list[str] | None = None,
+             *, trace_id: str | None = None, **filters: Any) -> builtins.list[Evaluation]:
+        """Evaluations asked for in this store: with these ids, of these sessions, or of a trace
+        (local or remote ids). The official list's other filters need the API: they raise here."""
+        unsupported = sorted(name for name, value in filters.items() if value not in (None, False))
+        if unsupported:
+            raise InvalidInputError(f"list(): {', '.join(unsupported)} cannot be filtered offline; "
+                                    "filter by id, session_id or trace_id, or list online with the official SDK")
         if id is not None:
             return [self.get(one) for one in ([id] if isinstance(id, str) else id)]
         sessions = [session_id] if isinstance(session_id, str) else builtins.list(session_id or [])
