@@ -41,7 +41,8 @@ __all__ = [
 ]
 
 # The tracing names load galtea_local.spans on first use: `import galtea_local` stays fast.
-_SPAN_NAMES = frozenset({"GalteaSpan", "Span", "clear_context", "get_trace_id", "set_context", "start_span", "traced"})
+_SPAN_NAMES = frozenset({"GalteaSpan", "Span", "clear_context", "get_trace_id", "set_context", "start_span", "traced",
+                         "get_inference_result_id", "start_trace", "trace"})  # the last three: deprecated
 
 
 def __getattr__(name: str) -> object:

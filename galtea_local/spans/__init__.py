@@ -10,8 +10,9 @@ from __future__ import annotations
 import importlib
 
 _HOMES = {
-    "clear_context": "context", "get_trace_id": "context", "set_context": "context", "Span": "record",
-    "SpanService": "service", "GalteaSpan": "tracing", "start_span": "tracing", "traced": "tracing",
+    "clear_context": "context", "get_trace_id": "context", "set_context": "context",
+    "get_inference_result_id": "context", "Span": "record", "SpanService": "service", "GalteaSpan": "tracing",
+    "start_span": "tracing", "traced": "tracing", "start_trace": "tracing", "trace": "tracing",
 }  # fmt: skip
 __all__ = sorted(_HOMES)
 

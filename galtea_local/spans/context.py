@@ -7,6 +7,7 @@ is imported on the first call, not when ``galtea_local`` is imported.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from galtea_local.errors import InvalidInputError
@@ -55,3 +56,10 @@ def get_trace_id() -> str | None:
     from opentelemetry import context
 
     return context.get_value(_key)  # type: ignore[return-value]
+
+
+def get_inference_result_id() -> str | None:
+    """Deprecated alias of :func:`get_trace_id`, as in the official SDK."""
+    warnings.warn("'get_inference_result_id' is deprecated; use 'get_trace_id' instead.", DeprecationWarning,
+                  stacklevel=2)
+    return get_trace_id()

@@ -185,3 +185,15 @@ def traced(name: Any = None, type: str | None = "SPAN", log_args: bool = True, l
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def start_trace(*args: Any, **kwargs: Any) -> Any:
+    """Deprecated alias of :func:`start_span`, as in the official SDK."""
+    warnings.warn("'start_trace' is deprecated; use 'start_span' instead.", DeprecationWarning, stacklevel=2)
+    return start_span(*args, **kwargs)
+
+
+def trace(*args: Any, **kwargs: Any) -> Any:
+    """Deprecated alias of :func:`traced` (bare ``@trace`` too), as in the official SDK."""
+    warnings.warn("'trace' is deprecated; use 'traced' instead.", DeprecationWarning, stacklevel=2)
+    return traced(*args, **kwargs)
