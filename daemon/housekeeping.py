@@ -85,17 +85,28 @@ class Housekeeper:
 
     def expire(self, now: float) -> int:
         """Delete synced records older than ``synced_days``; return how many."""
-        cutoff = now - self.settings.synced_days * DAY_S
-        total = 0
-        while True:  # batches keep each write transaction short for the app processes
-            deleted = self.store.transaction(retention.delete_synced_before, cutoff)
-            total += deleted
-            if deleted < 2000:
-                break
-        while self.store.transaction(span_retention.delete_settled_before, cutoff) >= 2000:
-            pass  # spans and evaluation requests, in batches as well
+        total = self._delete_settled(now - self.settings.synced_days * DAY_S)
+        span_retention.delete_settled(self.store, now - self.settings.synced_days * DAY_S)  # spans, evaluations
         if total:
             log.info("retention: deleted %d synced record(s) older than %g day(s)", total, self.settings.synced_days)
+        return total
+
+    def _delete_settled(self, cutoff: float, limit: int | None = None) -> int:
+        """Walk the settled records oldest first, deleting those settled before ``cutoff`` (at most ``limit``).
+
+        Candidates are found in read transactions, a page at a time, and deleted in
+        write transactions of :data:`retention.DELETE_BATCH` records that re-check each
+        one: the write lock is held for a few milliseconds at a time, whatever the
+        store holds, so ``create()`` in the apps never waits long behind retention.
+        """
+        total, after = 0, {}
+        while after is not None and (limit is None or total < limit):
+            page = self.store.read(retention.deletable_page, after, cutoff)
+            seqs = page.seqs if limit is None else page.seqs[:limit - total]
+            for first in range(0, len(seqs), retention.DELETE_BATCH):
+                batch = seqs[first:first + retention.DELETE_BATCH]
+                total += self.store.transaction(retention.delete_verified, batch, cutoff)
+            after = page.next_after
         return total
 
     # -- size cap --------------------------------------------------------------
@@ -108,8 +119,8 @@ class Housekeeper:
         if used > cap and self.settings.when_full == "drop_synced":
             while used > cap:
                 batch = self._drop_batch(used - cap)
-                deleted = self.store.transaction(retention.delete_oldest_synced, batch)
-                deleted += self.store.transaction(span_retention.delete_oldest_settled, batch)
+                deleted = self._delete_settled(float("inf"), batch)
+                deleted += span_retention.delete_settled(self.store, float("inf"), batch)
                 if not deleted:
                     break  # only unsynced records left: those are never dropped
                 dropped += deleted

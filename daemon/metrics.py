@@ -49,6 +49,11 @@ class DaemonMetrics:
                                   namespace=ns, registry=self.registry)
         self.auth_failing = Gauge("auth_failing", "1 while the API refuses the key and pushing is paused",
                                   namespace=ns, registry=self.registry)
+        self.longest_write = Gauge("longest_write_seconds", "The daemon's longest write transaction since it"
+                                   " started (apps wait at most this long on it)", namespace=ns, registry=self.registry)
+        self.longest_write_recent = Gauge("longest_write_recent_seconds", "The daemon's longest write"
+                                          " transaction over about the last minute", namespace=ns,
+                                          registry=self.registry)
         self.pushes = Counter("pushes", "Operations applied upstream", namespace=ns, registry=self.registry)
         self.adopted = Counter("adopted", "Maybe-sent creates found upstream by reconciliation",
                                namespace=ns, registry=self.registry)
@@ -98,6 +103,8 @@ class DaemonMetrics:
         self.oldest_age.set(status["oldest_queued_age_s"] or 0)
         self.last_success.set(status["last_success_at"] or 0)
         self.auth_failing.set(1 if status["auth_failing"] else 0)
+        self.longest_write.set((status.get("longest_write_ms") or 0) / 1000)
+        self.longest_write_recent.set((status.get("longest_write_recent_ms") or 0) / 1000)
         if self.settings.textfile:
             try:
                 write_to_textfile(self.settings.textfile, self.registry)  # writes a temp file, then renames

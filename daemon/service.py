@@ -43,8 +43,9 @@ from galtea_local.status import store_status
 from galtea_local.store import Store
 from galtea_local_daemon.engine import EngineSettings, PassReport, SyncEngine
 from galtea_local_daemon.housekeeping import WAL_CHECK_EVERY_S, Housekeeper
+from galtea_local_daemon.loadwatch import PUBLISH_EVERY_S, WriteWatch
 from galtea_local_daemon.logs import configure_logging
-from galtea_local_daemon.metrics import DaemonMetrics
+from galtea_local_daemon.metrics import REFRESH_EVERY_S, DaemonMetrics
 from galtea_local_daemon.runtime import make_client, make_engine, open_store, pusher_guard, release_stale_leases
 from galtea_local_daemon.sdnotify import Notifier
 
@@ -121,6 +122,7 @@ class Daemon:
         self.notifier = notifier
         self.housekeeper = Housekeeper(store, settings.retention)
         self.metrics = DaemonMetrics(store, settings.metrics)
+        self.write_watch = WriteWatch(store)
         self.scheduler = BackgroundScheduler(timezone=timezone.utc)
         logging.getLogger("apscheduler.scheduler").addFilter(_SkippedRunFilter())
         self._state = threading.Lock()
@@ -133,6 +135,7 @@ class Daemon:
         self._last_pass_end = time.monotonic()
         self._signal: int | None = None
         self._status_text = ""
+        self._status_read_at = float("-inf")
         # A pass stops claiming after its budget; in-flight requests end within the lease.
         self._stall_s = EngineSettings.pass_budget_s + settings.sync.lease_s
 
@@ -181,8 +184,17 @@ class Daemon:
             self.housekeeper.run()
         except Exception:
             log.exception("housekeeping failed")
-        if self.metrics.wants_status() or self.notifier.enabled:
+        # At most once a second (REFRESH_EVERY_S): a status read counts every record, and under
+        # systemd a read after each of many short passes cost the drain more as the store grew.
+        if self.metrics.wants_status() or (self.notifier.enabled and self._status_due()):
             self._publish_status()
+
+    def _status_due(self) -> bool:
+        now = time.monotonic()
+        if now - self._status_read_at < REFRESH_EVERY_S:
+            return False
+        self._status_read_at = now
+        return True
 
     def _publish_status(self) -> None:
         status = store_status(self.store)
@@ -234,6 +246,8 @@ class Daemon:
             self._pass_job, IntervalTrigger(seconds=self.settings.sync.interval_s), id=JOB_ID,
             max_instances=1, coalesce=True, misfire_grace_time=None, next_run_time=datetime.now(timezone.utc),
         )
+        self.scheduler.add_job(self.write_watch.publish, IntervalTrigger(seconds=PUBLISH_EVERY_S), id="write-watch",
+                               max_instances=1, coalesce=True)
         self.scheduler.add_job(self.housekeeper.bound_wal, IntervalTrigger(seconds=WAL_CHECK_EVERY_S), id="wal-bound",
                                max_instances=1, coalesce=True)
         self.metrics.start()

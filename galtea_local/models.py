@@ -73,6 +73,7 @@ class InferenceResultRow(SQLModel, table=True):
             postgresql_where=text("remote_id IS NOT NULL"),
         ),
         Index("ix_results_session", "session_id"),
+        Index("ix_results_sync_state", "sync_state"),  # status counts through it, not the wide rows
         _origin_index("ix_results_origin"),
     )
 
@@ -131,13 +132,9 @@ class OutboxOperation(SQLModel, table=True):
             sqlite_where=text("state = 'dead'"),
             postgresql_where=text("state = 'dead'"),
         ),
-        # Retention finds a record's settled operations by it; open ones are found by lane.
-        Index(
-            "ix_outbox_record_done",
-            "record_seq",
-            sqlite_where=text("state = 'done'"),
-            postgresql_where=text("state = 'done'"),
-        ),
+        # A record's operations, one lookup whatever its lane's backlog (outbox/probes.py);
+        # also what the foreign-key check needs when retention deletes a record.
+        Index("ix_outbox_by_record", "record_seq"),
         Index(
             "ix_outbox_session",
             "session_seq",
@@ -270,7 +267,10 @@ class EvaluationRow(SQLModel, table=True):
     ``remote_json``) or refused (``dead``). Only :mod:`galtea_local.outbox.evaluations` changes it."""
 
     __tablename__ = "evaluations"
-    __table_args__ = (_partial_index("ix_evaluations_queued", "seq", "sync_state = 'queued'"),)
+    __table_args__ = (
+        _partial_index("ix_evaluations_queued", "seq", "sync_state = 'queued'"),
+        _partial_index("ix_evaluations_waiting", "record_seq", "sync_state = 'queued'"),
+    )
 
     seq: Optional[int] = Field(default=None, primary_key=True)
     trace_ref: Optional[str] = None  # exactly one of trace_ref / session_ref

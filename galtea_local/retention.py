@@ -17,30 +17,81 @@ transaction (one primary-key lookup, no extra round trip).
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass
 
+from galtea_local.outbox import probes
 from galtea_local.store import dialects
 from galtea_local.errors import StoreFullError
 
 STORE_FULL = "store_full"  # meta key: present (with the reason) while new records are refused
 
-# A span or evaluation still waiting needs its trace's remote id, read from the record row.
+# A span or evaluation still waiting needs its trace's remote id, read from the record row
+# (one lookup each: ix_spans_record, ix_evaluations_waiting).
 HELD_BY_SPANS = (
     " AND NOT EXISTS (SELECT 1 FROM spans s WHERE s.record_seq = r.seq AND s.sync_state = 'queued')"
     " AND NOT EXISTS (SELECT 1 FROM evaluations e WHERE e.record_seq = r.seq AND e.sync_state = 'queued')"
 )
+
+PAGE_ROWS = 2000  # candidates examined per read transaction
+DELETE_BATCH = 200  # records deleted per write transaction: a few milliseconds of write lock
+
+# A record ``r`` that retention may delete (given ``:cutoff``). Each probe is one index lookup
+# (settled by record, dead by record, open by record), so checking a record costs the same
+# whatever the backlog of its lane. Shared by the read that finds candidates and the write
+# that re-checks them.
 _DELETABLE = (
-    "SELECT r.seq FROM inference_results r"
-    " WHERE r.sync_state IN ('synced', 'cancelled') AND r.origin_store_id IS NULL"
-    " AND r.seq < (SELECT MAX(seq) FROM inference_results)"
-    # Each probe matches a partial index: settled by record, dead by record, open by lane.
+    "r.sync_state IN ('synced', 'cancelled') AND r.origin_store_id IS NULL"
     " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.record_seq = r.seq AND o.state = 'done'"
     "   AND o.settled_at > :cutoff)"
     " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.record_seq = r.seq AND o.state = 'dead')"
-    " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.lane = r.lane AND o.state IN ('pending', 'sending')"
-    "   AND o.record_seq = r.seq)"
-    + HELD_BY_SPANS +
-    " ORDER BY r.seq LIMIT :limit"
+    f" AND NOT EXISTS (SELECT 1 FROM outbox o WHERE {probes.open_of_record('r.seq')})"
+    + HELD_BY_SPANS
 )
+# Candidates come from the sync-state index, in seq order: queued records are never read.
+_PAGE = (
+    "SELECT r.seq, CASE WHEN " + _DELETABLE + " THEN 1 ELSE 0 END FROM inference_results r"
+    " WHERE r.sync_state = :state AND r.seq > :after ORDER BY r.seq LIMIT :span"
+)
+_SETTLED_STATES = ("synced", "cancelled")
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of the walk: the deletable seqs in it, and where the next page starts (None: the end)."""
+
+    seqs: list[int]
+    next_after: dict[str, int] | None
+
+
+def deletable_page(conn: sqlite3.Connection, after: dict[str, int], cutoff: float, span: int = PAGE_ROWS) -> Page:
+    """Examine up to ``span`` settled records past ``after`` (a seq per sync state); run it in a
+    read transaction: finding candidates takes no write lock, whatever the store holds."""
+    seqs: list[int] = []
+    next_after = dict(after)
+    more = False
+    for state in _SETTLED_STATES:
+        rows = conn.execute(_PAGE, {"state": state, "after": after.get(state, 0), "cutoff": cutoff,
+                                    "span": span}).fetchall()
+        seqs.extend(row[0] for row in rows if row[1])
+        if rows:
+            next_after[state] = rows[-1][0]
+        more = more or len(rows) == span
+    return Page(sorted(seqs), next_after if more else None)
+
+
+def delete_verified(conn: sqlite3.Connection, seqs: list[int], cutoff: float) -> int:
+    """Delete those of ``seqs`` that are still deletable, checked again under the write lock (an
+    app may have updated one since the read). Give at most :data:`DELETE_BATCH` at a time."""
+    if not seqs:
+        return 0
+    marks = {f"s{i}": seq for i, seq in enumerate(seqs)}
+    rows = conn.execute(
+        f"SELECT r.seq FROM inference_results r WHERE r.seq IN ({', '.join(':' + name for name in marks)})"
+        # The newest record stays: SQLite would hand its seq (and so its local id) to the next one.
+        f" AND r.seq < (SELECT MAX(seq) FROM inference_results) AND {_DELETABLE}",
+        {**marks, "cutoff": cutoff},
+    ).fetchall()
+    return _delete(conn, [row[0] for row in rows])
 
 
 def _delete(conn: sqlite3.Connection, seqs: list[int]) -> int:
@@ -52,15 +103,12 @@ def _delete(conn: sqlite3.Connection, seqs: list[int]) -> int:
     return conn.execute(f"DELETE FROM inference_results WHERE seq IN ({marks})", seqs).rowcount
 
 
-def delete_synced_before(conn: sqlite3.Connection, cutoff: float, limit: int = 2000) -> int:
-    """Delete up to ``limit`` synced records settled before ``cutoff`` (epoch s), oldest first."""
-    seqs = [row[0] for row in conn.execute(_DELETABLE, {"cutoff": cutoff, "limit": limit})]
-    return _delete(conn, seqs)
-
-
-def delete_oldest_synced(conn: sqlite3.Connection, limit: int) -> int:
-    """Delete up to ``limit`` synced records, oldest first, whenever they synced (the size cap's policy)."""
-    return delete_synced_before(conn, float("inf"), limit)
+def delete_synced_before(conn: sqlite3.Connection, cutoff: float, limit: int = PAGE_ROWS) -> int:
+    """Delete up to ``limit`` synced records settled before ``cutoff`` (epoch s), oldest first, in the
+    caller's transaction. The daemon walks with :func:`deletable_page` and :func:`delete_verified`
+    instead, so that no write transaction grows with the store."""
+    page = deletable_page(conn, {}, cutoff, limit)
+    return delete_verified(conn, page.seqs[:limit], cutoff)
 
 
 def used_bytes(conn: sqlite3.Connection) -> int:

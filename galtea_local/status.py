@@ -21,11 +21,19 @@ def _counts(conn: sqlite3.Connection) -> dict[str, int]:
     return counts
 
 
+# Read from each active lane's head (one index probe per lane), not from every open operation:
+# a lane's operations go in order, so its head is its oldest and the only one that can be in
+# flight. The cost follows the number of sessions, not the backlog.
+_HEADS = (
+    "SELECT COUNT(CASE WHEN h.state = 'sending' AND h.record_seq IS NOT NULL THEN 1 END), MIN(h.created_at)"
+    " FROM lanes l JOIN outbox h ON h.seq = (SELECT o.seq FROM outbox o WHERE o.lane = l.key"
+    "   AND o.state IN ('pending', 'sending') ORDER BY o.seq LIMIT 1)"
+    " WHERE l.active = 1"
+)
+
+
 def _queue_facts(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
-    in_flight, oldest = conn.execute(
-        "SELECT COUNT(DISTINCT CASE WHEN state = 'sending' THEN record_seq END), MIN(created_at)"
-        " FROM outbox WHERE state IN ('pending', 'sending')"
-    ).fetchone()
+    in_flight, oldest = conn.execute(_HEADS).fetchone()
     dead_ops = conn.execute("SELECT COUNT(*) FROM outbox WHERE state = 'dead'").fetchone()[0]
     sessions = dict(conn.execute("SELECT sync_state, COUNT(*) FROM sessions GROUP BY sync_state").fetchall())
     return {
@@ -51,6 +59,19 @@ def _health(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
     }
 
 
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def _load(conn: sqlite3.Connection) -> dict[str, Any]:
+    """The daemon's longest write transaction (published by it every few seconds; None before)."""
+    return {
+        "longest_write_ms": _ms(health.get_float(conn, health.LONGEST_WRITE)),
+        "longest_write_name": health.get(conn, health.LONGEST_WRITE_NAME),
+        "longest_write_recent_ms": _ms(health.get_float(conn, health.LONGEST_WRITE_RECENT)),
+    }
+
+
 def store_status(store: Store, now: float | None = None) -> dict[str, Any]:
     """Record counts by sync state, queue facts and pusher health, as one JSON-ready dict.
 
@@ -62,7 +83,8 @@ def store_status(store: Store, now: float | None = None) -> dict[str, Any]:
     def read(conn: sqlite3.Connection) -> dict[str, Any]:
         spans = {f"spans_{state}": count for state, count in span_queue.counts(conn).items()}
         evaluations = {f"evaluations_{state}": count for state, count in evaluation_queue.counts(conn).items()}
-        return {**_counts(conn), **_queue_facts(conn, now), **spans, **evaluations, **_health(conn, now)}
+        return {**_counts(conn), **_queue_facts(conn, now), **spans, **evaluations, **_health(conn, now),
+                **_load(conn)}
 
     return {"store_id": store.store_id, "store": str(store.path), **store.read(read)}
 
@@ -86,6 +108,9 @@ def format_status(status: dict[str, Any]) -> str:
         f"last push   {when(status['last_success_at'])}",
         f"last error  {status['last_error'] or '-'}",
     ]
+    if status.get("longest_write_ms") is not None:
+        lines.append(f"writes      daemon's longest write transaction {status['longest_write_ms']:g} ms"
+                     f" ({status['longest_write_name'] or '?'}), last minute {status['longest_write_recent_ms']:g} ms")
     if status["auth_failing"]:
         lines.append(f"AUTH FAILING since {when(status['auth_failing_since'])}: pushing is paused; fix the API key")
     if status["throttled_until"]:

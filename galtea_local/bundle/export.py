@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from galtea_local.bundle import spans as bundle_spans
 from galtea_local.bundle.format import BundleWriter
-from galtea_local.outbox import health
+from galtea_local.outbox import health, probes
 from galtea_local.read_model import iso_utc
 from galtea_local.store import Store
 from galtea_local.validation import COST_KEYS, USAGE_KEYS
@@ -82,8 +82,8 @@ def _records_sql(selection: _Selection, columns: str) -> tuple[str, dict[str, An
     extra, params = selection.where("r")
     return (
         f"SELECT {columns} FROM inference_results r"
-        # Probes the open-operations index by lane (an index by record would cost every create()).
-        " LEFT JOIN outbox o ON o.lane = r.lane AND o.state IN ('pending', 'sending') AND o.record_seq = r.seq"
+        # One lookup in the open-operations-by-record index, whatever the lane's backlog.
+        f" LEFT JOIN outbox o ON {probes.open_of_record('r.seq')}"
         " AND o.kind = 'create' AND o.state = 'sending'"
         " WHERE r.sync_state IN ('queued', 'dead') AND NOT (r.deleted = 1 AND r.remote_id IS NULL)"
         f"{extra}",
@@ -167,4 +167,4 @@ def export_bundle(store: Store, out: Path | str, *, since_last: bool = False, st
                 bar.close()
     if start is None and end is None:
         store.transaction(health.put, WATERMARK, repr(began - overlap_s))
-    return ExportResult(Path(out), writer.counts["session"], writer.counts["record"], since)
+    return ExportResult(writer.path, writer.counts["session"], writer.counts["record"], since)

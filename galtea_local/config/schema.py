@@ -387,6 +387,16 @@ class MetricsSettings:
         return split_listen(self.listen) if self.listen else None
 
 
+@dataclass(frozen=True)
+class BundleSettings:
+    """Bounds on reading an air-gap bundle or receipt: a hostile file is refused early, in constant memory."""
+
+    max_bytes: int = key(8 * 2**30, integer(1))  # decompressed
+    max_line_bytes: int = key(16 * 2**20, integer(1024))
+    max_lines: int = key(20_000_000, integer(1))
+    max_expansion: int = key(200, integer(1))  # decompressed bytes per compressed byte
+
+
 SECTIONS: dict[str, type] = {
     "store": StoreSettings,
     "upstream": UpstreamSettings,
@@ -394,4 +404,5 @@ SECTIONS: dict[str, type] = {
     "retention": RetentionSettings,
     "log": LogSettings,
     "metrics": MetricsSettings,
+    "bundle": BundleSettings,
 }

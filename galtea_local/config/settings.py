@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 from galtea_local.config import http
 from galtea_local.config.schema import (
     SECTIONS,
+    BundleSettings,
     Headers,
     Invalid,
     LogSettings,
@@ -80,6 +81,7 @@ class Settings:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    bundle: BundleSettings = field(default_factory=BundleSettings)
     source: str | None = None
 
     def to_display_dict(self) -> dict[str, dict[str, Any]]:

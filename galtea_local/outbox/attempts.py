@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from galtea_local.outbox import probes
 from galtea_local.store import dialects
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -247,17 +248,17 @@ def _is_session(attempt: Attempt) -> bool:
 def _state_sql(attempt: Attempt) -> str:
     """The target's sync state, computed in the statement that writes it.
 
-    ``synced`` once no operation of the target is open or dead. Each probe
-    matches a partial index (dead by target, open by lane). Computed inside
-    the UPDATE, which locks the row, so an operation an app adds concurrently
-    is never overwritten by a stale verdict (the engine runs at READ COMMITTED
-    on PostgreSQL).
+    ``synced`` once no operation of the target is open or dead. Each probe is
+    one index lookup by target (:mod:`.probes`): a probe by lane walked the
+    lane's backlog on every settle. Computed inside the UPDATE, which locks the
+    row, so an operation an app adds concurrently is never overwritten by a
+    stale verdict (the engine runs at READ COMMITTED on PostgreSQL).
     """
     column = "session_seq" if _is_session(attempt) else "record_seq"
+    is_open = probes.open_of_session(":target") if _is_session(attempt) else probes.open_of_record(":target")
     return (
-        f"CASE WHEN EXISTS (SELECT 1 FROM outbox WHERE {column} = :target AND state = 'dead') THEN 'dead'"
-        f" WHEN EXISTS (SELECT 1 FROM outbox WHERE lane = :lane AND state IN ('pending', 'sending')"
-        f" AND {column} = :target) THEN 'queued' ELSE 'synced' END"
+        f"CASE WHEN EXISTS (SELECT 1 FROM outbox o WHERE o.{column} = :target AND o.state = 'dead') THEN 'dead'"
+        f" WHEN EXISTS (SELECT 1 FROM outbox o WHERE {is_open}) THEN 'queued' ELSE 'synced' END"
     )
 
 

@@ -11,6 +11,7 @@ import sqlite3
 from typing import Any
 
 from galtea_local import retention
+from galtea_local.outbox import probes
 from galtea_local.errors import NotFoundError
 
 _INSERT_OP = (
@@ -79,8 +80,8 @@ def enqueue_delete(conn: sqlite3.Connection, record: sqlite3.Row, now: float) ->
     if not record["create_sent"]:
         conn.execute(
             "UPDATE outbox SET state = 'done', settled_at = ?, last_error = 'cancelled: deleted before sync'"
-            " WHERE lane = ? AND state IN ('pending', 'sending') AND record_seq = ?",
-            (now, record["lane"], record["seq"]),
+            f" WHERE {probes.open_of_record('?', 'outbox')}",
+            (now, record["seq"]),
         )
         return True
     conn.execute(_INSERT_OP, (record["seq"], record["lane"], "delete", None, now))
@@ -96,8 +97,10 @@ def format_id(tag: str, prefix: str, seq: int) -> str:
 def parse_id(tag: str, prefix: str, any_id: str) -> int | None:
     """The ``seq`` of a local id with this tag of this store, or None for anything else (a remote id)."""
     head = f"{tag}_{prefix}_"
-    if any_id.startswith(head) and any_id[len(head):].isdigit():
-        return int(any_id[len(head):])
+    digits = any_id[len(head):]
+    # ASCII digits only (str.isdigit() takes '²'), and few enough to fit SQLite's 64-bit integer.
+    if any_id.startswith(head) and digits.isascii() and digits.isdigit() and len(digits) <= 18:
+        return int(digits)
     return None
 
 

@@ -9,6 +9,10 @@ LAST_ERROR = "last_error"
 LAST_ERROR_AT = "last_error_at"
 AUTH_FAILING = "auth_failing_since"
 THROTTLED_UNTIL = "throttled_until"
+# The daemon's longest write transaction (galtea_local_daemon.loadwatch): since its start, and recently.
+LONGEST_WRITE = "longest_write_s"
+LONGEST_WRITE_NAME = "longest_write_name"
+LONGEST_WRITE_RECENT = "longest_write_recent_s"
 
 
 def put(conn: sqlite3.Connection, key: str, value: object | None) -> None:

@@ -214,6 +214,27 @@ def _lighter_outbox_index(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+# Sustained load (issue 17): statements whose cost does not grow with the backlog.
+# - Operations by record, all states. Deleting a record made SQLite's foreign-key check scan
+#   the whole outbox for children (a partial index cannot serve it): retention held the write
+#   lock for seconds. It also serves a record's open operations in one lookup, where the probe
+#   by lane walked the lane's backlog on every settle (galtea_local/outbox/probes.py), and the
+#   settled-by-record probe, so that partial index goes: settling moves an operation between
+#   fewer indexes. create() pays one index insert for it.
+# - Records by sync state: ``status`` counts through this narrow index instead of reading
+#   every row of the widest table, and retention reads only settled records.
+BOUNDED_PROBES = (
+    """CREATE INDEX ix_outbox_by_record ON outbox (record_seq)""",
+    """DROP INDEX ix_outbox_record_done""",
+    """CREATE INDEX ix_results_sync_state ON inference_results (sync_state)""",
+)
+
+
+def _bounded_probes(conn: sqlite3.Connection) -> None:
+    for statement in BOUNDED_PROBES:
+        conn.execute(statement)
+
+
 # Spans (issue 15): one row per span, written when the span ends. ``span_id`` is the
 # client-generated upstream id (``trace_<16 hex>``) and so the span's idempotency key;
 # ``record_seq`` points at the local trace when ``trace_ref`` is one of this store's local
@@ -291,6 +312,8 @@ EVALUATIONS = (
     PRIMARY KEY (seq)
 )""",
     """CREATE INDEX ix_evaluations_queued ON evaluations (seq) WHERE sync_state = 'queued'""",
+    # Retention asks "does a waiting evaluation need this record?" in one lookup.
+    """CREATE INDEX ix_evaluations_waiting ON evaluations (record_seq) WHERE sync_state = 'queued'""",
     """CREATE TABLE evaluation_ids (
     remote_id VARCHAR NOT NULL,
     evaluation_seq INTEGER NOT NULL,
@@ -310,6 +333,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0002_offline_sessions", _offline_sessions),
     ("0003_bundle_origin", _bundle_origin),
     ("0004_lighter_outbox_index", _lighter_outbox_index),
+    ("0006a_bounded_probes", _bounded_probes),
     ("0008a_spans", _spans),
     ("0008b_evaluations", _evaluations),
 ]

@@ -89,8 +89,8 @@ _SPANS = (
 _EVALUATIONS = (
     migrations.EVALUATIONS[0].replace("seq INTEGER NOT NULL,", _SEQ + ",", 1).replace("    PRIMARY KEY (seq)\n", "")
     .replace("_seq INTEGER", "_seq BIGINT").replace("FLOAT", "DOUBLE PRECISION").replace(",\n)", "\n)"),
-    migrations.EVALUATIONS[1],
-    migrations.EVALUATIONS[2].replace("evaluation_seq INTEGER", "evaluation_seq BIGINT"),
+    *migrations.EVALUATIONS[1:3],
+    migrations.EVALUATIONS[3].replace("evaluation_seq INTEGER", "evaluation_seq BIGINT"),
 )
 
 
@@ -112,6 +112,7 @@ MIGRATIONS: list[tuple[str, Callable[[Any], None]]] = [
     ("0002_offline_sessions", _statements(_SESSIONS)),
     ("0003_bundle_origin", _statements(_ORIGIN)),
     ("0004_lighter_outbox_index", _statements(migrations.LIGHTER_OUTBOX_INDEX)),  # the same SQL on both
+    ("0006a_bounded_probes", _statements(migrations.BOUNDED_PROBES)),  # the same SQL on both
     ("0008a_spans", _statements(_SPANS)),
     ("0008b_evaluations", _statements(_EVALUATIONS)),
 ]

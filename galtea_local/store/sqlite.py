@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from galtea_local.store import dialects, migrations
+from galtea_local.store.writestats import WriteStats
 from galtea_local.errors import NotAStoreError, StoreError, StoreOpenError
 
 T = TypeVar("T")
@@ -115,6 +116,7 @@ class Store:
         # Writers of this process queue here: a released lock wakes the next one at once, where
         # SQLite's busy handler would have it sleep 1, 2, 5 … 25 ms between tries.
         self._writer = threading.Lock()
+        self.write_stats = WriteStats()  # how long this process held the write lock at most
         # Weak: a thread's connection closes with the thread (an app that churns threads
         # must not pile up open files); close() still reaches every live one.
         self._connections: weakref.WeakSet[sqlite3.Connection] = weakref.WeakSet()
@@ -197,12 +199,13 @@ class Store:
                     raise StoreError(f"store {self.path}: {exc}") from exc
                 time.sleep(random.uniform(0.001, 0.01))
 
-    @staticmethod
-    def _run(conn: sqlite3.Connection, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+    def _run(self, conn: sqlite3.Connection, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
         conn.execute("BEGIN IMMEDIATE")
+        locked = time.perf_counter()  # the write lock is ours from here to COMMIT
         try:
             result = fn(conn, *args, **kwargs)
             conn.execute("COMMIT")
+            self.write_stats.note(time.perf_counter() - locked, getattr(fn, "__name__", "?"))
             return result
         except BaseException:
             if conn.in_transaction:

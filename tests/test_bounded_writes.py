@@ -1,0 +1,127 @@
+"""The daemon's write transactions cost the same whatever the backlog (issue 17).
+
+No timings: the work a statement does is counted in SQLite virtual-machine steps
+(a progress handler called every :data:`STEP` instructions), and query plans are
+checked to probe indexes rather than scan. A store with a small backlog and one
+with a large backlog must cost about the same per settled record.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from galtea_local import retention
+from galtea_local.bundle import export
+from galtea_local.outbox import attempts as ob
+from galtea_local.store import Store
+from galtea_local_daemon.housekeeping import Housekeeper
+from galtea_local.config import RetentionSettings
+
+STEP = 100
+LANES = 5
+SYNCED = 600
+COLUMNS = ("seq", "lane", "session_id", "status", "input", "created_at", "updated_at", "sync_state", "create_sent",
+           "deleted", "remote_id")
+
+
+def backlog_store(path: Path, per_lane: int) -> Store:
+    """SYNCED old synced records, then ``per_lane`` queued creates in each of LANES lanes."""
+    Store(str(path)).close()
+    now = time.time()
+    rows, ops = [], []
+    for seq in range(1, SYNCED + LANES * per_lane + 1):
+        lane = f"s:session{seq % LANES}"
+        synced = seq <= SYNCED
+        rows.append((seq, lane, lane[2:], "GENERATED", '"hi"', now, now, "synced" if synced else "queued",
+                     int(synced), 0, f"remote{seq}" if synced else None))
+        ops.append((seq, lane, "done" if synced else "pending", 1.0 if synced else None, now))
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("BEGIN")
+        conn.executemany(f"INSERT INTO inference_results ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                         rows)
+        conn.executemany("INSERT INTO outbox (record_seq, lane, kind, state, attempts, not_before, settled_at,"
+                         " created_at) VALUES (?, ?, 'create', ?, 1, 0, ?, ?)", ops)
+        conn.execute("INSERT INTO lanes (key, active) SELECT DISTINCT lane, 1 FROM inference_results")
+        conn.execute("COMMIT")
+    return Store(str(path))
+
+
+def steps(store: Store, work: Callable[[], Any]) -> int:
+    """SQLite VM instructions (in units of STEP) that ``work`` runs on this thread's connection."""
+    count = [0]
+
+    def tick() -> int:
+        count[0] += 1
+        return 0  # go on
+
+    conn = store.connection()
+    conn.set_progress_handler(tick, STEP)
+    try:
+        work()
+    finally:
+        conn.set_progress_handler(None, STEP)
+    return count[0]
+
+
+def retention_batch_steps(store: Store) -> tuple[int, int]:
+    page = store.read(retention.deletable_page, {}, 10.0)
+    batch = page.seqs[:retention.DELETE_BATCH]
+    deleted = []
+    work = steps(store, lambda: deleted.append(store.transaction(retention.delete_verified, batch, 10.0)))
+    return work, deleted[0]
+
+
+def test_a_retention_write_costs_the_same_with_a_large_backlog(tmp_path: Path) -> None:
+    small = backlog_store(tmp_path / "small.db", per_lane=20)
+    large = backlog_store(tmp_path / "large.db", per_lane=3000)  # 15,000 queued
+    small_steps, small_deleted = retention_batch_steps(small)
+    large_steps, large_deleted = retention_batch_steps(large)
+    assert small_deleted == large_deleted == retention.DELETE_BATCH
+    # Before: each deleted record scanned the whole outbox (the foreign-key check) and its
+    # lane's backlog (the open-operation probe): several hundred times the work here.
+    assert large_steps < 2 * small_steps + 50, (small_steps, large_steps)
+
+
+def test_housekeeping_deletes_in_short_batches_and_keeps_the_queue(tmp_path: Path) -> None:
+    store = backlog_store(tmp_path / "store.db", per_lane=200)
+    keeper = Housekeeper(store, RetentionSettings(synced_days=0))
+    before = store.write_stats.count
+    assert keeper.expire(time.time()) == SYNCED
+    assert store.write_stats.count - before == -(-SYNCED // retention.DELETE_BATCH)  # one transaction per batch
+    queued = store.read(lambda c: c.execute("SELECT COUNT(*) FROM inference_results WHERE sync_state = 'queued'")
+                        .fetchone()[0])
+    assert queued == LANES * 200  # nothing unsynced deleted
+
+
+def test_a_settle_costs_the_same_with_a_large_backlog(tmp_path: Path) -> None:
+    def settle_steps(store: Store) -> int:
+        lane = "s:session1"
+        attempt = store.transaction(ob.take_next, lane, "me", time.time(), 60.0, lambda row, a: {"x": 1})
+        assert attempt is None  # not leased: take the lease first, as a pass does
+        store.transaction(ob.claim_lanes, "me", time.time(), 60.0, LANES)
+        attempt = store.transaction(ob.take_next, lane, "me", time.time(), 60.0, lambda row, a: {"x": 1})
+        return steps(store, lambda: store.transaction(ob.settle_done, attempt, time.time(), {"id": "r-new"}))
+
+    small = settle_steps(backlog_store(tmp_path / "small.db", per_lane=20))
+    large = settle_steps(backlog_store(tmp_path / "large.db", per_lane=3000))
+    assert large < 2 * small + 20, (small, large)
+
+
+def plan(store: Store, sql: str, params: Any) -> str:
+    return "\n".join(row[3] for row in store.read(lambda c: c.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()))
+
+
+def test_the_record_probes_use_the_index_by_record(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "store.db"))
+    records_sql, params = export._records_sql(export._Selection(None, None, None), "r.seq")
+    for sql, args in ((records_sql, params),
+                      (retention._PAGE, {"state": "synced", "after": 0, "cutoff": 1.0, "span": 10})):
+        text = plan(store, sql, args)
+        assert "ix_outbox_by_record" in text, text
+        assert "SCAN o" not in text and "SCAN outbox" not in text, text
+    assert "SCAN" not in plan(store, "DELETE FROM outbox WHERE record_seq = 1 AND state = 'done'", {})
