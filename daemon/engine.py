@@ -28,7 +28,7 @@ from galtea_local.errors import (
     UpstreamError,
 )
 from galtea_local.outbox import attempts as ob
-from galtea_local.outbox import health
+from galtea_local.outbox import health, leased
 from galtea_local.store import Store
 from galtea_local_daemon import evaluations_push, poison, reconcile, spans_push, wire
 from galtea_local_daemon.backoff import Backoff, retry_after_of
@@ -159,7 +159,7 @@ class SyncEngine:
 
     def release_stale_leases(self) -> int:
         """For a pusher holding the store's exclusive lock: every existing lease is a dead pusher's."""
-        return self.store.transaction(ob.release_all_leases)
+        return self.store.transaction(ob.release_all_leases) + self.store.transaction(leased.release_all)
 
     # -- one pass ------------------------------------------------------------
 
@@ -178,11 +178,12 @@ class SyncEngine:
         self._drain(now, concurrency, report)
         # Spans go after the lanes, so a trace created in this pass takes its spans along.
         spans_push.SpanPusher(self).push_due(report, time.monotonic() + self.settings.pass_budget_s)
-        evaluations_push.EvaluationPusher(self).push_due(report)
+        evaluations_push.EvaluationPusher(self).push_due(report, time.monotonic() + self.settings.pass_budget_s)
         self._record_health(report, auth_was_failing)
         # A pass that settled nothing (every lane hit an unexpected error) does not ask to run
         # again at once: the scheduler's interval paces it, and `sync` ends.
-        progressed = report.pushed or report.adopted or report.dead or report.retried
+        progressed = (report.pushed or report.adopted or report.dead or report.retried or report.spans_pushed
+                      or report.spans_dead or report.evaluations_pushed)
         report.more_due = not self.stopping and not self._halt.is_set() and bool(progressed) and self._has_due()
         return report
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 from galtea_local.errors import AuthError, MaybeSentError, RejectedError, UpstreamError
@@ -32,14 +33,18 @@ class EvaluationPusher:
         self.store = engine.store
         self.client = engine.client
 
-    def push_due(self, report: Any) -> None:
+    def push_due(self, report: Any, deadline: float) -> None:
+        """Claim and send due requests until none is due, the pass budget is spent, or one fails."""
         engine = self.engine
-        if engine.stopping or engine._halt.is_set():
-            return
-        rows = self.store.transaction(queue.claim_due, engine.owner, engine.clock(), engine.settings.lease_s,
-                                      engine.settings.concurrency * 4)
-        for done in [engine._workers().submit(self._push, row) for row in rows]:
-            report.evaluations_pushed += done.result()
+        while not engine.stopping and not engine._halt.is_set() and time.monotonic() < deadline:
+            rows = self.store.transaction(queue.claim_due, engine.owner, engine.clock(), engine.settings.lease_s,
+                                          engine.settings.concurrency * 4)
+            if not rows:
+                return
+            done = [future.result() for future in [engine._workers().submit(self._push, row) for row in rows]]
+            report.evaluations_pushed += sum(done)
+            if sum(done) < len(rows):
+                return  # a failure: the backoff decides when these come back
 
     def _push(self, row: dict[str, Any]) -> int:
         try:

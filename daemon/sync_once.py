@@ -49,6 +49,8 @@ def sync_once(settings: Settings) -> int:
     print(
         f"queued {status['queued']}, synced {status['synced']}, dead {status['dead']}"
         + f"; spans queued {status['spans_queued']}, synced {status['spans_synced']}, dead {status['spans_dead']}"
+        + f"; evaluations queued {status['evaluations_queued']}, synced {status['evaluations_synced']},"
+        f" dead {status['evaluations_dead']}"
         + ("; AUTH FAILING" if status["auth_failing"] else ""),
         file=sys.stderr,
     )

@@ -31,3 +31,10 @@ def count_states(conn: sqlite3.Connection, table: str) -> dict[str, int]:
     for state, count in conn.execute(f"SELECT sync_state, COUNT(*) FROM {table} GROUP BY sync_state"):
         found[state] = count
     return found
+
+
+def release_all(conn: sqlite3.Connection) -> int:
+    """Drop every lease on spans and evaluation requests: for a pusher holding the store's exclusive
+    lock, each one is a dead pusher's (a SIGKILLed sync must not hold its rows for a lease's length)."""
+    return sum(conn.execute(f"UPDATE {table} SET lease_owner = NULL, lease_until = NULL"
+                            " WHERE lease_until IS NOT NULL").rowcount for table in ("spans", "evaluations"))
