@@ -44,6 +44,7 @@ from galtea_local.errors import (
     RetryLaterError,
     UpstreamError,
 )
+from galtea_local_daemon.upstream_spans import SpanAndEvaluationCalls
 from galtea_local_daemon.wire import (
     DEFAULT_BASE_URL,
     EXTRA_HEADERS_ENV,
@@ -185,7 +186,7 @@ def api_message(response: httpx.Response) -> str:
     return text or "(no message)"
 
 
-class UpstreamClient:
+class UpstreamClient(SpanAndEvaluationCalls):
     """A thread-safe, synchronous client for the Galtea API inference-result calls.
 
     One instance may be shared by many threads: each thread gets its own
@@ -356,40 +357,6 @@ class UpstreamClient:
     def get_session(self, session_id: str) -> dict[str, Any]:
         """GET /sessions/{id}. A missing session raises RejectedError with status 404."""
         return self._call("GET", f"/sessions/{path_segment(session_id)}", expect=dict)
-
-    # -- spans (the API's /traces route) -----------------------------------
-
-    def create_spans(self, spans: Sequence[Mapping[str, Any]]) -> Any:
-        """POST /traces/batch?includeRejected=true: ``{"spans", "partialSuccess"?}``, or the bare
-        list of created spans from an API that predates the flag."""
-        return self._call("POST", "/traces/batch", query="includeRejected=true", body={"traces": list(spans)},
-                          expect=(dict, list))  # type: ignore[arg-type]
-
-    def list_spans(self, *, trace_ids: Sequence[str], offset: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
-        """GET /traces of these traces: one page."""
-        query = query_string([("inferenceResultIds", as_list(trace_ids)), ("offset", offset), ("limit", limit)])
-        return self._call("GET", "/traces", query=query, expect=list)
-
-    def delete_span(self, span_id: str) -> None:
-        """DELETE /traces/{id}; a span already gone counts as deleted."""
-        self._call("DELETE", f"/traces/{path_segment(span_id)}", expect=None, missing_ok=True)
-
-    # -- evaluations ---------------------------------------------------------
-
-    def evaluate_trace(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """POST /evaluations/fromInferenceResult; the evaluations created (one per metric)."""
-        return self._call("POST", "/evaluations/fromInferenceResult", body=body, expect=list)
-
-    def evaluate_session(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """POST /evaluations/fromSession; the evaluations created (one per metric)."""
-        return self._call("POST", "/evaluations/fromSession", body=body, expect=list)
-
-    def list_evaluations(self, *, session_ids: Sequence[str], from_created_at: str | None = None,
-                         limit: int = 1000) -> list[dict[str, Any]]:
-        """GET /evaluations of these sessions, oldest first: one page."""
-        query = query_string([("sessionIds", as_list(session_ids)), ("fromCreatedAt", from_created_at),
-                              ("limit", limit), ("sort", ["createdAt", "asc"])])
-        return self._call("GET", "/evaluations", query=query, expect=list)
 
     # -- the one place a request is sent ------------------------------------
 

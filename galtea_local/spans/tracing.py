@@ -150,41 +150,46 @@ def traced(name: Any = None, type: str | None = "SPAN", log_args: bool = True, l
         _check_type(str(type))
 
     def decorate(func: F) -> F:
-        span_name, signature, tracer = name or func.__name__, inspect.signature(func), _tracer()
         description = inspect.getdoc(func) if include_docstring else None
+        return _wrap(func, name or func.__name__, type, log_args, log_results, description, attributes)
 
-        def begin(args: tuple, kwargs: dict) -> Any:
-            inputs = _arguments(signature, args, kwargs) if log_args else None
-            values = span_attributes(type=type, description=description, input_data=inputs, metadata=attributes)
-            return tracer.start_as_current_span(name=span_name, attributes=values)
+    return decorate
 
-        def finish(span: Any, result: Any) -> Any:
-            if log_results and result is not None:
-                span.set_attribute(attr.OUTPUT, to_json(result))
-            return result
 
-        if inspect.iscoroutinefunction(func):
-            @functools.wraps(func)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                with begin(args, kwargs) as span:
-                    try:
-                        return finish(span, await func(*args, **kwargs))
-                    except Exception as error:
-                        record_error(span, error)
-                        raise
-            return async_wrapper  # type: ignore[return-value]
+def _wrap(func: F, span_name: str, type: str | None, log_args: bool, log_results: bool, description: str | None,
+          attributes: dict[str, Any] | None) -> F:
+    signature, tracer = inspect.signature(func), _tracer()
 
+    def begin(args: tuple, kwargs: dict) -> Any:
+        inputs = _arguments(signature, args, kwargs) if log_args else None
+        values = span_attributes(type=type, description=description, input_data=inputs, metadata=attributes)
+        return tracer.start_as_current_span(name=span_name, attributes=values)
+
+    def finish(span: Any, result: Any) -> Any:
+        if log_results and result is not None:
+            span.set_attribute(attr.OUTPUT, to_json(result))
+        return result
+
+    if inspect.iscoroutinefunction(func):
         @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             with begin(args, kwargs) as span:
                 try:
-                    return finish(span, func(*args, **kwargs))
+                    return finish(span, await func(*args, **kwargs))
                 except Exception as error:
                     record_error(span, error)
                     raise
-        return wrapper  # type: ignore[return-value]
+        return async_wrapper  # type: ignore[return-value]
 
-    return decorate
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with begin(args, kwargs) as span:
+            try:
+                return finish(span, func(*args, **kwargs))
+            except Exception as error:
+                record_error(span, error)
+                raise
+    return wrapper  # type: ignore[return-value]
 
 
 def start_trace(*args: Any, **kwargs: Any) -> Any:
