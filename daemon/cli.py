@@ -157,6 +157,13 @@ def cmd_dead(args: argparse.Namespace) -> int:
     if args.action == "list":
         rows = store.read(dead_letters.list_dead, prefix)
         print(json.dumps(rows, indent=2) if args.json else _dead_table(rows))
+        if not args.json:  # spans and evaluation requests the API refused: counted, retried with --all
+            from galtea_local.status import store_status
+
+            status = store_status(store)
+            if status["spans_dead"] or status["evaluations_dead"]:
+                print(f"also dead: {status['spans_dead']} span(s), {status['evaluations_dead']} evaluation "
+                      "request(s) (reasons in the store; `galtea-local dead retry --all` queues them again)")
         return EXIT_OK
     if not args.ids and not args.all:
         raise GaltealocalError(f"dead {args.action}: name record or session ids, or pass --all")
