@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 from galtea_local.config import load_settings
@@ -44,6 +45,9 @@ class Galtea:
         self.traces = self.inference_results  # the official SDK's new name for the same service
         self.sessions = SessionService(self._store)
         provider.use_store(self._store)  # spans that end from now on land in this store (no OTel import)
+        if "opentelemetry.sdk.trace" in sys.modules:
+            # Loaded already (by the official SDK, Langfuse...): spans of their helpers land here too.
+            provider.ensure_installed()
 
     @functools.cached_property
     def spans(self) -> SpanService:

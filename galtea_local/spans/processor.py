@@ -1,7 +1,7 @@
 """The OpenTelemetry span processor that makes a span durable when it ends.
 
-``on_start`` stamps the Galtea trace id of the current context on every span (so
-spans of other instrumentations started inside ``set_context`` count too), and
+``on_start`` stamps the trace id of the current context (``set_context``) on every
+span (so spans of other instrumentations started inside it count too), and
 ``on_end`` writes the span to the store in one short transaction, mapping its
 attributes as the official SDK does (Galtea's first, Langfuse's as the fallback).
 Parsing JSON and formatting times wait for the daemon: the hot path stores the
@@ -88,15 +88,15 @@ class StoreSpanProcessor(SpanProcessor):
     """Writes each ended span that belongs to a Galtea trace to the current store."""
 
     def on_start(self, span: Any, parent_context: Any = None) -> None:
-        if not span.is_recording() or (span.attributes and span.attributes.get(attr.TRACE_ID)):
+        if not span.is_recording() or (span.attributes and span.attributes.get(attr.LOCAL_TRACE_ID)):
             return
         trace_id = get_trace_id()
         if trace_id:
-            span.set_attribute(attr.TRACE_ID, trace_id)
+            span.set_attribute(attr.LOCAL_TRACE_ID, trace_id)
 
     def on_end(self, span: ReadableSpan) -> None:
         attributes = plain_attributes(span)
-        trace_ref = attributes.get(attr.TRACE_ID)
+        trace_ref = attributes.get(attr.LOCAL_TRACE_ID) or attributes.get(attr.TRACE_ID)
         sink = provider.current_sink()
         if not trace_ref or sink is None:
             return  # not a Galtea span, or no Galtea() open to keep it

@@ -65,7 +65,7 @@ def span_attributes(type: str | None = None, description: str | None = None, inp
     found: dict[str, Any] = {}
     trace_id = get_trace_id()
     if trace_id:
-        found[attr.TRACE_ID] = trace_id
+        found[attr.LOCAL_TRACE_ID] = trace_id
     if type:
         _check_type(str(type))
         found[attr.TYPE] = str(getattr(type, "value", type))
