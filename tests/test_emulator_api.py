@@ -182,7 +182,8 @@ def test_faults_repeat_with_the_seed(emulator_factory: Any) -> None:  # noqa: F8
 
 
 def test_latency_holds_requests_in_flight_together(emulator: EmulatorHandle) -> None:  # noqa: F811
-    emulator.set_faults(latency_ms=500)
+    # Long enough that all 100 connections are open before the first answer, even on a loaded box.
+    emulator.set_faults(latency_ms=2000)
 
     async def burst() -> list[int]:
         limits = httpx.Limits(max_connections=200)
