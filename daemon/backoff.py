@@ -45,6 +45,11 @@ class Backoff:
         self._in_pass_max_wait_s = in_pass_max_wait_s
         self.stop_event = stop_event or threading.Event()
 
+    @property
+    def in_pass_max_wait_s(self) -> float:
+        """The longest wait a pass sits out before retrying in place (longer: the next pass)."""
+        return self._in_pass_max_wait_s
+
     def delay(self, attempts: int, retry_after: float | None = None) -> float:
         """Seconds to wait after the ``attempts``-th failed attempt; never less than ``retry_after``."""
         computed = self._wait(_AttemptNumber(max(1, attempts)))

@@ -21,8 +21,10 @@ from galtea_local.errors import AuthError, MaybeSentError, RejectedError, Upstre
 from galtea_local.outbox import evaluations as queue
 from galtea_local.read_model import iso_utc
 from galtea_local_daemon.backoff import retry_after_of
+from galtea_local_daemon.spans_push import wait_in_pass
 
 log = logging.getLogger("galtea_local.sync")
+PUSHED, DEAD = "pushed", "dead"
 
 
 class EvaluationPusher:
@@ -34,19 +36,24 @@ class EvaluationPusher:
         self.client = engine.client
 
     def push_due(self, report: Any, deadline: float) -> None:
-        """Claim and send due requests until none is due, the pass budget is spent, or one fails."""
-        engine = self.engine
+        """Claim and send due requests until none is due, the pass budget is spent, or failures call
+        for a wait longer than a pass takes."""
+        engine, tries = self.engine, 0
         while not engine.stopping and not engine._halt.is_set() and time.monotonic() < deadline:
             rows = self.store.transaction(queue.claim_due, engine.owner, engine.clock(), engine.settings.lease_s,
                                           engine.settings.concurrency * 4)
             if not rows:
                 return
-            done = [future.result() for future in [engine._workers().submit(self._push, row) for row in rows]]
-            report.evaluations_pushed += sum(done)
-            if sum(done) < len(rows):
-                return  # a failure: the backoff decides when these come back
+            outcomes = [f.result() for f in [engine._workers().submit(self._push, row) for row in rows]]
+            report.evaluations_pushed += outcomes.count(PUSHED)
+            report.dead += outcomes.count(DEAD)
+            delays = [outcome for outcome in outcomes if isinstance(outcome, float)]
+            tries += bool(delays)  # rounds with a failure
+            if not wait_in_pass(engine, delays, tries, report):
+                return
 
-    def _push(self, row: dict[str, Any]) -> int:
+    def _push(self, row: dict[str, Any]) -> str | float:
+        """Send one request and settle it: PUSHED, DEAD, or the seconds until its retry."""
         try:
             self.engine._wait_for_throttle()
             answer = self._adopted(row) if row["sending_since"] is not None else None
@@ -54,21 +61,20 @@ class EvaluationPusher:
                 answer = self._send(row)
         except AuthError as error:
             self.engine._halt.set()
-            self._retry(row, error, 0.0, maybe_sent=isinstance(error, MaybeSentError))
-            return 0
+            return self._retry(row, error, 0.0, maybe_sent=isinstance(error, MaybeSentError))
         except RejectedError as error:
             self.store.transaction(queue.settle_dead, row["seq"], error.message, self.engine.clock())
             log.warning("dead-lettered evaluation request %s: %s", row["seq"], error.message)
-            return 0
+            return DEAD
         except UpstreamError as error:
             retry_after = retry_after_of(error)
             if retry_after is not None:
                 self.engine._throttle(retry_after)
             maybe = isinstance(error, MaybeSentError) or getattr(error, "before_send", False)
-            self._retry(row, error, self.engine.backoff.delay(row["attempts"] + 1, retry_after), maybe_sent=maybe)
-            return 0
+            return self._retry(row, error, self.engine.backoff.delay(row["attempts"] + 1, retry_after),
+                               maybe_sent=maybe)
         self.store.transaction(queue.settle_synced, row["seq"], answer, self.engine.clock())
-        return 1
+        return PUSHED
 
     def _send(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         body = request_body(row)
@@ -88,9 +94,10 @@ class EvaluationPusher:
         owned = self.store.read(queue.owned, [e.get("id") for e in listed])
         return match(row, [e for e in listed if e.get("id") not in owned])
 
-    def _retry(self, row: dict[str, Any], error: UpstreamError, delay: float, *, maybe_sent: bool) -> None:
+    def _retry(self, row: dict[str, Any], error: UpstreamError, delay: float, *, maybe_sent: bool) -> float:
         self.store.transaction(queue.settle_retry, row["seq"], self.engine.clock() + delay, error.message,
                                maybe_sent=maybe_sent)
+        return float(delay)
 
 
 def request_body(row: dict[str, Any]) -> dict[str, Any]:

@@ -40,22 +40,24 @@ class SpanPusher:
         self.client = engine.client
 
     def push_due(self, report: Any, deadline: float) -> None:
-        """Claim and send due spans until none is due, the pass budget is spent, or sending fails."""
-        engine = self.engine
+        """Claim and send due spans until none is due, the pass budget is spent, or failures
+        call for a wait longer than a pass takes (as for records: short waits happen in the pass)."""
+        engine, tries = self.engine, 0
         while not engine.stopping and not engine._halt.is_set() and time.monotonic() < deadline:
             rows = self.store.transaction(queue.claim_due, engine.owner, engine.clock(), engine.settings.lease_s,
                                           BATCH * engine.settings.concurrency)
             if not rows:
                 return
-            futures = [engine._workers().submit(self._send, batch) for batch in _batches(rows)]
-            outcomes = [future.result() for future in futures]
+            outcomes = [f.result() for f in [engine._workers().submit(self._send, b) for b in _batches(rows)]]
             report.spans_pushed += sum(pushed for pushed, _, _ in outcomes)
             report.spans_dead += sum(dead for _, dead, _ in outcomes)
-            if not all(ok for _, _, ok in outcomes):
-                return  # something is wrong upstream: the backoff decides when to come back
+            delays = [delay for _, _, delay in outcomes if delay is not None]
+            tries += bool(delays)  # rounds with a failure
+            if not wait_in_pass(engine, delays, tries, report):
+                return
 
-    def _send(self, rows: list[dict[str, Any]]) -> tuple[int, int, bool]:
-        """Send one batch and settle it: (synced, dead, went well)."""
+    def _send(self, rows: list[dict[str, Any]]) -> tuple[int, int, float | None]:
+        """Send one batch and settle it: (synced, dead, seconds until a retry or None)."""
         try:
             self.engine._wait_for_throttle()
             if rows[0]["deleted"]:
@@ -64,23 +66,23 @@ class SpanPusher:
             created, reasons = _read_answer(answer, rows)
         except AuthError as error:
             self.engine._halt.set()
-            self._retry(rows, error, 0.0)
-            return 0, 0, False
+            return 0, 0, self._retry(rows, error, 0.0)
         except RejectedError as error:  # the whole call refused: every span has a problem, or is there
             created, reasons = set(), {row["span_id"]: error.message for row in rows}
         except UpstreamError as error:
             retry_after = retry_after_of(error)
             if retry_after is not None:
                 self.engine._throttle(retry_after)
-            self._retry(rows, error, self.engine.backoff.delay(rows[0]["attempts"] + 1, retry_after))
-            return 0, 0, False
+            return 0, 0, self._retry(rows, error, self.engine.backoff.delay(rows[0]["attempts"] + 1, retry_after))
         return self._settle(rows, created, reasons)
 
-    def _settle(self, rows: list[dict[str, Any]], created: set[str], reasons: dict[str, str]) -> tuple[int, int, bool]:
+    def _settle(self, rows: list[dict[str, Any]], created: set[str],
+                reasons: dict[str, str]) -> tuple[int, int, float | None]:
         refused = [row for row in rows if row["span_id"] not in created]
         present, unknown, error = self._present_upstream(refused)
+        retry_in = None
         if error is not None:  # their trace could not be listed: they go again, and a re-send is harmless
-            self._retry(unknown, error, self.engine.backoff.delay(rows[0]["attempts"] + 1))
+            retry_in = self._retry(unknown, error, self.engine.backoff.delay(rows[0]["attempts"] + 1))
         checked = [row for row in refused if row not in unknown]
         synced = {row["seq"]: row["upstream_trace"] for row in rows
                   if row["span_id"] in created or row["span_id"] in present}
@@ -95,7 +97,7 @@ class SpanPusher:
         self.store.transaction(settle)
         for seq, reason in dead.items():
             log.warning("dead-lettered span %s: %s", seq, reason)
-        return len(synced), len(dead), not unknown
+        return len(synced), len(dead), retry_in
 
     def _present_upstream(self, rows: list[dict[str, Any]]) -> tuple[set[str], list[dict[str, Any]], Any]:
         """The ids of these spans the API already holds (listing each trace's spans, every page),
@@ -126,12 +128,13 @@ class SpanPusher:
             self.client.delete_span(row["span_id"])  # a span already gone counts as deleted
         now = self.engine.clock()
         self.store.transaction(queue.settle_synced, {row["seq"]: row["upstream_trace"] for row in rows}, now)
-        return len(rows), 0, True
+        return len(rows), 0, None
 
-    def _retry(self, rows: list[dict[str, Any]], error: UpstreamError, delay: float) -> None:
+    def _retry(self, rows: list[dict[str, Any]], error: UpstreamError, delay: float) -> float:
         seqs = [row["seq"] for row in rows]
         self.store.transaction(queue.settle_retry, seqs, self.engine.clock() + delay, error.message)
         log.info("will retry %d spans in %.1fs: %s", len(seqs), delay, error.message)
+        return delay
 
 
 def _read_answer(answer: Any, rows: list[dict[str, Any]]) -> tuple[set[str], dict[str, str]]:
@@ -162,3 +165,15 @@ def _batches(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 def spans_due(store: Any, now: float) -> bool:
     return bool(store.read(queue.due, now, 1))
 
+
+def wait_in_pass(engine: Any, delays: list[float], tries: int, report: Any) -> bool:
+    """After failures (``delays``: their retry waits), sleep until the soonest retry when it is short
+    and tries remain, and say whether to go on claiming in this pass."""
+    if not delays:
+        return True
+    report.retried += len(delays)
+    wait = min(delays)
+    if tries >= engine.settings.in_pass_tries or wait > engine.backoff.in_pass_max_wait_s or engine._halt.is_set():
+        return False
+    engine.backoff.sleep(wait)
+    return True
