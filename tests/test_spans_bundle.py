@@ -9,6 +9,7 @@ import galtea_local
 from galtea_local import Galtea
 from galtea_local.bundle import export_bundle, import_bundle, import_receipt, write_receipt
 from galtea_local.status import store_status
+from tests.bundle_helpers import SIGNING
 from tests.emulator_fixture import EmulatorHandle
 from tests.sync_helpers import make_engine, new_session, open_store
 from tests.test_spans_sync import drain_all
@@ -26,15 +27,16 @@ def test_spans_travel_with_their_trace_and_go_up_once(tmp_path: Path, emulator: 
         galtea_local.clear_context(token)
         origin_id = kiosk.store_id
     origin, connected = open_store(origin_path), open_store(connected_path)
-    bundle = export_bundle(origin, tmp_path / "usb.glb")
-    first, again = import_bundle(connected, bundle.path), import_bundle(connected, bundle.path)
+    bundle = export_bundle(origin, tmp_path / "usb.glb", signing=SIGNING)
+    first = import_bundle(connected, bundle.path, signing=SIGNING)
+    again = import_bundle(connected, bundle.path, signing=SIGNING)
     assert (first.spans_added, again.spans_added) == (2, 0)
     drain_all(make_engine(connected, emulator))
     spans = emulator.dump(log=False)["spans"]
     assert sorted(s["name"] for s in spans) == ["agent", "tool"]
     assert {s["inferenceResultId"] for s in spans} == {emulator.dump(log=False)["inferenceResults"][0]["id"]}
-    write_receipt(connected, origin_id, tmp_path / "receipt.glb")
-    import_receipt(origin, tmp_path / "receipt.glb")
+    write_receipt(connected, origin_id, tmp_path / "receipt.glb", signing=SIGNING)
+    import_receipt(origin, tmp_path / "receipt.glb", signing=SIGNING)
     drain_all(make_engine(origin, emulator))  # the origin's copies are recognised, not stored again
     dump = emulator.dump(log=False)
     assert len(dump["spans"]) == 2 and dump["refusedDuplicateSpans"] == 2

@@ -46,13 +46,31 @@ def entries(conn: sqlite3.Connection, start: float | None, end: float | None,
                "trace_ref": None if by_origin else (row["upstream_trace"] or row["trace_ref"])}
 
 
-def import_span(conn: sqlite3.Connection, path: Path, entry: dict[str, Any], origin: str, prefix: str) -> bool:
-    """Queue one exported span here; False when it is already here, or when its record is not (a
-    time-range export can carry a span without its record): then the origin sends it itself,
-    once a receipt tells it the trace's remote id."""
+_TEXT = ("span_id", "name")
+_OPTIONAL_TEXT = ("span_type", "description", "input_data", "output_data", "error", "metadata_json",
+                  "parent_span_id", "start_time", "end_time", "trace_ref")
+_OPTIONAL_NUMBER = ("start_ns", "end_ns", "latency_ms", "trace_origin_seq")
+
+
+def check_span(path: Path, entry: dict[str, Any]) -> None:
+    """A span line has every field, of the right type, and names its trace; else :class:`BundleError`."""
     missing = [name for name in FIELDS if name not in entry]
-    if missing or not entry.get("span_id") or not (entry.get("trace_origin_seq") or entry.get("trace_ref")):
-        raise BundleError(f"{path}: corrupt span entry (missing {', '.join(missing) or 'its trace'}); write it again")
+    wrong = [name for name in _TEXT if not isinstance(entry.get(name), str) or not entry[name]]
+    wrong += [name for name in _OPTIONAL_TEXT if entry.get(name) is not None and not isinstance(entry[name], str)]
+    wrong += [name for name in (*_OPTIONAL_NUMBER, "created_at") if entry.get(name) is not None and
+              (isinstance(entry[name], bool) or not isinstance(entry[name], (int, float)))]
+    if not isinstance(entry.get("created_at"), (int, float)):
+        wrong.append("created_at")
+    if entry.get("trace_origin_seq") is None and not entry.get("trace_ref"):
+        wrong.append("trace_origin_seq/trace_ref")
+    if missing or wrong:
+        raise BundleError(f"{path}: corrupt span line ({', '.join(missing + wrong)}); write the bundle again")
+
+
+def import_span(conn: sqlite3.Connection, entry: dict[str, Any], origin: str, prefix: str) -> bool:
+    """Queue one exported span (checked by :func:`check_span`) here; False when it is already here,
+    or when its record is not (a time-range export can carry a span without its record): then the
+    origin sends it itself, once a receipt tells it the trace's remote id."""
     if conn.execute("SELECT 1 FROM spans WHERE span_id = ?", (entry["span_id"],)).fetchone():
         return False
     trace_ref, record_seq = entry.get("trace_ref"), None
