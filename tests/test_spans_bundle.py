@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import galtea_local
 from galtea_local import Galtea
 from galtea_local.bundle import export_bundle, import_bundle, import_receipt, write_receipt
@@ -41,3 +43,26 @@ def test_spans_travel_with_their_trace_and_go_up_once(tmp_path: Path, emulator: 
     dump = emulator.dump(log=False)
     assert len(dump["spans"]) == 2 and dump["refusedDuplicateSpans"] == 2
     assert store_status(origin)["spans_synced"] == 2 and store_status(connected)["spans_synced"] == 2
+
+
+def test_a_corrupt_span_line_refuses_the_bundle_and_imports_nothing(tmp_path: Path) -> None:
+    from galtea_local.bundle.format import BundleWriter
+    from galtea_local.errors import BundleError
+    from tests.bundle_helpers import read_lines
+
+    origin_path = tmp_path / "kiosk.db"
+    with Galtea(store=origin_path) as kiosk:
+        trace = kiosk.traces.create(session_id="s", input="q")
+        kiosk.spans.create(trace_id=trace.id, name="step")
+    good = export_bundle(open_store(origin_path), tmp_path / "good.glb", signing=SIGNING).path
+    header, *entries, _trailer = read_lines(good)
+    span = next(entry for entry in entries if entry["type"] == "span")
+    span["latency_ms"] = "fast"  # signed by a writer with the key, but not a span line we accept
+    header = {key: value for key, value in header.items() if key not in ("format", "version")}
+    with BundleWriter(tmp_path / "bad.glb", header, SIGNING) as writer:
+        for entry in entries:
+            writer.write(entry)
+    connected = open_store(tmp_path / "office.db")
+    with pytest.raises(BundleError, match="corrupt span line .*latency_ms"):
+        import_bundle(connected, tmp_path / "bad.glb", signing=SIGNING)
+    assert store_status(connected)["queued"] == 0 and store_status(connected)["spans_queued"] == 0
