@@ -17,7 +17,7 @@ import logging
 import time
 from typing import Any
 
-from galtea_local.errors import AuthError, MaybeSentError, RejectedError, UpstreamError
+from galtea_local.errors import AuthError, RejectedError, UpstreamError
 from galtea_local.outbox import evaluations as queue
 from galtea_local.read_model import iso_utc
 from galtea_local_daemon.backoff import retry_after_of
@@ -61,7 +61,7 @@ class EvaluationPusher:
                 answer = self._send(row)
         except AuthError as error:
             self.engine._halt.set()
-            return self._retry(row, error, 0.0, maybe_sent=isinstance(error, MaybeSentError))
+            return self._retry(row, error, 0.0, maybe_sent=_maybe_sent(row, error))
         except RejectedError as error:
             self.store.transaction(queue.settle_dead, row["seq"], error.message, self.engine.clock())
             log.warning("dead-lettered evaluation request %s: %s", row["seq"], error.message)
@@ -70,9 +70,8 @@ class EvaluationPusher:
             retry_after = retry_after_of(error)
             if retry_after is not None:
                 self.engine._throttle(retry_after)
-            maybe = isinstance(error, MaybeSentError) or getattr(error, "before_send", False)
             return self._retry(row, error, self.engine.backoff.delay(row["attempts"] + 1, retry_after),
-                               maybe_sent=maybe)
+                               maybe_sent=_maybe_sent(row, error))
         self.store.transaction(queue.settle_synced, row["seq"], answer, self.engine.clock())
         return PUSHED
 
@@ -84,13 +83,9 @@ class EvaluationPusher:
 
     def _adopted(self, row: dict[str, Any]) -> list[dict[str, Any]] | None:
         """What an earlier attempt of this row created upstream, or None (then it is sent again)."""
-        try:
-            session_id = row["upstream_session"] or self.client.get_inference_result(row["upstream_trace"])["sessionId"]
-            since = iso_utc(row["sending_since"] - self.engine.settings.clock_skew_s)
-            listed = self.client.list_evaluations(session_ids=[session_id], from_created_at=since)
-        except UpstreamError as error:
-            error.before_send = True  # nothing new was sent: the earlier attempt is still "maybe sent"
-            raise
+        session_id = row["upstream_session"] or self.client.get_inference_result(row["upstream_trace"])["sessionId"]
+        since = iso_utc(row["sending_since"] - self.engine.settings.clock_skew_s)
+        listed = self.client.list_evaluations(session_ids=[session_id], from_created_at=since)
         owned = self.store.read(queue.owned, [e.get("id") for e in listed])
         return match(row, [e for e in listed if e.get("id") not in owned])
 
@@ -122,6 +117,12 @@ def match(row: dict[str, Any], candidates: list[dict[str, Any]]) -> list[dict[st
     if not wanted or len(mine) < wanted:
         return None
     return sorted(mine, key=lambda e: e.get("createdAt") or "")[:wanted]
+
+
+def _maybe_sent(row: dict[str, Any], error: UpstreamError) -> bool:
+    """Whether the row stays "maybe sent": this attempt may have landed, or an earlier one may have
+    (then a failure of this one, even of its reconciliation, changes nothing about that)."""
+    return error.maybe_sent or row["sending_since"] is not None
 
 
 def evaluations_due(store: Any, now: float) -> bool:

@@ -13,6 +13,15 @@ THROTTLED_UNTIL = "throttled_until"
 LONGEST_WRITE = "longest_write_s"
 LONGEST_WRITE_NAME = "longest_write_name"
 LONGEST_WRITE_RECENT = "longest_write_recent_s"
+SERVER_CLOCK_OFFSET = "server_clock_offset_s"  # server time minus ours, from the API's Date header
+# Creates re-sent after a maybe-sent attempt was not found within the commit grace: each one is
+# a duplicate if that attempt still commits later (only `galtea-local verify` can tell).
+RESENT_UNCONFIRMED = "resent_unconfirmed"
+
+
+def add(conn: sqlite3.Connection, key: str, count: int) -> None:
+    """Add ``count`` to a counter kept in ``meta``."""
+    put(conn, key, int(get_float(conn, key) or 0) + count)
 
 
 def put(conn: sqlite3.Connection, key: str, value: object | None) -> None:
