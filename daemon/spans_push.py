@@ -44,6 +44,8 @@ class SpanPusher:
         call for a wait longer than a pass takes (as for records: short waits happen in the pass)."""
         engine, tries = self.engine, 0
         while not engine.stopping and not engine._halt.is_set() and time.monotonic() < deadline:
+            if not self.store.read(queue.due, engine.clock(), 1):
+                return  # a read first: a pass with nothing of ours to send takes no write lock
             rows = self.store.transaction(queue.claim_due, engine.owner, engine.clock(), engine.settings.lease_s,
                                           BATCH * engine.settings.concurrency)
             if not rows:
