@@ -159,6 +159,13 @@ def cmd_dead(args: argparse.Namespace) -> int:
     if args.action == "list":
         rows = store.read(dead_letters.list_dead, prefix)
         print(json.dumps(rows, indent=2) if args.json else _dead_table(rows))
+        if not args.json:  # spans and evaluation requests the API refused: counted, retried with --all
+            from galtea_local.status import store_status
+
+            status = store_status(store)
+            if status["spans_dead"] or status["evaluations_dead"]:
+                print(f"also dead: {status['spans_dead']} span(s), {status['evaluations_dead']} evaluation "
+                      "request(s) (reasons in the store; `galtea-local dead retry --all` queues them again)")
         return EXIT_OK
     if not args.ids and not args.all:
         raise GaltealocalError(f"dead {args.action}: name record or session ids, or pass --all")
@@ -166,6 +173,11 @@ def cmd_dead(args: argparse.Namespace) -> int:
     if args.action == "retry":
         count = store.transaction(dead_letters.retry_dead, records, sessions)
         print(f"{count} operation(s) queued again")
+        if args.all:  # spans and evaluation requests refused by the API: queued again too
+            from galtea_local.outbox import evaluations, spans
+
+            print(f"{store.transaction(spans.retry_dead)} span(s), "
+                  f"{store.transaction(evaluations.retry_dead)} evaluation request(s) queued again")
     else:
         count = store.transaction(dead_letters.drop_dead, time.time(), records, sessions)
         print(f"{count} operation(s) dropped")

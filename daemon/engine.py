@@ -22,10 +22,10 @@ from typing import Any
 
 from galtea_local.errors import AuthError, RejectedError, StoreError, UpstreamError
 from galtea_local.outbox import attempts as ob
-from galtea_local.outbox import drift, health
+from galtea_local.outbox import drift, health, leased
 from galtea_local.outbox.kinds import OpKind
 from galtea_local.store import Store
-from galtea_local_daemon import poison, reconcile, wire
+from galtea_local_daemon import evaluations_push, poison, reconcile, spans_push, wire
 from galtea_local_daemon.backoff import Backoff, retry_after_of
 from galtea_local_daemon.bodies import build_body, decoded_fields
 from galtea_local_daemon.maybe_sent import MaybeSent
@@ -79,7 +79,7 @@ class SyncEngine:
 
     def release_stale_leases(self) -> int:
         """For a pusher holding the store's exclusive lock: every existing lease is a dead pusher's."""
-        return self.store.transaction(ob.release_all_leases)
+        return self.store.transaction(ob.release_all_leases) + self.store.transaction(leased.release_all)
 
     # -- one pass ------------------------------------------------------------
 
@@ -96,10 +96,14 @@ class SyncEngine:
         auth_was_failing = self.store.read(health.get, health.AUTH_FAILING) is not None
         concurrency = 1 if auth_was_failing else self.settings.concurrency  # probe with one lane
         self._drain(now, concurrency, report)
+        # Spans and evaluations go after the lanes, so a trace created in this pass takes them along.
+        spans_push.SpanPusher(self).push_due(report, time.monotonic() + self.settings.pass_budget_s)
+        evaluations_push.EvaluationPusher(self).push_due(report, time.monotonic() + self.settings.pass_budget_s)
         self._record_health(report, auth_was_failing)
         # A pass that settled nothing (every lane hit an unexpected error) does not ask to run
         # again at once: the scheduler's interval paces it, and `sync` ends.
-        progressed = report.pushed or report.adopted or report.dead or report.retried
+        progressed = (report.pushed or report.adopted or report.dead or report.retried or report.spans_pushed
+                      or report.spans_dead or report.evaluations_pushed)
         report.more_due = not self.stopping and not self._halt.is_set() and bool(progressed) and self._has_due()
         return report
 
@@ -149,7 +153,8 @@ class SyncEngine:
 
     def _has_due(self) -> bool:
         lanes = self.store.read(lambda conn: ob.due_lanes(conn, self.clock(), 1))
-        return bool(lanes)
+        now = self.clock()
+        return bool(lanes) or spans_push.spans_due(self.store, now) or evaluations_push.evaluations_due(self.store, now)
 
     # -- one lane ------------------------------------------------------------
 
@@ -432,7 +437,7 @@ class SyncEngine:
     def _record_health(self, report: PassReport, auth_was_failing: bool) -> None:
         def write(conn: Any) -> None:
             now = self.clock()
-            if report.pushed or report.adopted:
+            if report.pushed or report.adopted or report.spans_pushed:
                 health.put(conn, health.LAST_SUCCESS, now)
             if report.errors:
                 health.put(conn, health.LAST_ERROR, report.errors[-1][:500])

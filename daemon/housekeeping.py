@@ -28,7 +28,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from galtea_local import retention
+from galtea_local import retention, span_retention
 from galtea_local.config import RetentionSettings
 from galtea_local.outbox import ownership
 from galtea_local.store import Store
@@ -89,6 +89,7 @@ class Housekeeper:
     def expire(self, now: float) -> int:
         """Delete synced records older than ``synced_days``; return how many."""
         total = self._delete_settled(now - self.settings.synced_days * DAY_S)
+        span_retention.delete_settled(self.store, now - self.settings.synced_days * DAY_S)  # spans, evaluations
         self._forget_owned(now)
         if total:
             log.info("retention: deleted %d synced record(s) older than %g day(s)", total, self.settings.synced_days)
@@ -135,7 +136,9 @@ class Housekeeper:
         used = self.store.read(retention.used_bytes)
         if used > cap and self.settings.when_full == "drop_synced":
             while used > cap:
-                deleted = self._delete_settled(float("inf"), self._drop_batch(used - cap))
+                batch = self._drop_batch(used - cap)
+                deleted = self._delete_settled(float("inf"), batch)
+                deleted += span_retention.delete_settled(self.store, float("inf"), batch)
                 if not deleted:
                     break  # only unsynced records left: those are never dropped
                 dropped += deleted

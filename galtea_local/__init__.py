@@ -24,6 +24,7 @@ from galtea_local.read_model import InferenceResult, InferenceResultStatus, Sync
 
 __all__ = [
     "Galtea",
+    "GalteaSpan",
     "GaltealocalError",
     "InferenceResult",
     "InferenceResultStatus",
@@ -33,10 +34,28 @@ __all__ = [
     "NotFoundError",
     "OutcomeUnknownError",
     "RecordTooLargeError",
+    "Span",
     "StoreError",
     "StoreOpenError",
     "StoreReadOnlyError",
     "StoreTimeoutError",
     "StoreUnavailableError",
     "SyncState",
+    "clear_context",
+    "get_trace_id",
+    "set_context",
+    "start_span",
+    "traced",
 ]
+
+# The tracing names load galtea_local.spans on first use: `import galtea_local` stays fast.
+_SPAN_NAMES = frozenset({"GalteaSpan", "Span", "clear_context", "get_trace_id", "set_context", "start_span", "traced",
+                         "get_inference_result_id", "start_trace", "trace"})  # the last three: deprecated
+
+
+def __getattr__(name: str) -> object:
+    if name in _SPAN_NAMES:
+        from galtea_local import spans
+
+        return getattr(spans, name)
+    raise AttributeError(f"module 'galtea_local' has no attribute {name!r}")

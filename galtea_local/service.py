@@ -135,6 +135,27 @@ class InferenceResultService:
             seq = self._store.transaction(_insert, row, self._prefix if local else None)
         return build({**_READ_DEFAULTS, **row}, outbox.local_id(self._prefix, seq), input, output)
 
+    def create_and_evaluate(
+        self, session_id: str | None = None, output: str | dict[str, Any] | None = None, metrics: Any = None,
+        specification_ids: builtins.list[str] | None = None, input: str | dict[str, Any] | None = None,
+        retrieval_context: str | None = None, latency: float | None = None, usage_info: dict[str, int] | None = None,
+        cost_info: dict[str, float] | None = None, conversation_simulator_version: str | None = None,
+        session_custom_id: str | None = None, version_id: str | None = None, product_id: str | None = None,
+        run_id: str | None = None,
+    ) -> tuple[InferenceResult, builtins.list[Any]]:
+        """Queue a turn and its evaluation: ``(trace, evaluations reporting "queued")``. The
+        evaluation goes upstream after the trace (see :mod:`galtea_local.evaluations`)."""
+        from galtea_local.evaluations import EvaluationService, check_metrics
+
+        check_metrics(metrics, specification_ids)  # bad metrics write nothing, not even the trace
+        trace = self.create(session_id=session_id, input=input, output=output, retrieval_context=retrieval_context,
+                            latency=latency, usage_info=usage_info, cost_info=cost_info,
+                            conversation_simulator_version=conversation_simulator_version,
+                            session_custom_id=session_custom_id, version_id=version_id, product_id=product_id)
+        evaluations = EvaluationService(self._store, self, None).create(
+            trace_id=trace.id, metrics=metrics, specification_ids=specification_ids, run_id=run_id)
+        return trace, evaluations
+
     def create_batch(
         self,
         session_id: str | None = None,

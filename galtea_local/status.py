@@ -7,6 +7,8 @@ import time
 from typing import Any
 
 from galtea_local.outbox import custody, health
+from galtea_local.outbox import evaluations as evaluation_queue
+from galtea_local.outbox import spans as span_queue
 from galtea_local.store import Store
 
 _STATES = ("queued", "synced", "dead", "dropped", "cancelled")
@@ -82,7 +84,10 @@ def store_status(store: Store, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
 
     def read(conn: sqlite3.Connection) -> dict[str, Any]:
-        return {**_counts(conn), **_queue_facts(conn, now), **_health(conn, now), **_load(conn)}
+        spans = {f"spans_{state}": count for state, count in span_queue.counts(conn).items()}
+        evaluations = {f"evaluations_{state}": count for state, count in evaluation_queue.counts(conn).items()}
+        return {**_counts(conn), **_queue_facts(conn, now), **spans, **evaluations, **_health(conn, now),
+                **_load(conn)}
 
     return {"store_id": store.store_id, "store": str(store.path), **store.read(read)}
 
@@ -99,6 +104,9 @@ def format_status(status: dict[str, Any]) -> str:
         f"dead        {status['dead']} records ({status['dead_operations']} operations; see `galtea-local dead list`)",
         f"sessions    {status['sessions_queued']} queued, {status['sessions_synced']} synced,"
         f" {status['sessions_dead']} dead (a dead session holds its turns)",
+        f"spans       {status['spans_queued']} queued, {status['spans_synced']} synced, {status['spans_dead']} dead",
+        f"evaluations {status['evaluations_queued']} queued, {status['evaluations_synced']} synced,"
+        f" {status['evaluations_dead']} dead",
         f"oldest      {status['oldest_queued_age_s'] if status['oldest_queued_age_s'] is not None else '-'} s",
         f"last push   {when(status['last_success_at'])}",
         f"last error  {status['last_error'] or '-'}",

@@ -17,13 +17,13 @@ from typing import Any
 from galtea_local_daemon.emulator.faults import AMBIGUOUS, APPLIED_ERROR, FAIL, LATE, THROTTLE, FaultInjector
 
 Scope = dict[str, Any]
-API_PREFIXES = ("/inferenceResults", "/sessions")
+API_PREFIXES = ("/inferenceResults", "/sessions", "/traces", "/evaluations")
 
 
 def route_of(path: str) -> str:
     """``/inferenceResults/abc`` -> ``/inferenceResults/{id}``: a stable name to count requests by."""
     parts = path.rstrip("/").split("/")
-    if len(parts) >= 3 and parts[2] != "batch":
+    if len(parts) >= 3 and parts[2] not in ("batch", "fromInferenceResult", "fromSession", "singleTurn"):
         parts[2] = "{id}"
     return "/".join(parts)
 
