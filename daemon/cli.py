@@ -8,6 +8,7 @@
     galtea-local emulator [...]          the local Galtea API emulator
     galtea-local demo [--dir DIR]        emulator + burst of turns + daemon drain + exactly-once check
     galtea-local export|import|receipt|import-receipt   carry the queue across an air gap (docs/airgap.md)
+    galtea-local throttle show|clear     see or end a pause the API asked for (Retry-After)
 
 Settings, highest first: flags, environment, config file, defaults.
 """
@@ -29,7 +30,7 @@ from galtea_local.outbox import dead as dead_letters
 from galtea_local.outbox import parse_local_id
 from galtea_local.outbox.sessions import parse_session_id
 from galtea_local.status import format_status, store_status
-from galtea_local_daemon import cli_bundle
+from galtea_local_daemon import cli_bundle, cli_throttle
 
 EXIT_OK, EXIT_WAITING, EXIT_ERROR = 0, 2, 1
 
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo.add_arguments(commands.add_parser("demo", help="the whole product against a local emulator"))
     cli_bundle.add_commands(commands, _common)
+    cli_throttle.add_command(commands, _common)
     return parser
 
 
@@ -178,6 +180,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "emulator": cmd_emulator,
     "demo": cmd_demo,
     **cli_bundle.COMMANDS,
+    **cli_throttle.COMMANDS,
 }
 
 

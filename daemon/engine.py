@@ -32,6 +32,7 @@ from galtea_local.outbox import health
 from galtea_local.store import Store
 from galtea_local_daemon import reconcile, wire
 from galtea_local_daemon.backoff import Backoff, retry_after_of
+from galtea_local_daemon.concurrency import AdaptiveLimit, LimitedClient, ThrottleGate
 from galtea_local_daemon.upstream import UpstreamClient
 
 log = logging.getLogger("galtea_local.sync")
@@ -47,6 +48,7 @@ class EngineSettings:
     # Attempts at one operation within a pass. Without a bound, a backoff capped below the
     # in-pass wait limit retries an unreachable API forever and `sync` never exits.
     in_pass_tries: int = 5
+    max_retry_after_s: float = 300.0  # a longer Retry-After is cut to this (see concurrency.py)
 
 
 @dataclass
@@ -134,8 +136,12 @@ class SyncEngine:
         self.clock = clock
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._halt = threading.Event()  # auth failure or throttle: stop claiming for this pass
-        self._throttled_until = 0.0
-        self._lock = threading.Lock()
+        # Requests in flight follow what the API accepts (concurrency.py); a Retry-After pauses
+        # everything only when it clearly applies to everything, and never past the cap.
+        self.limit = AdaptiveLimit(self.settings.concurrency)
+        self.client = LimitedClient(client, self.limit, self.backoff.stop_event, wait_gate=self._wait_for_throttle,
+                                    on_throttled=self._on_throttled)
+        self.gate = ThrottleGate(self.settings.max_retry_after_s, clock)
         self._pool: ThreadPoolExecutor | None = None
 
     # -- control -------------------------------------------------------------
@@ -159,9 +165,11 @@ class SyncEngine:
         now = self.clock() if now is None else now
         report = PassReport()
         self._halt.clear()
-        self._throttled_until = max(self._throttled_until, self.store.read(_throttle_of))
-        if self._throttled_until > now:
-            report.throttled_until = self._throttled_until
+        capped = self.gate.sync_from(self.store.read(_throttle_of))
+        if capped is not None:
+            self.store.transaction(health.put, health.THROTTLED_UNTIL, capped)
+        if self.gate.until > now:
+            report.throttled_until = self.gate.until
             return report
         self.store.transaction(ob.deactivate_drained_lanes)
         auth_was_failing = self.store.read(health.get, health.AUTH_FAILING) is not None
@@ -350,7 +358,7 @@ class SyncEngine:
         return ahead or True
 
     def _settle_failure(self, attempt: ob.Attempt, error: UpstreamError, report: PassReport) -> None:
-        retry_after = retry_after_of(error)
+        retry_after = self.gate.capped(retry_after_of(error))
         if retry_after is not None:
             self._throttle(retry_after)
         delay = self.backoff.delay(attempt.attempts + 1, retry_after)
@@ -373,25 +381,39 @@ class SyncEngine:
 
     # -- throttling ------------------------------------------------------------
 
+    def _on_throttled(self, error: BaseException) -> None:
+        retry_after = self.gate.capped(retry_after_of(error))
+        if retry_after is not None:
+            self._throttle(retry_after)
+
     def _throttle(self, retry_after: float) -> None:
-        until = self.clock() + retry_after
-        with self._lock:
-            if until <= self._throttled_until:
-                return
-            self._throttled_until = until
-        self.store.transaction(health.put, health.THROTTLED_UNTIL, until)
+        """A 429 or 503 with Retry-After: the operation it answered waits for it (its ``not_before``).
+
+        Everything waits only when the refusal clearly applies to everything (see
+        :meth:`AdaptiveLimit.refused_by_all`); a sporadic 429 lowers the limit instead.
+        """
+        if self.limit.refused_by_all():
+            self._pause_all(retry_after)
+
+    def _pause_all(self, retry_after: float) -> None:
+        until = self.gate.pause(retry_after)
+        if until is not None:
+            self.store.transaction(health.put, health.THROTTLED_UNTIL, until)
+            log.warning("the API refuses every request: pausing all pushing for %.1fs (Retry-After, at most"
+                        " sync.max_retry_after_s)", until - self.clock())
 
     def _wait_for_throttle(self) -> None:
-        """No request leaves before a Retry-After has passed, whichever lane got it.
+        """No request leaves during a pause of all sending, whichever lane caused it.
 
-        Checked again after each sleep: a request in flight on another lane may
-        come back with a later Retry-After while this one waits.
+        Checked again every second: a request in flight on another lane may bring a
+        later pause, and an operator may end it (``galtea-local throttle clear``).
         """
         while not self.stopping:
-            remaining = self._throttled_until - self.clock()
+            remaining = self.gate.remaining()
             if remaining <= 0:
                 return
-            self.backoff.sleep(remaining)
+            self.backoff.sleep(min(remaining, 1.0))
+            self.gate.sync_from(self.store.read(_throttle_of))
 
     def _record_health(self, report: PassReport, auth_was_failing: bool) -> None:
         def write(conn: Any) -> None:
@@ -409,5 +431,5 @@ class SyncEngine:
         self.store.transaction(write)
 
 
-def _throttle_of(conn: Any) -> float:
-    return health.get_float(conn, health.THROTTLED_UNTIL) or 0.0
+def _throttle_of(conn: Any) -> float | None:
+    return health.get_float(conn, health.THROTTLED_UNTIL)

@@ -122,7 +122,7 @@ class Daemon:
         self.notifier = notifier
         self.housekeeper = Housekeeper(store, settings.retention)
         self.metrics = DaemonMetrics(store, settings.metrics)
-        self.write_watch = WriteWatch(store)
+        self.write_watch = WriteWatch(store, engine.limit)
         self.scheduler = BackgroundScheduler(timezone=timezone.utc)
         logging.getLogger("apscheduler.scheduler").addFilter(_SkippedRunFilter())
         self._state = threading.Lock()

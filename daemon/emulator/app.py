@@ -7,7 +7,8 @@ never delayed, faulted or authenticated:
 
 - ``GET /_emulator/dump[?log=0]``: everything stored plus the counters.
 - ``GET|POST /_emulator/faults``: read or change :class:`FaultConfig` fields
-  (``{"fail_rate": 0.5, ...}``; ``"seed"`` restarts the random sequence).
+  (``{"fail_rate": 0.5, ...}``; ``"seed"`` restarts the random sequence;
+  ``"throttle_next": N`` answers exactly the next N API requests 429).
 - ``POST /_emulator/reset``: forget everything stored and zero the counters.
 """
 
@@ -144,12 +145,15 @@ class EmulatorApp:
     async def set_faults(self, request: Request) -> Response:
         changes = await read_object(request)
         seed = changes.pop("seed", None)
+        throttle_next = changes.pop("throttle_next", None)
         try:
             self.injector.config = self.injector.config.changed(changes)
         except ValueError as exc:
             raise rules.bad_request(str(exc)) from None
         if seed is not None:
             self.injector.reseed(seed)
+        if throttle_next is not None:
+            self.injector.throttle_next(int(throttle_next))
         return await self.get_faults(request)
 
     async def set_versions(self, request: Request) -> Response:

@@ -19,6 +19,7 @@ from typing import Any
 FAIL = "fail"
 THROTTLE = "throttle"
 AMBIGUOUS = "ambiguous"
+RATE_LIMIT = "rate_limit"  # the token bucket was empty: answered 429 (see FaultConfig.rate_limit_rps)
 WRITE_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 LOG_LIMIT = 100_000  # enough for any test; bounded so a long benchmark cannot exhaust memory
 
@@ -29,6 +30,11 @@ class FaultConfig:
 
     ``api_key=None`` accepts any non-empty Bearer key. ``retry_after_http_date``
     sends ``Retry-After`` as an HTTP date instead of seconds.
+
+    ``rate_limit_rps`` (0: off) is a token bucket per API key, as real rate
+    limiters are: it refills at that many requests per second and holds up to
+    ``rate_limit_burst`` (0: one second's worth). A request that finds it empty
+    is answered 429 at once with ``Retry-After`` (whole seconds, at least 1).
     """
 
     fail_rate: float = 0.0
@@ -38,6 +44,8 @@ class FaultConfig:
     retry_after_s: int = 1
     retry_after_http_date: bool = False
     api_key: str | None = None
+    rate_limit_rps: float = 0.0
+    rate_limit_burst: float = 0.0
 
     def __post_init__(self) -> None:
         rates = (self.fail_rate, self.throttle_rate, self.ambiguous_rate)
@@ -47,6 +55,12 @@ class FaultConfig:
             raise ValueError("fail_rate + throttle_rate + ambiguous_rate must not exceed 1")
         if self.latency_ms < 0 or self.retry_after_s < 0:
             raise ValueError("latency_ms and retry_after_s must not be negative")
+        if self.rate_limit_rps < 0 or self.rate_limit_burst < 0:
+            raise ValueError("rate_limit_rps and rate_limit_burst must not be negative")
+
+    @property
+    def burst(self) -> float:
+        return self.rate_limit_burst or max(1.0, self.rate_limit_rps)
 
     def changed(self, changes: dict[str, Any]) -> FaultConfig:
         """A copy with ``changes`` applied; unknown names or bad values raise ``ValueError``."""
@@ -82,7 +96,9 @@ class FaultInjector:
         if seed is not None:
             self.seed = seed
         self._rng = random.Random(self.seed)
-        self.faults: Counter[str] = Counter({FAIL: 0, THROTTLE: 0, AMBIGUOUS: 0})
+        self.faults: Counter[str] = Counter({FAIL: 0, THROTTLE: 0, AMBIGUOUS: 0})  # + RATE_LIMIT once one happens
+        self._buckets: dict[str | None, tuple[float, float]] = {}  # API key -> (tokens, when counted)
+        self._throttle_left = 0
         self.requests: Counter[str] = Counter()
         self.log: deque[dict[str, Any]] = deque(maxlen=LOG_LIMIT)
         self.in_flight = 0
@@ -93,8 +109,15 @@ class FaultInjector:
         self.seed = seed
         self._rng = random.Random(seed)
 
+    def throttle_next(self, count: int) -> None:
+        """Answer exactly the next ``count`` API requests 429, whatever the rates (a deterministic 429)."""
+        self._throttle_left = count
+
     def draw(self, method: str) -> str | None:
         """The fault for this request, or ``None`` to serve it normally."""
+        if self._throttle_left > 0:
+            self._throttle_left -= 1
+            return THROTTLE
         cfg = self.config
         if not (cfg.fail_rate or cfg.throttle_rate or cfg.ambiguous_rate):
             return None
@@ -106,6 +129,20 @@ class FaultInjector:
         if roll < cfg.fail_rate + cfg.throttle_rate + cfg.ambiguous_rate and method in WRITE_METHODS:
             return AMBIGUOUS
         return None
+
+    def rate_limited(self, key: str | None, now: float | None = None) -> float | None:
+        """Take a token from ``key``'s bucket: None if there was one, else seconds until the next."""
+        cfg = self.config
+        if not cfg.rate_limit_rps:
+            return None
+        now = time.monotonic() if now is None else now
+        tokens, then = self._buckets.get(key, (cfg.burst, now))
+        tokens = min(cfg.burst, tokens + (now - then) * cfg.rate_limit_rps)
+        if tokens >= 1.0:
+            self._buckets[key] = (tokens - 1.0, now)
+            return None
+        self._buckets[key] = (tokens, now)
+        return (1.0 - tokens) / cfg.rate_limit_rps
 
     def begin(self, method: str, path: str, route: str) -> dict[str, Any]:
         """Count a request in; the returned log entry is completed by :meth:`end`."""
