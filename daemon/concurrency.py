@@ -10,8 +10,8 @@ answered waits out its Retry-After.
 and paces request starts ``srtt / L`` apart, so a fractional limit is a
 fractional rate. The control law:
 
-- **Slow start.** ``L`` starts at 1 and doubles every round trip until the first
-  429 or a latency rise.
+- **Slow start.** The rate starts at 20/s and doubles every round trip until 429s
+  make a share no sporadic ones would (``SLOW_START_EXIT``), or latency rises.
 - **Decrease** on a 429 (or the smoothed latency passing ``LATENCY_TOLERANCE``
   times the lowest seen, a queue building up in front of the API). The new
   limit is sized from what the API accepted: ``0.95 x goodput x srtt`` (goodput:
@@ -63,8 +63,9 @@ BACKGROUND_MIN_ANSWERS = 50  # fewer answers seen while recovering say nothing a
 BACKGROUND_MAX = 0.05  # more than this is not taken for background, whatever a recovery saw
 BACKGROUND_DECAY = 0.998  # per answer counted: the background follows the last ~500 of them
 MIN_RTT_WINDOW_S = 10.0  # the lowest round trip is forgotten after this: a slower API is not a queue forever
-LATENCY_TOLERANCE = 3.0
-LATENCY_SLACK_S = 0.05  # plus this: scheduling noise on a busy box is not a queue at the API
+LATENCY_TOLERANCE = 4.0
+LATENCY_SLACK_S = 0.25  # plus this: a starved CPU here (GIL, a busy box) is not a queue at the API
+SLOW_START_EXIT = (5, 0.1)  # leave slow start at this many 429s making this share: a limit, not sporadic ones
 PROBE_GROWTH = 0.03  # beyond the old rate: + this share of it RECOVERY_S later, x8 after twice that
 GOODPUT_WINDOW_S = 1.0
 INITIAL_RTT_S = 0.05
@@ -206,7 +207,7 @@ class AdaptiveLimit:
         above_background = share > BACKGROUND_MARGIN * self.background + BACKGROUND_SLACK
         probing = now - self._decreased_at >= RECOVERY_S  # above the rate that drew the last 429s
         if self.slow_start:
-            if throttled >= 3 and share > SYSTEMATIC_SHARE:  # a limit, not one sporadic 429
+            if throttled >= SLOW_START_EXIT[0] and share > SLOW_START_EXIT[1]:
                 self._decrease(now, clean=False)
         elif systematic or (probing and above_background):
             self._decrease(now, clean=probing and not self.slow_start and not systematic)

@@ -36,6 +36,7 @@ from galtea_local_daemon.concurrency import AdaptiveLimit, LimitedClient, Thrott
 from galtea_local_daemon.upstream import UpstreamClient
 
 log = logging.getLogger("galtea_local.sync")
+WORKERS_PER_REQUEST_SLOT = 2
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ class SyncEngine:
             return report
         self.store.transaction(ob.deactivate_drained_lanes)
         auth_was_failing = self.store.read(health.get, health.AUTH_FAILING) is not None
-        concurrency = 1 if auth_was_failing else self.settings.concurrency  # probe with one lane
+        concurrency = 1 if auth_was_failing else self._workers_wanted()  # probe with one lane
         self._drain(now, concurrency, report)
         self._record_health(report, auth_was_failing)
         report.more_due = not self.stopping and not self._halt.is_set() and self._has_due()
@@ -200,10 +201,16 @@ class SyncEngine:
                 del active[future]
                 report.merge(future.result())
 
+    def _workers_wanted(self) -> int:
+        # More lanes in progress than requests in flight: a lane waiting out a retry in place
+        # holds its thread, and under a few percent of failures those waits took every thread.
+        # The adaptive limit (self.limit) keeps the requests in flight within `concurrency`.
+        return self.settings.concurrency * WORKERS_PER_REQUEST_SLOT
+
     def _workers(self) -> ThreadPoolExecutor:
         # Kept across passes: each push thread keeps its own HTTP connections alive between passes.
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="push")
+            self._pool = ThreadPoolExecutor(max_workers=self._workers_wanted(), thread_name_prefix="push")
         return self._pool
 
     def close(self) -> None:

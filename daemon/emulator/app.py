@@ -5,7 +5,8 @@ API routes (camelCase JSON, as the official SDK 5.12 sends and reads them):
 ``GET /minimum-sdk-version``. Control routes live under ``/_emulator/`` and are
 never delayed, faulted or authenticated:
 
-- ``GET /_emulator/dump[?log=0]``: everything stored plus the counters.
+- ``GET /_emulator/dump[?log=0][&store=0]``: everything stored plus the counters
+  (``store=0``: only how many results and sessions are stored).
 - ``GET|POST /_emulator/faults``: read or change :class:`FaultConfig` fields
   (``{"fail_rate": 0.5, ...}``; ``"seed"`` restarts the random sequence;
   ``"throttle_next": N`` answers exactly the next N API requests 429).
@@ -137,6 +138,9 @@ class EmulatorApp:
 
     async def dump(self, request: Request) -> Response:
         with_log = request.query_params.get("log", "1") not in ("0", "false")
+        if request.query_params.get("store", "1") in ("0", "false"):  # counters only: cheap for a long benchmark
+            counts = {"inferenceResultCount": len(self.store.results), "sessionCount": len(self.store.sessions)}
+            return JSONResponse({**counts, **self.injector.snapshot(with_log)})
         return JSONResponse({**self.store.snapshot(), **self.injector.snapshot(with_log)})
 
     async def get_faults(self, request: Request) -> Response:

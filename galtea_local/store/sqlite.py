@@ -31,6 +31,7 @@ from galtea_local.errors import NotAStoreError, StoreError, StoreOpenError
 T = TypeVar("T")
 
 DURABILITY_SYNCHRONOUS = {"process": "NORMAL", "power": "FULL"}
+JOURNAL_SIZE_LIMIT = 8 * 1024 * 1024
 
 
 def sqlite_path_from(location: str) -> str:
@@ -133,6 +134,9 @@ class Store:
         conn.execute(f"PRAGMA synchronous={DURABILITY_SYNCHRONOUS[self.durability]}")
         conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
         conn.execute("PRAGMA foreign_keys=ON")
+        # When a checkpoint lets the WAL start over, cut the file back to this: passive
+        # checkpoints then bound it without the write lock a TRUNCATE takes (housekeeping.py).
+        conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
         conn.row_factory = sqlite3.Row
         with self._lock:
             self._connections.add(conn)
