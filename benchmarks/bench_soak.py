@@ -32,7 +32,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -239,23 +240,45 @@ def soak(args: argparse.Namespace) -> None:
         print_upstream(url, before, time.time() - started, args.rate_limit)
         figures = store_figures(path)
         print(f"daemon's longest write transaction since start: {figures['longest_write_ms'] or 0:.1f} ms"
-              f" ({figures['longest_write_name']})")
+              f" ({figures['longest_write_name']}); the most CPU one used: {figures['longest_write_cpu_ms'] or 0:.2f} ms"
+              f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
 
 def drain_rate(args: argparse.Namespace, backlog: int) -> float:
-    """Records/s the daemon drains from a queue of ``backlog``, measured over ``--drain-s`` after a warm-up."""
+    """Records/s the daemon drains from a queue of ``backlog``: timed from the 10th to the 90th
+    percent of the queue (start-up and the tail left out), at most ``--drain-s`` seconds."""
     with ExitStack() as stack:
         url = stack.enter_context(emulator(args.latency_ms))
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=args.dir)))
         sessions = make_sessions(url, args.sessions)
         path = folder / "store.db"
         prefill(path, sessions, max(1, backlog // args.sessions))
-        daemon = start_daemon(url, path, folder)
-        stack.callback(stop, daemon)
-        time.sleep(5)  # start-up and slow start
-        first = emulator_counts(url)["inferenceResultCount"]
-        time.sleep(args.drain_s)
-        return (emulator_counts(url)["inferenceResultCount"] - first) / args.drain_s
+        base = emulator_counts(url)["inferenceResultCount"]
+        daemon = stack.enter_context(_running(start_daemon(url, path, folder)))
+        first = wait_for_count(url, base + backlog // 10, daemon)
+        deadline = first[0] + args.drain_s
+        last = first
+        while last[1] < base + backlog * 9 // 10 and time.monotonic() < deadline:
+            time.sleep(0.25)
+            last = (time.monotonic(), emulator_counts(url)["inferenceResultCount"])
+        return (last[1] - first[1]) / (last[0] - first[0])
+
+
+def wait_for_count(url: str, count: int, daemon: subprocess.Popen[bytes]) -> tuple[float, int]:
+    while daemon.poll() is None:
+        seen = emulator_counts(url)["inferenceResultCount"]
+        if seen >= count:
+            return time.monotonic(), seen
+        time.sleep(0.1)
+    raise RuntimeError("the daemon exited")
+
+
+@contextmanager
+def _running(proc: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    try:
+        yield proc
+    finally:
+        stop(proc)
 
 
 def main() -> None:

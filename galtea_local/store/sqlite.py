@@ -183,10 +183,13 @@ class Store:
     def _run(self, conn: sqlite3.Connection, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
         conn.execute("BEGIN IMMEDIATE")
         locked = time.perf_counter()  # the write lock is ours from here to COMMIT
+        stats = self.write_stats
+        cpu = time.thread_time() if stats.track_cpu else 0.0
         try:
             result = fn(conn, *args, **kwargs)
             conn.execute("COMMIT")
-            self.write_stats.note(time.perf_counter() - locked, getattr(fn, "__name__", "?"))
+            cpu = time.thread_time() - cpu if stats.track_cpu else 0.0
+            stats.note(time.perf_counter() - locked, getattr(fn, "__name__", "?"), cpu)
             return result
         except BaseException:
             if conn.in_transaction:
