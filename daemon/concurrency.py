@@ -6,30 +6,32 @@ of its time idle: one soak saw the daemon idle 785 s of 899 s at a 2% rate of
 429s. Here a 429 slows the sending rate instead, and only the request it
 answered waits out its Retry-After.
 
-:class:`AdaptiveLimit` caps the requests in flight at a limit ``L`` (a float),
-and paces request starts ``srtt / L`` apart, so a fractional limit is a
-fractional rate. The control law:
+:class:`AdaptiveLimit` paces request starts at a rate it adapts, and caps the
+requests in flight at ``rate x srtt`` (Little's law, with headroom) and at
+``sync.concurrency``. The control law:
 
 - **Slow start.** The rate starts at 20/s and doubles every round trip until 429s
-  make a share no sporadic ones would (``SLOW_START_EXIT``), or latency rises.
+  make 3% of the answers (``SLOW_START_EXIT``), or latency rises.
 - **Decrease** on a 429 (or the smoothed latency passing ``LATENCY_TOLERANCE``
   times the lowest seen, a queue building up in front of the API). The new
-  limit is sized from what the API accepted: ``0.95 x goodput x srtt`` (goodput:
-  answers other than 429 per second over the last second), kept between half
-  and ``BETA`` of the old limit, except when leaving slow start, where the
-  overshoot can be many times the allowed rate.
-- **Hold-off.** After a decrease, further 429s do not decrease again for
-  ``RECOVERY_S``, unless more than ``SYSTEMATIC_SHARE`` of the answers since
-  were 429s. This is what tells sporadic 429s from a limit: a limit stops
-  answering 429 once the rate drops below it, sporadic 429s go on at the same
-  share whatever the rate. Without it, 2% of sporadic 429s would drive any AIMD
-  to a small fraction of the capacity (at any limit ``L``, the decrease per
-  round trip ``~ 0.02 L (1 - BETA)`` outgrows any increase small enough to keep
-  a real limiter's 429s under 1%).
-- **Increase** (CUBIC's window curve): back to the limit before the decrease
+  rate is ``BETA`` x the least of the old one and what the API accepted (goodput:
+  answers other than 429 over the last second), and at least half the old one,
+  except when leaving slow start, where the overshoot can be many times the
+  allowed rate. A 429 answering a request sent before the decrease is not
+  counted again.
+- **Increase** (CUBIC's window curve): back to the rate before the decrease
   along a concave curve over ``RECOVERY_S`` (slow near it, where the last 429
   came), then beyond it along a convex one, faster the longer no 429 comes, so
   a raised rate limit is found again within seconds.
+- **Sporadic vs systematic.** While clearly below the rate that drew the last
+  429s, the API has no reason to refuse us: the share of 429s seen there is a
+  *background* of sporadic ones. Above it, a 429 decreases only when the share
+  since the last decrease passes ``BACKGROUND_MARGIN`` x that background (plus
+  a little); many 429s at once (``SYSTEMATIC_*``) decrease at any time. Under a
+  real limiter the background is about 0 and every 429 above the old rate counts.
+  Without this, no fixed law serves both cases: at a rate ``r`` the decrease per
+  round trip from 2% sporadic 429s grows like ``r²``, while any increase small
+  enough to keep a real limiter's 429s under 1% is far smaller.
 
 Retry-After (:class:`ThrottleGate`): the request that got it is not retried
 before it passes (the engine stores it as the operation's ``not_before``). All
@@ -61,13 +63,15 @@ BACKGROUND_MARGIN = 1.5  # after the hold-off, decrease when the 429 share passe
 BACKGROUND_SLACK = 0.002  # ... plus this
 BACKGROUND_MIN_ANSWERS = 50  # fewer answers seen while recovering say nothing about the background
 BACKGROUND_MAX = 0.05  # more than this is not taken for background, whatever a recovery saw
+BACKGROUND_BELOW = 0.95  # answers count toward the background only below this share of the old rate
 BACKGROUND_DECAY = 0.998  # per answer counted: the background follows the last ~500 of them
 MIN_RTT_WINDOW_S = 10.0  # the lowest round trip is forgotten after this: a slower API is not a queue forever
 LATENCY_TOLERANCE = 4.0
 LATENCY_SLACK_S = 0.25  # plus this: a starved CPU here (GIL, a busy box) is not a queue at the API
-SLOW_START_EXIT = (5, 0.1)  # leave slow start at this many 429s making this share: a limit, not sporadic ones
+SLOW_START_EXIT = (5, 0.03)  # leave slow start at this many 429s making this share: a limit, not sporadic ones
 PROBE_GROWTH = 0.03  # beyond the old rate: + this share of it RECOVERY_S later, x8 after twice that
 GOODPUT_WINDOW_S = 1.0
+APP_LIMITED = 2.0  # the rate grows to at most this many times what was actually sent over the last second
 INITIAL_RTT_S = 0.05
 BURST = 2.0  # requests a late thread may start back to back (pacing credit)
 
@@ -99,7 +103,8 @@ class AdaptiveLimit:
         self._decreased_at = -math.inf
         self._since_decrease = [0, 0]  # answers, 429s since the last decrease
         self._next_start = -math.inf
-        self._goodput: deque[float] = deque()
+        self._goodput: deque[float] = deque()  # when answers other than 429 came, over the last second
+        self._sent: deque[float] = deque()  # when any answer came (429s too): what we actually sent
         self._run_of_429 = 0
         self._recovery = [0.0, 0.0]  # answers, 429s while climbing back after clean decreases (decayed)
         self._recovery_valid = False  # the last decrease was a clean one (see _note_recovery)
@@ -159,7 +164,8 @@ class AdaptiveLimit:
         clean decrease (made while probing just above the last good rate): a cut on
         leaving slow start, on systematic 429s or on latency may leave us above the limit.
         """
-        if self._recovery_valid and now - self._decreased_at < RECOVERY_S:
+        # Clearly below: within a few percent of the old rate, a limiter's bucket can still be dry.
+        if self._recovery_valid and self.rate <= BACKGROUND_BELOW * self._w_max:
             answers, refused = self._recovery
             self._recovery = [answers * BACKGROUND_DECAY + 1, refused * BACKGROUND_DECAY + int(throttled)]
 
@@ -169,18 +175,25 @@ class AdaptiveLimit:
         answers, refused = self._recovery
         return min(BACKGROUND_MAX, refused / answers) if answers >= BACKGROUND_MIN_ANSWERS else 0.0
 
+    def _count(self, times: deque[float], now: float) -> int:
+        times.append(now)
+        while times[0] < now - GOODPUT_WINDOW_S:
+            times.popleft()
+        return len(times)
+
     def _on_answer(self, now: float, rtt: float) -> None:
         self._note_recovery(now, False)
         self._run_of_429 = 0
         self._since_decrease[0] += 1
-        self._goodput.append(now)
-        while self._goodput and self._goodput[0] < now - GOODPUT_WINDOW_S:
-            self._goodput.popleft()
+        self._count(self._goodput, now)
+        sent = self._count(self._sent, now) / GOODPUT_WINDOW_S
         self.srtt = rtt if self.srtt is None else 0.875 * self.srtt + 0.125 * rtt
         if self.min_rtt is None or rtt < self.min_rtt or now - self._min_rtt_since > MIN_RTT_WINDOW_S:
             self.min_rtt, self._min_rtt_since = rtt, now
         queue_building = self.srtt > LATENCY_TOLERANCE * self.min_rtt + LATENCY_SLACK_S
-        ceiling = self.max_limit / self.min_rtt  # beyond it the in-flight cap binds anyway
+        # Beyond the first the in-flight cap binds anyway; beyond the second we are not using
+        # the rate (too few lanes, a starved CPU), and a rate grown unused would burst later.
+        ceiling = min(self.max_limit / self.min_rtt, max(self._w_max, 1 / INITIAL_RTT_S, APP_LIMITED * sent))
         if queue_building and now - self._decreased_at >= RECOVERY_S:
             self._decrease(now, clean=False, cut=self.rate * BETA)  # a queue is building up in front of the API
         elif self.slow_start:
@@ -196,6 +209,7 @@ class AdaptiveLimit:
 
     def _on_throttled(self, now: float, started: float) -> None:
         self._run_of_429 += 1
+        self._count(self._sent, now)
         if started < self._decreased_at:
             return  # sent before the last decrease: that decrease already answered it
         self._note_recovery(now, True)
@@ -213,12 +227,12 @@ class AdaptiveLimit:
             self._decrease(now, clean=probing and not self.slow_start and not systematic)
 
     def _decrease(self, now: float, *, clean: bool, cut: float | None = None) -> None:
-        """Cut the rate to what the API accepted over the last second (``cut`` if given), at
-        least by ``BETA`` and at most by half (any depth when leaving slow start)."""
+        """Cut the rate to ``BETA`` x the least of it and what the API accepted over the last second
+        (``cut`` if given), at most by half (any depth when leaving slow start)."""
         self._recovery_valid = clean
         goodput = len(self._goodput) / GOODPUT_WINDOW_S
         lowest = RATE_FLOOR if self.slow_start else self.rate * 0.5
-        new = max(RATE_FLOOR, lowest, min(self.rate * BETA, 0.95 * goodput if cut is None else cut))
+        new = max(RATE_FLOOR, lowest, min(self.rate * BETA, BETA * goodput if cut is None else cut))
         self._w_max = max(new, min(self.rate, goodput))
         self.rate = self._r0 = new
         self.slow_start = False

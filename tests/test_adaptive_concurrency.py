@@ -26,7 +26,7 @@ from galtea_local_daemon.upstream import UpstreamClient
 from tests.emulator_fixture import EmulatorHandle
 from tests.sync_helpers import FAST_BACKOFF, drain, new_session, open_store
 
-RATE = 40.0  # requests/s the emulator's bucket allows
+RATE = 80.0  # requests/s the emulator's bucket allows
 RUN_S = 9.0
 WARM_UP_S = 3.0  # slow start overshoots the bucket's burst once; judge the steady state after it
 
@@ -40,7 +40,6 @@ def queue_turns(store_path: Path, sessions: list[str], per_session: int) -> None
 
 def drain_for(engine: SyncEngine, seconds: float) -> None:
     """Run passes for ``seconds`` (each pass stops claiming at its budget), then stop."""
-    engine.settings = EngineSettings(**{**engine.settings.__dict__, "pass_budget_s": 1.0})
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if not engine.run_once().more_due:
@@ -54,12 +53,13 @@ def test_the_limit_converges_to_the_emulators_token_bucket(
     emulator = emulator_factory(mode="process", latency_ms=20)
     sessions = [new_session(emulator) for _ in range(16)]
     store_path = tmp_path / "store.db"
-    queue_turns(store_path, sessions, per_session=40)  # more than RUN_S x RATE: the queue never runs dry
+    queue_turns(store_path, sessions, per_session=60)  # more than RUN_S x RATE: the queue never runs dry
     emulator.set_faults(rate_limit_rps=RATE)
     started = time.time()
     with closing(open_store(store_path)) as store:
         client = UpstreamClient(emulator.url, emulator.api_key, max_connections=32)
-        engine = SyncEngine(store, client, EngineSettings(concurrency=32), backoff=Backoff(**FAST_BACKOFF))
+        settings = EngineSettings(concurrency=32, pass_budget_s=1.0)  # short passes: the run ends on time
+        engine = SyncEngine(store, client, settings, backoff=Backoff(**FAST_BACKOFF))
         drain_for(engine, RUN_S)
         ended = time.time()
         client.close()
@@ -73,7 +73,7 @@ def test_the_limit_converges_to_the_emulators_token_bucket(
     rate = served / (ended - started - WARM_UP_S)
     # Wide margins for a shared box: the benchmark (bench_soak.py) prints the real figures.
     assert rate >= 0.6 * RATE, (rate, refused, len(steady))
-    assert refused <= 0.05 * len(steady) + 2, (rate, refused, len(steady))
+    assert refused <= 0.1 * len(steady), (rate, refused, len(steady))  # a client at C=32 without it: ~90%
 
 
 def test_sporadic_429s_slow_one_request_not_every_session(
