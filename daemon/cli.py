@@ -1,4 +1,4 @@
-"""``galtea-local``: the command line.
+"""galtea-local: run the Galtea sync daemon, inspect the local queue, carry it across an air gap.
 
     galtea-local daemon                  run the sync daemon in the foreground until SIGTERM
     galtea-local sync                    one pass: push everything due, then exit (0: nothing waits, 2: some does)
@@ -16,6 +16,7 @@ Settings, highest first: flags, environment, config file, defaults.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import signal
@@ -25,14 +26,37 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from galtea_local.config import Settings, effective_settings_text, load_settings
-from galtea_local.errors import GaltealocalError
+from galtea_local.errors import GaltealocalError, MissingExtraError
 from galtea_local.outbox import dead as dead_letters
 from galtea_local.outbox import parse_local_id
 from galtea_local.outbox.sessions import parse_session_id
 from galtea_local.status import format_status, store_status
+from galtea_local.store import Store, open_configured
 from galtea_local_daemon import cli_bundle, cli_throttle
 
 EXIT_OK, EXIT_WAITING, EXIT_ERROR = 0, 2, 1
+# What a missing import means: which extra brings it (`pip install 'galtea-local[...]'`).
+EXTRA_OF_MODULE = {
+    **dict.fromkeys(("apscheduler", "httpx", "httpcore", "h11", "tenacity", "starlette", "uvicorn", "tqdm",
+                     "prometheus_client", "anyio"), "daemon"),
+    "psycopg": "postgres",
+}
+
+
+class _AnyOrderParser(argparse.ArgumentParser):
+    """A subcommand parser whose options may come before, between or after its positionals
+    (``dead drop --store S ID`` and ``dead drop ID --store S`` alike)."""
+
+    _mixing = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if self._mixing:  # parse_known_intermixed_args calls back in here
+            return super().parse_known_args(args, namespace)
+        self._mixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._mixing = False
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +73,7 @@ def _pusher(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="galtea-local", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_AnyOrderParser)
     for name, text in (("daemon", "run the sync daemon in the foreground"), ("sync", "push everything due once")):
         command = commands.add_parser(name, help=text)
         _common(command)
@@ -69,15 +93,29 @@ def build_parser() -> argparse.ArgumentParser:
     command = commands.add_parser("config", help="configuration")
     command.add_argument("action", choices=("check",))
     command.add_argument("file", nargs="?", help="config file (default: $GALTEA_LOCAL_CONFIG)")
-    from galtea_local_daemon.emulator import cli as emulator_cli
-
-    emulator_cli.add_arguments(commands.add_parser("emulator", help="the local Galtea API emulator"))
-    from galtea_local_daemon import demo
-
-    demo.add_arguments(commands.add_parser("demo", help="the whole product against a local emulator"))
+    _optional(commands, "emulator", "the local Galtea API emulator", "galtea_local_daemon.emulator.cli")
+    _optional(commands, "demo", "the whole product against a local emulator", "galtea_local_daemon.demo")
     cli_bundle.add_commands(commands, _common)
     cli_throttle.add_command(commands, _common)
     return parser
+
+
+def _optional(commands: Any, name: str, text: str, module: str) -> None:
+    """A subcommand whose options live in a module that needs an extra. Without the extra the
+    command still parses (so ``--help`` lists it) and running it names the pip command."""
+    try:
+        add_arguments = importlib.import_module(module).add_arguments
+    except ModuleNotFoundError as error:
+        if _extra_of(error) is None:
+            raise
+        commands.add_parser(name, help=f"{text} (needs the [{_extra_of(error)}] extra)", add_help=False,
+                            prefix_chars="\0").add_argument("rest", nargs="*")
+        return
+    add_arguments(commands.add_parser(name, help=text))
+
+
+def _extra_of(error: ModuleNotFoundError) -> str | None:
+    return EXTRA_OF_MODULE.get((error.name or "").partition(".")[0])
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -93,10 +131,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return load_settings(getattr(args, "config", None), overrides=overrides)
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from galtea_local_daemon.runtime import open_store
+def existing_store(args: argparse.Namespace) -> Store:
+    """The configured store for a command that must not create one (status, dead, export)."""
+    return open_configured(settings_from(args).store, must_exist=True)
 
-    status = store_status(open_store(settings_from(args)))
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = store_status(existing_store(args))
     print(json.dumps(status, indent=2) if args.json else format_status(status))
     return EXIT_OK
 
@@ -113,9 +154,7 @@ def _targets(prefix: str, ids: Sequence[str]) -> tuple[list[int], list[int]]:
 
 
 def cmd_dead(args: argparse.Namespace) -> int:
-    from galtea_local_daemon.runtime import open_store
-
-    store = open_store(settings_from(args))
+    store = existing_store(args)
     prefix = store.store_id[:8]
     if args.action == "list":
         rows = store.read(dead_letters.list_dead, prefix)
@@ -144,6 +183,10 @@ def _dead_table(rows: list[dict[str, Any]]) -> str:
 def cmd_config(args: argparse.Namespace) -> int:
     settings = load_settings(args.file)
     print(effective_settings_text(settings))
+    if settings.upstream.api_key is not None:
+        settings.upstream.require_api_key()  # reads a key file or credential: unreadable is an error
+    else:
+        print("# no API key: fine for an app; the daemon needs one", file=sys.stderr)
     return EXIT_OK
 
 
@@ -188,11 +231,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
+    except ModuleNotFoundError as error:
+        extra = _extra_of(error)
+        if extra is None:
+            raise
+        return _fail(args, MissingExtraError(extra, error.name or "?", f"`galtea-local {args.command}`"))
     except GaltealocalError as error:
-        print(f"galtea-local {args.command}: {error}", file=sys.stderr)
-        return EXIT_ERROR
+        return _fail(args, error)
     except KeyboardInterrupt:
         return 130
+
+
+def _fail(args: argparse.Namespace, error: GaltealocalError) -> int:
+    print(f"galtea-local {args.command}: {error}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 if __name__ == "__main__":

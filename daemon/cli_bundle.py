@@ -23,7 +23,7 @@ EXIT_OK = 0
 def add_commands(commands: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
     command = commands.add_parser("export", help="write the records not yet upstream to one bundle file")
     common(command)
-    command.add_argument("--out", required=True, help="bundle file to write (replaced atomically)")
+    command.add_argument("--out", required=True, help="bundle file to write (replaced atomically), or a folder to write it in")
     command.add_argument("--since-last", action="store_true", help="only what changed since the last export")
     command.add_argument("--from", dest="start", metavar="ISO", help="records created at or after this time (UTC)")
     command.add_argument("--to", dest="end", metavar="ISO", help="records created before this time (UTC)")
@@ -35,7 +35,7 @@ def add_commands(commands: Any, common: Callable[[argparse.ArgumentParser], None
     common(command)
     command.add_argument("--for", dest="origin", required=True, metavar="ORIGIN_STORE_ID",
                          help="the origin's store_id (its `galtea-local status --json`)")
-    command.add_argument("--out", required=True, help="receipt file to write")
+    command.add_argument("--out", required=True, help="receipt file to write, or a folder to write it in")
     command.add_argument("--no-progress", action="store_true", help="no progress bar")
     command = commands.add_parser("import-receipt", help="mark the records a receipt confirms as synced")
     common(command)
@@ -62,16 +62,21 @@ def _progress(args: argparse.Namespace, what: str) -> Callable[[int], Any] | Non
     return lambda total: tqdm(total=total, desc=what, unit="record", file=sys.stderr)
 
 
-def _store(args: argparse.Namespace) -> Any:
+def _settings(args: argparse.Namespace) -> Any:
     from galtea_local_daemon.cli import settings_from
-    from galtea_local_daemon.runtime import open_store
 
-    return open_store(settings_from(args))
+    return settings_from(args)
+
+
+def _store(args: argparse.Namespace, settings: Any = None, *, must_exist: bool = False) -> Any:
+    from galtea_local.store import open_configured
+
+    return open_configured((settings or _settings(args)).store, must_exist=must_exist)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     start, end = _epoch("--from", args.start), _epoch("--to", args.end)
-    result = export_bundle(_store(args), args.out, since_last=args.since_last, start=start, end=end,
+    result = export_bundle(_store(args, must_exist=True), args.out, since_last=args.since_last, start=start, end=end,
                            progress=_progress(args, "export"))
     scope = "changed since the last export" if args.since_last else "not yet confirmed upstream"
     print(f"wrote {result.path}: {result.records} record(s) and {result.sessions} session(s) {scope}; "
@@ -80,7 +85,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    result = import_bundle(_store(args), args.file)
+    settings = _settings(args)
+    result = import_bundle(_store(args, settings), args.file, max_record_bytes=settings.store.max_record_bytes,
+                           limits=settings.bundle)
     print(f"imported {args.file} from store {result.origin_store_id}: records {result.records_added} added, "
           f"{result.records_updated} updated, {result.records_unchanged} already here; sessions "
           f"{result.sessions_added} added, {result.sessions_updated} updated, {result.sessions_unchanged} already here")
@@ -89,13 +96,14 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_receipt(args: argparse.Namespace) -> int:
     result = write_receipt(_store(args), args.origin, args.out, progress=_progress(args, "receipt"))
-    print(f"wrote {args.out}: {result.records} record(s) and {result.sessions} session(s) of store "
+    print(f"wrote {result.path}: {result.records} record(s) and {result.sessions} session(s) of store "
           f"{args.origin} are upstream; take it back and run `galtea-local import-receipt` there")
     return EXIT_OK
 
 
 def cmd_import_receipt(args: argparse.Namespace) -> int:
-    result = import_receipt(_store(args), args.file)
+    settings = _settings(args)
+    result = import_receipt(_store(args, settings), args.file, limits=settings.bundle)
     print(f"receipt {args.file}: {result.records} record(s) and {result.sessions} session(s) now synced; "
           f"{result.still_queued} changed here since (queued as updates for the next export); "
           f"{result.unchanged} confirmed before; {result.missing} no longer here; {result.conflicts} conflicting")

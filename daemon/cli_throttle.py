@@ -26,10 +26,9 @@ def add_command(commands: Any, common: Callable[[argparse.ArgumentParser], None]
 
 
 def cmd_throttle(args: argparse.Namespace) -> int:
-    from galtea_local_daemon.cli import settings_from
-    from galtea_local_daemon.runtime import open_store
+    from galtea_local_daemon.cli import existing_store
 
-    store = open_store(settings_from(args))
+    store = existing_store(args)
     if args.action == "clear":
         paused, made_due = store.transaction(clear_throttle, time.time())
         result = {"paused": paused, "operations_made_due": made_due}

@@ -156,7 +156,13 @@ def _percentile(values: list[float], q: int) -> float:
 
 
 def main(args: argparse.Namespace) -> int:
-    folder = Path(args.dir or tempfile.mkdtemp(prefix="galtea-local-demo-"))
+    if args.dir:
+        return _run(args, Path(args.dir))
+    with tempfile.TemporaryDirectory(prefix="galtea-local-demo-") as folder:  # nothing left behind
+        return _run(args, Path(folder))
+
+
+def _run(args: argparse.Namespace, folder: Path) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.toml").write_text(CONFIG)
     store_path = folder / "store.db"
@@ -175,13 +181,13 @@ def main(args: argparse.Namespace) -> int:
         store = Store(str(store_path))
         status = _drain(store, len(latencies), daemon)
         code = _stop(daemon)
-        return _report(store, emulator, sessions, status, code, latencies, folder)
+        return _report(store, emulator, sessions, status, code, latencies, folder if args.dir else None)
     finally:
         emulator.stop()
 
 
 def _report(store: Store, emulator: EmulatorThread, sessions: list[str], status: dict[str, Any],
-            code: int | None, latencies: list[float], folder: Path) -> int:
+            code: int | None, latencies: list[float], kept: Path | None) -> int:
     print("\n" + format_status(store_status(store)))
     check = _exactly_once(store, emulator, sessions)
     faults = emulator.injector.faults
@@ -190,7 +196,8 @@ def _report(store: Store, emulator: EmulatorThread, sessions: list[str], status:
           f"missing {check['missing']}, final status mismatches {check['status_mismatch']}")
     print(f"create()   p50 {_percentile(latencies, 50):.3f} ms, p99 {_percentile(latencies, 99):.3f} ms "
           f"(local SQLite, no network)")
-    print(f"daemon     exit {code} after SIGTERM; its log: {folder / 'daemon.log'}")
+    where = f"its log: {kept / 'daemon.log'}" if kept else "pass --dir DIR to keep the store and the daemon's log"
+    print(f"daemon     exit {code} after SIGTERM; {where}")
     ok = code == 0 and status["queued"] == 0 and check["created"] == check["upstream"] and not any(
         check[k] for k in ("duplicates", "missing", "status_mismatch"))
     print("OK: every record arrived exactly once" if ok else "FAILED: see above")

@@ -3,7 +3,7 @@
 :meth:`SyncEngine.run_once` is the whole loop body; the daemon's scheduler and
 ``galtea-local sync`` only call it. A pass claims lanes (sessions) with a
 lease, drains each one in order on a thread pool (different sessions in
-parallel, up to ``concurrency``), and settles every outcome as design.md §6
+parallel, up to ``concurrency``), and settles every outcome as docs/delivery.md
 says. Nothing is held open across an HTTP call: each step is its own short
 transaction.
 """
@@ -30,12 +30,14 @@ from galtea_local.errors import (
 from galtea_local.outbox import attempts as ob
 from galtea_local.outbox import health
 from galtea_local.store import Store
-from galtea_local_daemon import reconcile, wire
+from galtea_local_daemon import poison, reconcile, wire
 from galtea_local_daemon.backoff import Backoff, retry_after_of
 from galtea_local_daemon.concurrency import AdaptiveLimit, LimitedClient, ThrottleGate
+from galtea_local_daemon.ratelimit import RateLimitedLog, error_key
 from galtea_local_daemon.upstream import UpstreamClient
 
 log = logging.getLogger("galtea_local.sync")
+_limited = RateLimitedLog(log)  # an error that repeats every pass is logged once a minute, with a count
 WORKERS_PER_REQUEST_SLOT = 2
 
 
@@ -101,6 +103,7 @@ def _session_patch_body(changes: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+@poison.refuse_unencodable  # a row that cannot be encoded is dead-lettered, not retried forever
 def build_body(row: dict[str, Any], attempt: ob.Attempt) -> dict[str, Any]:
     """The request body for an attempt, from the target row as it is at the write-ahead mark."""
     if attempt.kind == "create":
@@ -177,7 +180,10 @@ class SyncEngine:
         concurrency = 1 if auth_was_failing else self._workers_wanted()  # probe with one lane
         self._drain(now, concurrency, report)
         self._record_health(report, auth_was_failing)
-        report.more_due = not self.stopping and not self._halt.is_set() and self._has_due()
+        # A pass that settled nothing (every lane hit an unexpected error) does not ask to run
+        # again at once: the scheduler's interval paces it, and `sync` ends.
+        progressed = report.pushed or report.adopted or report.dead or report.retried
+        report.more_due = not self.stopping and not self._halt.is_set() and bool(progressed) and self._has_due()
         return report
 
     def _drain(self, now: float, concurrency: int, report: PassReport) -> None:
@@ -241,8 +247,8 @@ class SyncEngine:
                 ahead = outcome if isinstance(outcome, ob.Attempt) else None
         except UpstreamError as error:
             report.errors.append(str(error))
-        except Exception:  # a bug must not kill the pass: log it, keep the lane's state durable
-            log.exception("unexpected error while pushing lane %s", lane)
+        except Exception as error:  # a bug must not kill the pass: log it, keep the lane's state durable
+            _limited.exception(error_key(error), "unexpected error while pushing lane %s", lane)
             report.errors.append(f"internal error on lane {lane}")
         finally:
             self.store.transaction(ob.release_lane, lane, self.owner, self.clock())
@@ -264,7 +270,12 @@ class SyncEngine:
             tries += 1
             with attempt_manager:
                 taken, ahead = ahead, None  # a retry takes the head afresh
-                return self._step(lane, report, taken, take_more)
+                try:
+                    return self._step(lane, report, taken, take_more)
+                except poison.PoisonRowError as bad:
+                    poison.dead_letter(self.store, bad, self.clock())
+                    report.dead += 1
+                    return True
         return None
 
     def _step(self, lane: str, report: PassReport, taken: ob.Attempt | None, take_more: bool) -> Any:
@@ -358,7 +369,10 @@ class SyncEngine:
             ob.settle_done(conn, attempt, now, remote)
             if not take_more or self.stopping or self._halt.is_set():
                 return None
-            return ob.take_next(conn, attempt.lane, self.owner, now, self.settings.lease_s, build_body)
+            try:
+                return ob.take_next(conn, attempt.lane, self.owner, now, self.settings.lease_s, build_body)
+            except poison.PoisonRowError:
+                return None  # keep this settle; the lane's next step takes the poison row alone
 
         ahead = self.store.transaction(ob.lease_protected(settle_then_take))
         report.pushed += 1

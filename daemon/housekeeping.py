@@ -36,7 +36,7 @@ log = logging.getLogger("galtea_local.housekeeping")
 
 DAY_S = 86_400.0
 WAL_LIMIT_BYTES = 8 * 1024 * 1024  # 2x SQLite's auto-checkpoint size: past it, readers starved the checkpoints
-WAL_FORCE_BYTES = 4 * WAL_LIMIT_BYTES  # passive checkpoints did not keep up: block writers to truncate
+WAL_FORCE_BYTES = 2 * WAL_LIMIT_BYTES  # passive checkpoints did not keep up: block writers to truncate
 RETENTION_EVERY_S = 60.0  # an age limit in days needs no finer clock
 CHECKPOINT_BUSY_MS = 200  # wait this long for readers, then give up until the next try
 CHECKPOINT_TRIES = 5

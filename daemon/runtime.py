@@ -10,8 +10,7 @@ import threading
 from contextlib import AbstractContextManager, nullcontext
 
 from galtea_local.config import Settings
-from galtea_local.store import Store
-from galtea_local.store import open_store as open_location
+from galtea_local.store import Store, open_configured
 from galtea_local_daemon.backoff import Backoff
 from galtea_local_daemon.engine import EngineSettings, SyncEngine
 from galtea_local_daemon.lock import PusherLock
@@ -19,14 +18,7 @@ from galtea_local_daemon.upstream import UpstreamClient
 
 
 def open_store(settings: Settings) -> Store:
-    store = settings.store
-    return open_location(
-        store.location(),
-        durability=store.durability,
-        busy_timeout_s=store.busy_timeout_s,
-        file_mode=store.file_mode,
-        dir_mode=store.dir_mode,
-    )
+    return open_configured(settings.store)
 
 
 def make_client(settings: Settings) -> UpstreamClient:

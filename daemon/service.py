@@ -253,8 +253,9 @@ class Daemon:
                                max_instances=1, coalesce=True)
         self.metrics.start()
         watch = StoreWatch(self.store) if self.store.dialect == "sqlite" else OutboxWatch(self.store)
-        self.scheduler.start()
+        # READY before the first pass can publish a STATUS= line (the first pass runs at once).
         self.notifier.ready(f"pushing {self.store.path} to {self.settings.upstream.base_url}")
+        self.scheduler.start()
         log.info("daemon started: store %s, upstream %s, every %gs",
                  self.store.path, self.settings.upstream.base_url, self.settings.sync.interval_s)
         try:

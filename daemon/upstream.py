@@ -2,7 +2,7 @@
 
 Everything that crosses the network goes through ``UpstreamClient``. It raises
 only ``galtea_local.errors.UpstreamError`` subclasses (never httpx's), chosen by
-one function, ``classify()``, that encodes the delivery rules of design.md §6:
+one function, ``classify()``, that encodes the delivery rules (docs/delivery.md):
 
     outcome                                             error            may re-send?
     connect error/timeout, DNS, proxy CONNECT refused,  NotSentError     yes, freely

@@ -3,16 +3,14 @@
 Pure functions, no I/O: JSON bodies (snake_case record fields in, camelCase
 out), query strings, paths, the base URL and the headers we send. Bodies are checked for names, not
 values: validating a record is the library's job, done before it was queued
-(design.md §4 lists the wire fields and their meaning).
+(docs/emulator.md lists the routes; the official SDK's models give the fields).
 """
 
 from __future__ import annotations
 
 import enum
-import ipaddress
 import json
 import platform
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -20,6 +18,8 @@ from urllib.parse import quote_plus
 
 import httpx
 
+from galtea_local.config import http
+from galtea_local.config.http import DEFAULT_BASE_URL, RESERVED_HEADERS
 from galtea_local.errors import ConfigError, InvalidInputError
 
 __all__ = [
@@ -41,7 +41,6 @@ __all__ = [
     "user_agent",
 ]
 
-DEFAULT_BASE_URL = "https://api.galtea.ai"
 DEFAULT_STATUS = "GENERATED"
 
 # Fields a PATCH /inferenceResults/{id} accepts (the SDK's TraceUpdate, minus the
@@ -140,14 +139,8 @@ def _rename(fields: Mapping[str, Any], names: Mapping[str, str], kind: str) -> d
 
 
 EXTRA_HEADERS_ENV = "GALTEA_EXTRA_HEADERS"
-# We set these ourselves. A configured header with one of these names is refused
-# (the official SDK drops it with a warning): silently ignoring it would hide a
-# mistake, and galtea_local.config refuses the same names, so both paths agree.
-RESERVED_HEADERS = frozenset({"authorization", "user-agent", "content-type", "content-length", "host"})
-# RFC 9110 token for names; values: no line break, no leading blank, Latin-1.
-# Checked up front because h11 quotes the offending value in its error.
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_HEADER_VALUE = re.compile(r"(\S[^\r\n]*)?")
+# Headers and the base URL are checked by galtea_local.config.http, the settings' own
+# rules, so a value `config check` accepts the client never refuses (and the other way).
 
 
 def user_agent() -> str:
@@ -185,33 +178,11 @@ def extra_headers_from_env(env: Mapping[str, str]) -> dict[str, str]:
 
 def checked_headers(headers: Mapping[Any, Any], source: str) -> dict[str, str]:
     """The headers as a plain dict, or ConfigError naming ``source`` (never a value)."""
-    result: dict[str, str] = {}
-    for name, value in headers.items():
-        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
-            # Not echoed either: a mangled name may be a pasted value.
-            raise ConfigError(f"{source} holds an invalid header name: use letters, digits and !#$%&'*+-.^_`|~")
-        if name.lower() in RESERVED_HEADERS:
-            raise ConfigError(
-                f"{source} may not set the {name} header: galtea-local sets it itself "
-                "(the key goes in GALTEA_API_KEY or upstream.api_key)"
-            )
-        if not isinstance(value, str) or not _latin1(value) or not _HEADER_VALUE.fullmatch(value):
-            raise ConfigError(
-                f"{source}: the value of header {name} must be a string of Latin-1 text "
-                "with no line break and no leading blank"
-            )
-        if name.lower() in {n.lower() for n in result}:
-            raise ConfigError(f"{source} sets header {name} twice (names differ only in case)")
-        result[name] = value
-    return result
-
-
-def _latin1(text: str) -> bool:
     try:
-        text.encode("latin-1")
-    except UnicodeEncodeError:
-        return False
-    return True
+        return http.checked_headers(headers)
+    except http.HttpSettingError as exc:
+        problem = str(exc)
+    raise ConfigError(f"{source}: {problem}")  # outside the handler: no chained context to log
 
 
 
@@ -240,33 +211,20 @@ def path_segment(remote_id: str) -> str:
 
 
 def checked_base_url(base_url: str | None, *, allow_insecure_http: bool = False) -> str:
-    """The base URL with its trailing slash stripped, or ConfigError.
+    """The base URL with its trailing slash stripped, or ConfigError (the settings' own rule).
 
     ``http://`` is refused unless the host is loopback (127.0.0.0/8, ::1,
     localhost) or ``allow_insecure_http`` is set: the key would cross the
     network in clear.
     """
-    text = (base_url or DEFAULT_BASE_URL).strip().rstrip("/")
+    problem = None
     try:
-        url = httpx.URL(text)
-    except httpx.InvalidURL:
-        raise ConfigError("the Galtea API URL is not a valid URL") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ConfigError("the Galtea API URL must be http(s)://host[:port][/path]")
-    if url.userinfo or url.query or url.fragment:
-        raise ConfigError("the Galtea API URL must not carry credentials, a query or a fragment")
-    if url.scheme == "http" and not (allow_insecure_http or _is_loopback(url.host)):
-        raise ConfigError(
-            f"refusing plain http:// to {url.host}: the API key would travel unencrypted; "
-            "use https://, a loopback host, or set allow_insecure_http"
-        )
+        text = http.checked_base_url(base_url or DEFAULT_BASE_URL)
+    except http.HttpSettingError as exc:
+        problem = str(exc)
+    if problem:
+        raise ConfigError(f"the Galtea API URL {problem}")
+    insecure = http.insecure_problem(text, allow_insecure_http)
+    if insecure:
+        raise ConfigError(f"refusing the Galtea API URL: {insecure}")
     return text
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -8,7 +8,7 @@ from typing import Any
 from galtea_local.config import load_settings
 from galtea_local.service import InferenceResultService
 from galtea_local.sessions import SessionService
-from galtea_local.store import open_store
+from galtea_local.store import open_configured
 
 
 class Galtea:
@@ -33,13 +33,7 @@ class Galtea:
     ) -> None:
         overrides = {"store.path": os.fspath(store) if store is not None else None, "store.durability": durability}
         settings = load_settings(config, overrides=overrides).store
-        self._store = open_store(
-            settings.location(),
-            durability=settings.durability,
-            busy_timeout_s=settings.busy_timeout_s,
-            file_mode=settings.file_mode,
-            dir_mode=settings.dir_mode,
-        )
+        self._store = open_configured(settings)
         self.inference_results = InferenceResultService(self._store, settings.max_record_bytes)
         self.traces = self.inference_results  # the official SDK's new name for the same service
         self.sessions = SessionService(self._store)

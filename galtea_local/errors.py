@@ -10,6 +10,7 @@
     │   ├── NotAStoreError                      the file is not a galtea-local store
     │   └── StoreFullError                      the size cap is reached and the policy refuses
     ├── ConfigError (also ValueError)           a bad setting: names the file, the key, what is allowed
+    ├── MissingExtraError                       a feature needs an optional extra: names the pip command
     ├── BundleError                             an air-gap bundle or receipt refused: names the file and the fix
     └── UpstreamError                           anything the Galtea API (or the way to it) did
         ├── NotSentError                        the request surely never reached the server: retry freely
@@ -66,6 +67,19 @@ class StoreFullError(StoreError):
 
 class ConfigError(GaltealocalError, ValueError):
     """A setting is invalid. The message names the source, the key and what is allowed."""
+
+
+class MissingExtraError(GaltealocalError):
+    """A feature needs an optional extra that is not installed.
+
+    ``extra`` is the extra's name (``"daemon"``, ``"postgres"``), ``module`` the
+    missing import; the message names the ``pip install`` command.
+    """
+
+    def __init__(self, extra: str, module: str, what: str) -> None:
+        self.extra, self.module = extra, module
+        super().__init__(f"{what} needs the [{extra}] extra ({module} is not installed): "
+                         f"pip install 'galtea-local[{extra}]'")
 
 
 class BundleError(GaltealocalError):

@@ -113,13 +113,19 @@ def _files(data: dict[str, Any] | None) -> list[dict[str, str | None]]:
     ]
 
 
-def _decoded(raw: str | None) -> Any:
-    return None if raw is None else json.loads(raw)
+def stored_json(raw: str | None) -> Any:
+    """Stored JSON text decoded; text that does not decode comes back as it is."""
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:  # a poison row (not written by create()): show what is stored rather than fail
+        return raw
 
 
 def from_row(row: Any, local_id: str) -> InferenceResult:
     """Build the read model from an ``inference_results`` row (a mapping by column name)."""
-    return build(row, local_id, _decoded(row["input"]), _decoded(row["actual_output"]))
+    return build(row, local_id, stored_json(row["input"]), stored_json(row["actual_output"]))
 
 
 def build(row: Any, local_id: str, input_value: Any, output_value: Any) -> InferenceResult:

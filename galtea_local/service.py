@@ -7,6 +7,7 @@ in one transaction, and returns. Nothing here opens a network connection.
 from __future__ import annotations
 
 import builtins
+import math
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -15,11 +16,21 @@ from typing import Any
 
 from galtea_local import outbox
 from galtea_local.store.dialects import NO_LIMIT
-from galtea_local.errors import InvalidInputError, InvalidTypeError, NotFoundError
+from galtea_local.errors import InvalidInputError, NotFoundError
 from galtea_local.outbox import sessions as sessions_queue
 from galtea_local.read_model import InferenceResult, build, from_row
 from galtea_local.store import Store
-from galtea_local.validation import COST_KEYS, USAGE_KEYS, create_fields, update_fields
+from galtea_local.validation import (
+    COST_KEYS,
+    USAGE_KEYS,
+    check_count,
+    check_id,
+    check_ids,
+    check_order,
+    create_fields,
+    show,
+    update_fields,
+)
 
 _UNSET: Any = object()  # "not passed": distinct from None, which clears a field
 
@@ -73,14 +84,14 @@ def _epoch(name: str, value: str | int | float | None) -> float | None:
     """ISO 8601 or UNIX seconds, as the official list() accepts."""
     if value is None:
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        try:
+    try:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        if isinstance(value, str):
             return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            pass
-    raise InvalidInputError(f"{name}: {value!r} is not a time; pass ISO 8601 text or UNIX seconds")
+    except (ValueError, OverflowError):  # not a date, or out of datetime's / float's range
+        pass
+    raise InvalidInputError(f"{name}: {show(value)} is not a time; pass ISO 8601 text or UNIX seconds")
 
 
 class InferenceResultService:
@@ -210,16 +221,11 @@ class InferenceResultService:
         id: str | Sequence[str] | None = None,
     ) -> builtins.list[InferenceResult]:
         """Turns of the given sessions and/or ids (local or remote), oldest first by default."""
-        ids = [id] if isinstance(id, str) else builtins.list(id or [])
-        sessions = [session_id] if isinstance(session_id, str) else builtins.list(session_id or [])
+        ids, sessions = check_ids("id", id), check_ids("session_id", session_id)
         if not ids and not sessions:
             raise InvalidInputError("list(): pass session_id or id (or both)")
-        order = (sort_by_created_at or "asc").lower()
-        if order not in ("asc", "desc"):
-            raise InvalidInputError(f"sort_by_created_at: {sort_by_created_at!r}; use 'asc' or 'desc'")
-        for name, value in (("offset", offset), ("limit", limit)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise InvalidTypeError(f"{name}: expected an int >= 0, got {value!r}")
+        order = check_order(sort_by_created_at)
+        offset, limit = check_count("offset", offset), check_count("limit", limit)
         query, params = _list_query(self._prefix, ids, sessions, _epoch("from_created_at", from_created_at),
                                     _epoch("to_created_at", to_created_at), order, offset, limit)
         rows = self._store.read(lambda conn: conn.execute(query, params).fetchall())
@@ -233,9 +239,7 @@ def _one_id(inference_result_id: str | None, trace_id: str | None) -> str:
     record_id = trace_id if inference_result_id is None else inference_result_id
     if trace_id is not None and inference_result_id is not None and trace_id != inference_result_id:
         raise InvalidInputError("inference_result_id / trace_id: pass one id, not two different ones")
-    if not isinstance(record_id, str) or not record_id:
-        raise InvalidTypeError(f"inference_result_id: expected a non-empty str, got {record_id!r}")
-    return record_id
+    return check_id("inference_result_id", record_id)
 
 
 def _pair_turns(turns: builtins.list[Any]) -> builtins.list[dict[str, Any]]:

@@ -11,7 +11,6 @@ creating the session twice.
 from __future__ import annotations
 
 import builtins
-import json
 import secrets
 import sqlite3
 import time
@@ -21,9 +20,18 @@ from typing import Any
 from galtea_local.store.dialects import NO_LIMIT
 from galtea_local.errors import InvalidInputError
 from galtea_local.outbox import sessions as queue
-from galtea_local.read_model import iso_utc
+from galtea_local.read_model import iso_utc, stored_json
 from galtea_local.store import Store
-from galtea_local.validation import check_text, encode_json
+from galtea_local.validation import (
+    check_count,
+    check_encodable,
+    check_id,
+    check_ids,
+    check_order,
+    check_text,
+    encode_json,
+    show,
+)
 
 STATUSES = frozenset({"PENDING", "COMPLETED", "FAILED"})
 DEFAULT_STOPPING_REASON = "FINISHED"  # the API requires a non-empty reason; the SDK sends this
@@ -60,7 +68,7 @@ def _session(row: sqlite3.Row, prefix: str) -> Session:
         product_id=row["product_id"],
         test_case_id=row["test_case_id"],
         context=row["context"],
-        metadata=json.loads(row["metadata_json"]) if row["metadata_json"] else None,
+        metadata=stored_json(row["metadata_json"]) if row["metadata_json"] else None,
         is_production=None if row["is_production"] is None else bool(row["is_production"]),
         status=row["status"],
         stopping_reason=row["stopping_reason"],
@@ -72,8 +80,8 @@ def _session(row: sqlite3.Row, prefix: str) -> Session:
 
 def _check_anchor(version_id: Any, product_id: Any) -> tuple[str | None, str | None]:
     for name, value in (("version_id", version_id), ("product_id", product_id)):
-        if value is not None and (not isinstance(value, str) or not value):
-            raise InvalidInputError(f"{name}: expected a non-empty str, got {value!r}")
+        if value is not None:
+            check_id(name, value, empty=InvalidInputError)
     if version_id is None and product_id is None:
         raise InvalidInputError("version_id / product_id: pass one of them to anchor the session")
     return version_id, (None if version_id is not None else product_id)
@@ -84,7 +92,7 @@ def _check_status(value: Any) -> str | None:
         return None
     text = getattr(value, "value", value)
     if not isinstance(text, str) or text.upper() not in STATUSES:
-        raise InvalidInputError(f"status: {value!r} is not a session status; use one of {', '.join(sorted(STATUSES))}")
+        raise InvalidInputError(f"status: {show(value)} is not a session status; use one of {', '.join(sorted(STATUSES))}")
     return text.upper()
 
 
@@ -95,9 +103,9 @@ def _row_values(custom_id: str | None, version_id: str | None, product_id: str |
     is_production = fields.get("is_production")
     if is_production is not None and not isinstance(is_production, bool):
         raise InvalidInputError(f"is_production: expected a bool, got {type(is_production).__name__}")
-    if custom_id is not None and (not isinstance(custom_id, str) or not custom_id):
-        raise InvalidInputError(f"custom_id: expected a non-empty str, got {custom_id!r}")
-    return {
+    if custom_id is not None:
+        check_id("custom_id", custom_id, empty=InvalidInputError)
+    values = {
         "custom_id": custom_id or f"galtea-local-{secrets.token_hex(12)}",
         "custom_id_generated": int(custom_id is None),
         "version_id": version_id,
@@ -107,6 +115,8 @@ def _row_values(custom_id: str | None, version_id: str | None, product_id: str |
         "metadata_json": encode_json("metadata", metadata),
         "is_production": None if is_production is None else int(is_production),
     }
+    check_encodable(values)
+    return values
 
 
 def _insert(conn: sqlite3.Connection, values: dict[str, Any], now: float) -> int:
@@ -171,6 +181,7 @@ class SessionService:
 
     def get(self, session_id: str) -> Session:
         """The session with this local or remote id; ``NotFoundError`` if this store has none."""
+        check_id("session_id", session_id)
         return _session(self._store.read(queue.require_session, self._prefix, session_id), self._prefix)
 
     def list(self, version_id: str | builtins.list[str] | None = None, custom_id: str | builtins.list[str] | None = None,
@@ -179,17 +190,18 @@ class SessionService:
         """Local sessions matching every filter given (each filter takes one value or a list)."""
         where, params = ["1 = 1"], []
         for column, value in (("version_id", version_id), ("custom_id", custom_id)):
-            values = [value] if isinstance(value, str) else builtins.list(value or [])
+            values = check_ids(column, value)
             if values:
                 where.append(f"{column} IN ({', '.join('?' * len(values))})")
                 params += values
+        offset, limit = check_count("offset", offset), check_count("limit", limit)
+        order = check_order(sort_by_created_at).upper()
         if id is not None:
-            ids = [id] if isinstance(id, str) else builtins.list(id)
+            ids = check_ids("id", id)
             seqs = [queue.parse_session_id(self._prefix, any_id) for any_id in ids]
             marks = ", ".join("?" * len(ids))
-            where.append(f"(seq IN ({marks}) OR remote_id IN ({marks}))")
+            where.append(f"(seq IN ({marks}) OR remote_id IN ({marks}))" if ids else "1 = 0")
             params += seqs + ids
-        order = "DESC" if (sort_by_created_at or "asc").lower() == "desc" else "ASC"
         query = f"SELECT * FROM sessions WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT ? OFFSET ?"
         rows = self._store.read(lambda conn: conn.execute(query, (*params, NO_LIMIT if limit is None else limit,
                                                                      offset or 0)).fetchall())
@@ -220,6 +232,8 @@ class SessionService:
         return self._change(session_id, "session_finish", {"status": "COMPLETED", "stopping_reason": reason})
 
     def _change(self, session_id: str, kind: str, changes: dict[str, Any]) -> Session:
+        check_id("session_id", session_id)
+        check_encodable(changes)
         def apply(conn: sqlite3.Connection) -> int:
             row = queue.require_session(conn, self._prefix, session_id)
             local = {k: v for k, v in changes.items() if k != "error"}  # error is upstream-only state

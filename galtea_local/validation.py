@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+import reprlib
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from galtea_local.errors import InvalidInputError, InvalidTypeError, RecordTooLargeError
@@ -22,11 +23,93 @@ TEXT_FIELDS = ("retrieval_context", "conversation_simulator_version", "error")
 # update() takes these beyond create()'s; they are server-owned and never sent from here.
 SERVER_OWNED = frozenset({"created_at", "deleted_at", "index"})
 
+# SQLite stores integers in 64 bits; a larger int would fail inside the store, after validation.
+MAX_INT = 2**63 - 1
+# Nesting of input/output/metadata: deep enough for any real payload, shallow enough that
+# encoding and decoding (here and in the daemon) never reach Python's recursion limit.
+MAX_DEPTH = 64
+
 _dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 60
+
+
+def show(value: Any) -> str:
+    """A short repr for an error message: bounded in length and depth, whatever the value."""
+    return _repr.repr(value)
 
 
 def _type_error(field: str, value: Any, expected: str) -> InvalidTypeError:
     return InvalidTypeError(f"{field}: expected {expected}, got {type(value).__name__}; pass {expected} or None")
+
+
+def utf8_size(field: str, text: str) -> int:
+    """The UTF-8 length of ``text``; a lone surrogate (which no store nor the API can hold) is refused."""
+    if text.isascii():  # O(1) in CPython: ASCII text skips the encode
+        return len(text)
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"{field}: contains a lone surrogate ({text[exc.start]!r} at position {exc.start}), which is not "
+            "valid Unicode; pass valid text (decode bytes with errors='replace')"
+        ) from None
+
+
+def check_id(field: str, value: Any, empty: type[Exception] = InvalidTypeError) -> str:
+    """An id argument (local or remote): a non-empty str of valid Unicode; ``empty`` is raised for ''."""
+    if not isinstance(value, str):
+        raise InvalidTypeError(f"{field}: expected a non-empty str, got {show(value)}")
+    if not value:
+        raise empty(f"{field}: expected a non-empty str, got ''")
+    utf8_size(field, value)
+    return value
+
+
+def check_ids(field: str, value: Any) -> list[str]:
+    """One id or a list of ids, as the official ``list()`` filters take them."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [check_id(field, value)]
+    if not isinstance(value, (list, tuple)):
+        raise InvalidTypeError(f"{field}: expected a str or a list of str, got {type(value).__name__}")
+    return [check_id(f"{field}[{i}]", item) for i, item in enumerate(value)]
+
+
+def check_count(field: str, value: Any) -> int | None:
+    """``offset``/``limit``: None or an int from 0 to 2**63-1."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT):
+        raise InvalidTypeError(f"{field}: expected an int >= 0, got {show(value)}")
+    return value
+
+
+def check_order(value: Any) -> str:
+    if value is None:
+        return "asc"
+    if not isinstance(value, str) or value.lower() not in ("asc", "desc"):
+        raise InvalidInputError(f"sort_by_created_at: {show(value)}; use 'asc' or 'desc'")
+    return value.lower()
+
+
+def check_encodable(fields: Mapping[str, Any]) -> None:
+    """Every text value is valid Unicode (see :func:`utf8_size`)."""
+    for name, value in fields.items():
+        if isinstance(value, str):
+            utf8_size(name, value)
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """True when lists/dicts nest deeper than ``limit`` (iterative: no recursion to exhaust)."""
+    stack: list[tuple[Iterable[Any], int]] = [((value,), 0)]
+    while stack:
+        items, depth = stack.pop()
+        for item in items:
+            if isinstance(item, (dict, list, tuple)):
+                if depth + 1 > limit:
+                    return True
+                stack.append((item.values() if isinstance(item, dict) else item, depth + 1))
+    return False
 
 
 def encode_json(field: str, value: Any) -> str | None:
@@ -36,11 +119,16 @@ def encode_json(field: str, value: Any) -> str | None:
     if not isinstance(value, (str, dict)):
         raise _type_error(field, value, "a str or a dict")
     try:
-        return _dumps(value)
-    except (TypeError, ValueError) as exc:
+        text = _dumps(value)
+    except (TypeError, ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
         raise InvalidInputError(
-            f"{field}: cannot be stored as JSON ({exc}); use only str, int, float, bool, None, list and dict values"
+            f"{field}: cannot be stored as JSON ({reason}); use only str, int, float, bool, None, list and dict values"
         ) from None
+    # Counting brackets is cheap; only text that could nest that deep is walked.
+    if text.count("{") + text.count("[") > MAX_DEPTH and _depth_over(value, MAX_DEPTH):
+        raise InvalidInputError(f"{field}: nested more than {MAX_DEPTH} levels deep; flatten the structure")
+    return text
 
 
 def check_text(field: str, value: Any) -> str | None:
@@ -55,8 +143,10 @@ def check_number(field: str, value: Any, *, integer: bool = False) -> int | floa
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
         raise _type_error(field, value, "an int" if integer else "a number")
+    if isinstance(value, int) and value > MAX_INT:
+        raise InvalidInputError(f"{field}: {show(value)} is too large; pass a number up to 2**63-1")
     if not math.isfinite(value) or value < 0:
-        raise InvalidInputError(f"{field}: {value!r} is not allowed; pass a finite number >= 0")
+        raise InvalidInputError(f"{field}: {show(value)} is not allowed; pass a finite number >= 0")
     return value
 
 
@@ -69,7 +159,7 @@ def check_status(value: Any, *, default: str | None = "GENERATED") -> str | None
         raise _type_error("status", value, "a str or InferenceResultStatus")
     upper = text.upper()
     if upper not in STATUSES:
-        raise InvalidInputError(f"status: {text!r} is not a status; use one of {', '.join(sorted(STATUSES))}")
+        raise InvalidInputError(f"status: {show(text)} is not a status; use one of {', '.join(sorted(STATUSES))}")
     return upper
 
 
@@ -80,7 +170,7 @@ def _info_dict(field: str, value: Any, keys: tuple[str, ...]) -> dict[str, Any]:
         value = value.model_dump(exclude_none=True)
     if not isinstance(value, Mapping):
         raise _type_error(field, value, "a dict")
-    unknown = sorted(str(k) for k in value if k not in keys)
+    unknown = sorted(show(k) for k in value if k not in keys)
     if unknown:
         raise InvalidInputError(f"{field}: unknown key(s) {', '.join(unknown)}; allowed keys are {', '.join(keys)}")
     integer = field == "usage_info"
@@ -93,8 +183,8 @@ def check_session(
     """Exactly one of session_id/session_custom_id; a custom id needs an anchor; version_id wins."""
     for name, value in (("session_id", session_id), ("session_custom_id", session_custom_id),
                         ("version_id", version_id), ("product_id", product_id)):
-        if value is not None and (not isinstance(value, str) or not value):
-            raise InvalidTypeError(f"{name}: expected a non-empty str, got {value!r}")
+        if value is not None:
+            check_id(name, value)
     if (session_id is None) == (session_custom_id is None):
         raise InvalidInputError("session_id / session_custom_id: provide exactly one of them")
     if session_custom_id is not None and version_id is None and product_id is None:
@@ -105,13 +195,16 @@ def check_session(
 
 
 def check_size(fields: Mapping[str, Any], limit: int) -> None:
-    # The limit is in UTF-8 bytes; isascii() is O(1) in CPython, so ASCII text skips the encode.
-    size = sum(len(v) if v.isascii() else len(v.encode()) for v in fields.values() if isinstance(v, str))
+    """The record's text is valid Unicode and, in UTF-8, within ``limit`` bytes."""
+    size = sum(utf8_size(_ARGUMENT.get(k, k), v) for k, v in fields.items() if isinstance(v, str))
     if size > limit:
         raise RecordTooLargeError(
             f"record: {size} bytes of text is over the store's limit of {limit}; "
             "shorten input/output/retrieval_context or raise store.max_record_bytes"
         )
+
+
+_ARGUMENT = {"actual_output": "output"}  # column -> the argument a caller passed
 
 
 def create_fields(args: Mapping[str, Any], max_record_bytes: int) -> dict[str, Any]:
@@ -144,6 +237,8 @@ def _check_update_value(name: str, value: Any) -> Any:
     if name in ("input", "output"):
         return encode_json(name, value)
     if name == "status":
+        if value is None:  # every turn has a status upstream: there is nothing to clear it to
+            raise InvalidInputError(f"status: cannot be cleared; pass one of {', '.join(sorted(STATUSES))}")
         return check_status(value, default=None)
     if name in USAGE_KEYS:
         return check_number(name, value, integer=True)

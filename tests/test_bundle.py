@@ -270,5 +270,5 @@ def test_a_newer_session_version_is_applied_after_its_turns(tmp_path: Path, emul
     drain(make_engine(connected, emulator))
     [upstream] = emulator.dump(log=False)["sessions"]
     assert (upstream["customId"], upstream["context"], upstream["status"], upstream["stoppingReason"]) == (
-        "conv-9", "second", "COMPLETED", "GOAL_ACHIEVED")
+        "conv-9", {"value": "second"}, "COMPLETED", "GOAL_ACHIEVED")
     assert upstream_markers(emulator) == {"t1": 1, "t2": 1}

@@ -120,6 +120,7 @@ def test_ready_watchdog_and_stopping_arrive_on_notify_socket(emulator, tmp_path,
     sock.close()
     assert code == 0
     lines = [line for message in seen for line in message.split("\n")]
+    assert seen[0].startswith("READY=1"), "READY=1 comes before any STATUS= line of a pass"
     assert lines.index("READY=1") < lines.index("WATCHDOG=1") < lines.index("STOPPING=1")
     assert any(line.startswith("STATUS=") for line in lines)
 

@@ -134,7 +134,7 @@ def test_ambiguous_fault_stores_then_drops(emulator: EmulatorHandle) -> None:  #
     dump = emulator.dump()
     assert [r["actualOutput"] for r in dump["inferenceResults"]][:1] == ["lost answer"]
     assert len(dump["inferenceResults"]) == 3
-    assert dump["faults"] == {"fail": 0, "throttle": 0, "ambiguous": 2}
+    assert dump["faults"] == {"fail": 0, "throttle": 0, "ambiguous": 2, "late": 0, "applied_error": 0}
     assert [e["status"] for e in dump["log"] if e["fault"] == "ambiguous"] == [201, 201]
 
 
@@ -151,7 +151,7 @@ def test_fail_and_throttle_faults_change_nothing(emulator: EmulatorHandle) -> No
         assert as_date.tzinfo is not None
     dump = emulator.dump()
     assert dump["inferenceResults"] == []
-    assert dump["faults"] == {"fail": 1, "throttle": 2, "ambiguous": 0}
+    assert dump["faults"] == {"fail": 1, "throttle": 2, "ambiguous": 0, "late": 0, "applied_error": 0}
     assert dump["requests"]["POST /inferenceResults"] == 3
 
 
@@ -182,7 +182,8 @@ def test_faults_repeat_with_the_seed(emulator_factory: Any) -> None:  # noqa: F8
 
 
 def test_latency_holds_requests_in_flight_together(emulator: EmulatorHandle) -> None:  # noqa: F811
-    emulator.set_faults(latency_ms=500)
+    # Long enough that all 100 connections are open before the first answer, even on a loaded box.
+    emulator.set_faults(latency_ms=2000)
 
     async def burst() -> list[int]:
         limits = httpx.Limits(max_connections=200)

@@ -191,6 +191,6 @@ def test_session_update_and_finish_reach_upstream(store_path: Path, emulator_fac
         galtea.sessions.finish(session.id)
     drain(engine)
     (upstream,) = emulator.dump(log=False)["sessions"]
-    assert (upstream["context"], upstream["metadata"], upstream["status"]) == ("folded", {"after": True},
+    assert (upstream["context"], upstream["metadata"], upstream["status"]) == ({"value": "folded"}, {"after": True},
                                                                                "COMPLETED")
     assert emulator.dump(log=False)["requests"]["POST /sessions"] == 1

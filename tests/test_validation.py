@@ -6,6 +6,7 @@ Each case snapshots every table of the store file before and after the call
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +33,13 @@ def assert_refused(galtea: Galtea, call: Callable[[], object], error: type[Excep
     assert snapshot(galtea.store_path) == before
 
 
+def _nested(depth: int) -> dict:
+    value: dict = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
 CREATE_CASES = [
     ({"status": "DONE"}, InvalidInputError, "status"),
     ({"status": 3}, InvalidTypeError, "status"),
@@ -53,10 +61,22 @@ CREATE_CASES = [
     ({"session_id": None}, InvalidInputError, "session_id"),
     ({"session_id": None, "session_custom_id": "c"}, InvalidInputError, "version_id"),
     ({"session_id": ""}, InvalidTypeError, "session_id"),
+    # Hostile values that used to escape as UnicodeEncodeError, OverflowError or RecursionError.
+    ({"input": "a\ud800b"}, InvalidInputError, "input"),
+    ({"output": {"k": ["\udfff"]}}, InvalidInputError, "output"),
+    ({"retrieval_context": "\ud800"}, InvalidInputError, "retrieval_context"),
+    ({"session_id": "s\ud800"}, InvalidInputError, "session_id"),
+    ({"latency": 2**63}, InvalidInputError, "latency"),
+    ({"latency": 10**400}, InvalidInputError, "latency"),
+    ({"usage_info": {"tokens": 2**70}}, InvalidInputError, "tokens"),
+    ({"latency": [1.0]}, InvalidTypeError, "latency"),
+    ({"input": _nested(1000)}, InvalidInputError, "input"),
+    ({"output": _nested(100_000)}, InvalidInputError, "output"),
+    ({"input": _nested(65)}, InvalidInputError, "nested"),
 ]
 
 
-@pytest.mark.parametrize("changes, error, field", CREATE_CASES, ids=lambda v: repr(v)[:40])
+@pytest.mark.parametrize("changes, error, field", CREATE_CASES, ids=lambda v: reprlib.repr(v)[:40])
 def test_bad_create_is_refused_and_writes_nothing(seeded, changes, error, field):
     assert_refused(seeded, lambda: seeded.inference_results.create(**{**OK, **changes}), error, field)
 
@@ -74,13 +94,42 @@ UPDATE_CASES = [
     ({"input": {"x": float("nan")}}, InvalidInputError, "input"),
     ({"index": 3}, InvalidInputError, "index"),
     ({"session_id": "other"}, InvalidInputError, "session_id"),
+    ({"status": None}, InvalidInputError, "status"),
+    ({"latency": 2**63}, InvalidInputError, "latency"),
+    ({"output": "\ud800"}, InvalidInputError, "output"),
+    ({"input": _nested(1000)}, InvalidInputError, "input"),
 ]
 
 
-@pytest.mark.parametrize("changes, error, field", UPDATE_CASES, ids=lambda v: repr(v)[:40])
+@pytest.mark.parametrize("changes, error, field", UPDATE_CASES, ids=lambda v: reprlib.repr(v)[:40])
 def test_bad_update_is_refused_and_writes_nothing(seeded, changes, error, field):
     record_id = seeded.seeded_id  # type: ignore[attr-defined]
     assert_refused(seeded, lambda: seeded.inference_results.update(record_id, **changes), error, field)
+
+
+@pytest.mark.parametrize("method", ["update", "get", "delete"])
+def test_bad_id_is_refused(seeded, method):
+    call = getattr(seeded.inference_results, method)
+    assert_refused(seeded, lambda: call("loc_\ud800"), InvalidInputError, "inference_result_id")
+    assert_refused(seeded, lambda: call(["x"]), InvalidTypeError, "inference_result_id")
+
+
+def test_bad_list_arguments_are_refused(seeded):
+    results = seeded.inference_results
+    assert_refused(seeded, lambda: results.list(id=5), InvalidTypeError, "id")
+    assert_refused(seeded, lambda: results.list(session_id=["s", {"x": 1}]), InvalidTypeError, "session_id[1]")
+    assert_refused(seeded, lambda: results.list(session_id="s", limit=2**64), InvalidTypeError, "limit")
+    assert_refused(seeded, lambda: results.list(session_id="s", from_created_at=10**400), InvalidInputError,
+                   "from_created_at")  # fmt: skip
+    assert_refused(seeded, lambda: results.list(session_id="s", sort_by_created_at=1), InvalidInputError,
+                   "sort_by_created_at")  # fmt: skip
+    sessions = seeded.sessions
+    assert_refused(seeded, lambda: sessions.list(version_id=[None]), InvalidTypeError, "version_id[0]")
+    assert_refused(seeded, lambda: sessions.get("\ud800"), InvalidInputError, "session_id")
+    assert_refused(seeded, lambda: sessions.create(version_id="v", metadata=_nested(1000)), InvalidInputError,
+                   "metadata")  # fmt: skip
+    assert_refused(seeded, lambda: sessions.create(version_id="v", context="\udc00"), InvalidInputError,
+                   "context")  # fmt: skip
 
 
 @pytest.mark.parametrize("method", ["update", "get", "delete"])

@@ -15,7 +15,9 @@ never delayed, faulted or authenticated:
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,7 +30,7 @@ from galtea_local_daemon.emulator import rules
 from galtea_local_daemon.emulator.faults import FaultConfig, FaultInjector
 from galtea_local_daemon.emulator.layer import FaultLayer
 from galtea_local_daemon.emulator.rules import ApiError
-from galtea_local_daemon.emulator.state import RESULT_FILTERS, SESSION_FILTERS, Store
+from galtea_local_daemon.emulator.state import RESULT_FILTERS, SESSION_FILTERS, Store, as_read
 
 # Far ahead of any real release, and no higher minimum than the SDK we test with:
 # the SDK neither warns about an update nor refuses to run.
@@ -84,24 +86,37 @@ class EmulatorApp:
             Route("/_emulator/versions", self.set_versions, methods=["POST"]),
         ]
 
+    # --- what a read shows ----------------------------------------------------------
+
+    def _shown(self, record: dict[str, Any]) -> dict[str, Any]:
+        return record if self.injector.config.echo_write_only else as_read(record)
+
+    def _capped(self, query: rules.ListQuery) -> rules.ListQuery:
+        """A proxy or the API caps ``limit`` without saying so: a short page is not the last one."""
+        cap = self.injector.config.page_cap
+        if not cap or (query.limit is not None and query.limit <= cap):
+            return query
+        return dataclasses.replace(query, limit=cap)
+
     # --- inference results ----------------------------------------------------------
 
     async def create_result(self, request: Request) -> Response:
-        return JSONResponse(self.store.create_result(await read_object(request)), status_code=201)
+        return JSONResponse(self._shown(self.store.create_result(await read_object(request))), status_code=201)
 
     async def create_batch(self, request: Request) -> Response:
-        return JSONResponse(self.store.create_batch(await read_object(request)), status_code=201)
+        created = self.store.create_batch(await read_object(request))
+        return JSONResponse([self._shown(r) for r in created], status_code=201)
 
     async def list_results(self, request: Request) -> Response:
-        query = rules.parse_list_query(request.query_params.multi_items(), RESULT_FILTERS)
-        return JSONResponse(self.store.list_results(query))
+        query = self._capped(rules.parse_list_query(request.query_params.multi_items(), RESULT_FILTERS))
+        return JSONResponse([self._shown(r) for r in self.store.list_results(query)])
 
     async def get_result(self, request: Request) -> Response:
-        return JSONResponse(self.store.get_result(request.path_params["id"]))
+        return JSONResponse(self._shown(self.store.get_result(request.path_params["id"])))
 
     async def update_result(self, request: Request) -> Response:
         body = await read_object(request)
-        return JSONResponse(self.store.update_result(request.path_params["id"], body))
+        return JSONResponse(self._shown(self.store.update_result(request.path_params["id"], body)))
 
     async def delete_result(self, request: Request) -> Response:
         self.store.delete_result(request.path_params["id"])
@@ -113,7 +128,7 @@ class EmulatorApp:
         return JSONResponse(self.store.create_session(await read_object(request)), status_code=201)
 
     async def list_sessions(self, request: Request) -> Response:
-        query = rules.parse_list_query(request.query_params.multi_items(), SESSION_FILTERS)
+        query = self._capped(rules.parse_list_query(request.query_params.multi_items(), SESSION_FILTERS))
         return JSONResponse(self.store.list_sessions(query))
 
     async def get_session(self, request: Request) -> Response:
@@ -178,6 +193,7 @@ def build_app(
     config: FaultConfig | None = None, seed: int | None = None
 ) -> tuple[FaultLayer, Store, FaultInjector]:
     """The ASGI app to serve, with the store and injector behind it (for in-process inspection)."""
-    store, injector = Store(), FaultInjector(config, seed)
+    injector = FaultInjector(config, seed)
+    store = Store(clock=lambda: time.time() + injector.config.clock_offset_s)
     api = Starlette(routes=EmulatorApp(store, injector).routes(), exception_handlers={ApiError: _api_error})
     return FaultLayer(api, injector), store, injector

@@ -37,6 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="token bucket per API key: requests/s allowed, then 429 (default 0: off)")
     parser.add_argument("--rate-burst", type=float, default=0.0,
                         help="the bucket's size in requests (default: one second's worth)")
+    parser.add_argument("--late-rate", type=_rate, default=0.0,
+                        help="share of API writes held inside the server and applied --late-commit-s later")
+    parser.add_argument("--late-commit-s", type=float, default=0.0, help="how long a late write is held (seconds)")
+    parser.add_argument("--applied-error-rate", type=_rate, default=0.0,
+                        help="share of API writes applied, then answered 503 as by a proxy")
+    parser.add_argument("--page-cap", type=int, default=0, help="cap every list's limit at N, silently (0: no cap)")
+    parser.add_argument("--clock-offset-s", type=float, default=0.0,
+                        help="the server clock (Date header, createdAt) runs this many seconds from ours")
     parser.add_argument("--seed", type=int, default=None, help="seed of the fault draw (default: random)")
 
 
@@ -51,6 +59,11 @@ def config_from_args(args: argparse.Namespace) -> FaultConfig:
         api_key=args.api_key,
         rate_limit_rps=args.rate_limit,
         rate_limit_burst=args.rate_burst,
+        late_rate=args.late_rate,
+        late_commit_s=args.late_commit_s,
+        applied_error_rate=args.applied_error_rate,
+        page_cap=args.page_cap,
+        clock_offset_s=args.clock_offset_s,
     )
 
 

@@ -2,9 +2,15 @@
 
 One ``random.Random(seed)`` draws one number per API request, in arrival order,
 so a given seed and request sequence always misbehave the same way. The rates
-split [0, 1): ``fail`` first, then ``throttle``, then ``ambiguous``; their sum
-must not exceed 1. ``ambiguous`` applies only to writes (POST/PATCH/DELETE): a
-read that draws it is served normally.
+split [0, 1): ``fail`` first, then ``throttle``, ``ambiguous``, ``late`` and
+``applied_error``; their sum must not exceed 1. The last three apply only to
+writes (POST/PATCH/DELETE): a read that draws one is served normally.
+
+Besides the drawn faults, some settings model how the real API and the proxies
+in front of it behave on every request: ``page_cap`` (a list ``limit`` silently
+capped), ``clock_offset_s`` (the server's clock, in its ``Date`` header and its
+``createdAt`` stamps, runs that far from ours) and ``echo_write_only`` (off, as
+the real API: ``retrievalContext`` is accepted on create and never read back).
 """
 
 from __future__ import annotations
@@ -20,7 +26,12 @@ FAIL = "fail"
 THROTTLE = "throttle"
 AMBIGUOUS = "ambiguous"
 RATE_LIMIT = "rate_limit"  # the token bucket was empty: answered 429 (see FaultConfig.rate_limit_rps)
+LATE = "late"  # a write held inside the server, applied (and answered) only after ``late_commit_s``
+APPLIED_ERROR = "applied_error"  # a write applied, then answered 502/503/504 by a proxy
+GATEWAY_STATUSES = frozenset({500, 502, 503, 504})
 WRITE_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
+_DRAWN = (FAIL, THROTTLE, AMBIGUOUS, LATE, APPLIED_ERROR)
+_ANY_METHOD = frozenset({FAIL, THROTTLE})  # the others only make sense for a write
 LOG_LIMIT = 100_000  # enough for any test; bounded so a long benchmark cannot exhaust memory
 
 
@@ -29,7 +40,8 @@ class FaultConfig:
     """How the emulator misbehaves, and which key it accepts.
 
     ``api_key=None`` accepts any non-empty Bearer key. ``retry_after_http_date``
-    sends ``Retry-After`` as an HTTP date instead of seconds.
+    sends ``Retry-After`` as an HTTP date instead of seconds. ``page_cap`` 0 means
+    no cap. ``applied_error_status`` is the status a proxy answers after the API applied a write.
 
     ``rate_limit_rps`` (0: off) is a token bucket per API key, as real rate
     limiters are: it refills at that many requests per second and holds up to
@@ -46,21 +58,34 @@ class FaultConfig:
     api_key: str | None = None
     rate_limit_rps: float = 0.0
     rate_limit_burst: float = 0.0
+    late_rate: float = 0.0
+    late_commit_s: float = 0.0
+    applied_error_rate: float = 0.0
+    applied_error_status: int = 503
+    page_cap: int = 0
+    clock_offset_s: float = 0.0
+    echo_write_only: bool = False
 
     def __post_init__(self) -> None:
-        rates = (self.fail_rate, self.throttle_rate, self.ambiguous_rate)
+        rates = self.rates()
         if any(not 0.0 <= rate <= 1.0 for rate in rates):
             raise ValueError("fault rates must be between 0 and 1")
         if sum(rates) > 1.0 + 1e-9:
-            raise ValueError("fail_rate + throttle_rate + ambiguous_rate must not exceed 1")
-        if self.latency_ms < 0 or self.retry_after_s < 0:
-            raise ValueError("latency_ms and retry_after_s must not be negative")
+            raise ValueError("the fault rates (fail, throttle, ambiguous, late, applied_error) must not exceed 1 together")
+        if self.latency_ms < 0 or self.retry_after_s < 0 or self.late_commit_s < 0 or self.page_cap < 0:
+            raise ValueError("latency_ms, retry_after_s, late_commit_s and page_cap must not be negative")
+        if self.applied_error_status not in GATEWAY_STATUSES:
+            raise ValueError(f"applied_error_status must be one of {sorted(GATEWAY_STATUSES)}")
         if self.rate_limit_rps < 0 or self.rate_limit_burst < 0:
             raise ValueError("rate_limit_rps and rate_limit_burst must not be negative")
 
     @property
     def burst(self) -> float:
         return self.rate_limit_burst or max(1.0, self.rate_limit_rps)
+
+    def rates(self) -> tuple[float, ...]:
+        """The drawn fault rates, in the order they split [0, 1)."""
+        return (self.fail_rate, self.throttle_rate, self.ambiguous_rate, self.late_rate, self.applied_error_rate)
 
     def changed(self, changes: dict[str, Any]) -> FaultConfig:
         """A copy with ``changes`` applied; unknown names or bad values raise ``ValueError``."""
@@ -96,7 +121,7 @@ class FaultInjector:
         if seed is not None:
             self.seed = seed
         self._rng = random.Random(self.seed)
-        self.faults: Counter[str] = Counter({FAIL: 0, THROTTLE: 0, AMBIGUOUS: 0})  # + RATE_LIMIT once one happens
+        self.faults: Counter[str] = Counter(dict.fromkeys(_DRAWN, 0))  # + RATE_LIMIT once one happens
         self._buckets: dict[str | None, tuple[float, float]] = {}  # API key -> (tokens, when counted)
         self._throttle_left = 0
         self.requests: Counter[str] = Counter()
@@ -118,16 +143,14 @@ class FaultInjector:
         if self._throttle_left > 0:
             self._throttle_left -= 1
             return THROTTLE
-        cfg = self.config
-        if not (cfg.fail_rate or cfg.throttle_rate or cfg.ambiguous_rate):
+        rates = self.config.rates()
+        if not any(rates):
             return None
-        roll = self._rng.random()
-        if roll < cfg.fail_rate:
-            return FAIL
-        if roll < cfg.fail_rate + cfg.throttle_rate:
-            return THROTTLE
-        if roll < cfg.fail_rate + cfg.throttle_rate + cfg.ambiguous_rate and method in WRITE_METHODS:
-            return AMBIGUOUS
+        roll, bound = self._rng.random(), 0.0
+        for name, rate in zip(_DRAWN, rates):
+            bound += rate
+            if roll < bound:
+                return name if name in _ANY_METHOD or method in WRITE_METHODS else None
         return None
 
     def rate_limited(self, key: str | None, now: float | None = None) -> float | None:

@@ -15,7 +15,15 @@ import math
 import time
 from typing import Any
 
-from galtea_local_daemon.emulator.faults import AMBIGUOUS, FAIL, RATE_LIMIT, THROTTLE, FaultInjector
+from galtea_local_daemon.emulator.faults import (
+    AMBIGUOUS,
+    APPLIED_ERROR,
+    FAIL,
+    LATE,
+    RATE_LIMIT,
+    THROTTLE,
+    FaultInjector,
+)
 
 Scope = dict[str, Any]
 API_PREFIXES = ("/inferenceResults", "/sessions")
@@ -56,6 +64,8 @@ class FaultLayer:
         self.injector = injector
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            send = self._dated(send)
         if scope["type"] != "http" or not is_api_path(scope["path"]):
             await self.app(scope, receive, send)
             return
@@ -88,6 +98,10 @@ class FaultLayer:
             await send_json(send, 401, {"message": "Unauthorized: invalid or missing API key"})
         elif fault == AMBIGUOUS:
             await self._write_then_drop(scope, receive, send, entry)
+        elif fault == LATE:
+            await self._commit_late(scope, receive, send, entry)
+        elif fault == APPLIED_ERROR:
+            await self._apply_then_fail(scope, receive, send, entry)
         else:
             await self.app(scope, receive, self._recording(send, entry))
 
@@ -104,6 +118,41 @@ class FaultLayer:
         else:
             value = str(config.retry_after_s)
         return (b"retry-after", value.encode())
+
+    def _dated(self, send: Any) -> Any:
+        """Every answer carries ``Date`` from the server's own clock (``clock_offset_s`` away from ours)."""
+
+        async def dated_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                now = time.time() + self.injector.config.clock_offset_s
+                date = (b"date", email.utils.formatdate(now, usegmt=True).encode())
+                message = {**message, "headers": [*message.get("headers", []), date]}
+            await send(message)
+
+        dated_send.raw = send  # type: ignore[attr-defined]  # drop_connection needs the server's own
+        return dated_send
+
+    async def _commit_late(self, scope: Scope, receive: Any, send: Any, entry: dict[str, Any]) -> None:
+        """Hold a write inside the server (a slow database, a proxy queue) and apply it after
+        ``late_commit_s``, whether or not the client is still waiting for the answer.
+
+        The body is read first, as a server does before it queues the work: a client
+        that gives up afterwards does not stop the write.
+        """
+        replay = await read_whole_request(receive)
+        await asyncio.sleep(self.injector.config.late_commit_s)
+        await self.app(scope, replay, self._recording(send, entry))
+
+    async def _apply_then_fail(self, scope: Scope, receive: Any, send: Any, entry: dict[str, Any]) -> None:
+        """Apply a write, then answer as a proxy that lost the API's answer: 502/503/504, no Retry-After."""
+
+        async def swallow(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                entry["applied"] = message["status"]
+
+        await self.app(scope, receive, swallow)
+        status = entry["status"] = self.injector.config.applied_error_status
+        await send_json(send, status, {"message": f"Bad Gateway or timeout from a proxy (emulated, {status})"})
 
     @staticmethod
     def _recording(send: Any, entry: dict[str, Any]) -> Any:
@@ -125,6 +174,23 @@ class FaultLayer:
         await drop_connection(send)
 
 
+async def read_whole_request(receive: Any) -> Any:
+    """Read the request body now; a ``receive`` that replays it (then reports the disconnect)."""
+    messages: list[dict[str, Any]] = []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            break
+
+    async def replay() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        return {"type": "http.disconnect"}
+
+    return replay
+
+
 async def drop_connection(send: Any) -> None:
     """Abort the client's TCP connection so it sees no response at all.
 
@@ -133,7 +199,7 @@ async def drop_connection(send: Any) -> None:
     without a byte of answer. Once uvicorn sees the connection lost it also skips
     its "returned without a response" 500, which is why we yield until it has.
     """
-    cycle = getattr(send, "__self__", None)
+    cycle = getattr(getattr(send, "raw", send), "__self__", None)
     transport = getattr(cycle, "transport", None)
     if transport is None:
         # Another server: a truncated answer is the closest lost response we can give.

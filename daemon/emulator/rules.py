@@ -1,6 +1,6 @@
 """The API's request rules, as the emulator enforces them.
 
-Written from the wire format (design.md §4), not from our own client's
+Written from the official SDK's wire format (docs/emulator.md), not from our own client's
 validation: the emulator exists to catch a client that sends something the API
 would refuse, so sharing code with that client would hide exactly those bugs.
 Every failure raises :class:`ApiError`, which the app turns into the API's

@@ -64,6 +64,7 @@ def make_server(app: Any) -> EmulatorServer:
         limit_concurrency=None,
         timeout_keep_alive=30,
         timeout_graceful_shutdown=3,
+        date_header=False,  # the fault layer sends Date from the server's own (maybe skewed) clock
     )
     return EmulatorServer(config)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from galtea_local_daemon.emulator import rules
@@ -43,12 +43,28 @@ def wrap_input(value: Any) -> Any:
     return {"user_message": value} if isinstance(value, str) else value
 
 
+def wrap_context(value: Any) -> Any:
+    """The API stores a plain-string session context as ``{"value": ...}`` (the SDK unwraps it on reads)."""
+    return {"value": value} if isinstance(value, str) else value
+
+
+# Accepted on create, never returned on reads: the real API turns retrievalContext into a
+# RETRIEVER span and its read model (the SDK's Trace) has no such field. The dump keeps it.
+WRITE_ONLY_RESULT_FIELDS = frozenset({"retrievalContext"})
+
+
+def as_read(record: dict[str, Any]) -> dict[str, Any]:
+    """A stored inference result as the API answers it: without its write-only fields."""
+    return {key: value for key, value in record.items() if key not in WRITE_ONLY_RESULT_FIELDS}
+
+
 class Store:
     """Sessions and inference results, with the API's rules for creating, changing and listing them."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         # None: any version id is accepted. A set: only those (a registry, for unknown-version tests).
         self.known_versions: set[str] | None = None
+        self.clock = clock  # the server's clock: createdAt stamps and date filters are in its time
         self.reset()
 
     def reset(self) -> None:
@@ -65,7 +81,7 @@ class Store:
 
     def _stamp(self) -> tuple[float, str]:
         # Never step back, even if the wall clock does: creation order and createdAt order agree.
-        now = max(time.time(), self._last_stamp)
+        now = max(self.clock(), self._last_stamp)
         self._last_stamp = now
         return now, rules.format_timestamp(now)
 
@@ -94,7 +110,7 @@ class Store:
         is_production = body.get("isProduction")
         session = {
             "id": new_id(), "versionId": version_id, "productId": product_id, "customId": custom_id,
-            "testCaseId": body.get("testCaseId"), "testId": None, "context": body.get("context"),
+            "testCaseId": body.get("testCaseId"), "testId": None, "context": wrap_context(body.get("context")),
             "metadata": body.get("metadata"), "status": status, "runId": body.get("runId"),
             "isProduction": is_production if is_production is not None else body.get("testCaseId") is None,
             "stoppingReason": None, "error": None, "userId": None, "isSeed": False, "recordingUri": None,
@@ -119,6 +135,8 @@ class Store:
             rules.check_status(body["status"], rules.SESSION_STATUSES)
         if "customId" in body and body["customId"] != session["customId"]:
             self._rekey_session(session, body["customId"])
+        if "context" in body:
+            body["context"] = wrap_context(body["context"])
         session.update(body)
         return session
 

@@ -164,4 +164,4 @@ def export_bundle(store: Store, out: Path | str, *, since_last: bool = False, st
                 bar.close()
     if start is None and end is None:
         store.transaction(health.put, WATERMARK, repr(began - overlap_s))
-    return ExportResult(Path(out), writer.counts["session"], writer.counts["record"], since)
+    return ExportResult(writer.path, writer.counts["session"], writer.counts["record"], since)

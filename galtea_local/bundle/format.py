@@ -18,25 +18,38 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import json
 import os
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from galtea_local.errors import BundleError
+from galtea_local.config.schema import BundleSettings
+from galtea_local.errors import BundleError, InvalidInputError, InvalidTypeError
+from galtea_local.validation import show
 
 FORMAT = "galtea-local-bundle"
 VERSION = 1
 KINDS = {"records": "galtea-local import", "receipt": "galtea-local import-receipt"}
 _FIX_COPY = "copy the file again from the machine that wrote it, or write it again there"
+_FIX_LIMIT = "If the file is genuine, raise that bound in the [bundle] section of the config file"
 
 
 def _line(entry: dict[str, Any]) -> bytes:
     # sort_keys: the same content always gives the same bytes (and the same checksum).
     return (json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+
+
+def _target(path: Path, header: dict[str, Any]) -> Path:
+    """``--out`` may name a folder: the file then gets a name saying what it is, whose and when."""
+    if not path.is_dir():
+        return path
+    store = str(header.get("from_store_id") or header.get("origin_store_id") or "store")[:8]
+    stamp = "".join(ch for ch in str(header.get("created_at", ""))[:19] if ch.isalnum())
+    return path / f"galtea-local-{header.get('kind', 'bundle')}-{store}-{stamp}Z.glb"
 
 
 class BundleWriter:
@@ -46,7 +59,7 @@ class BundleWriter:
     """
 
     def __init__(self, path: Path | str, header: dict[str, Any]) -> None:
-        self.path = Path(path)
+        self.path = _target(Path(path), header)
         self._partial = self.path.with_name(self.path.name + ".partial")
         self._header = {"format": FORMAT, "version": VERSION, **header}
         self._hash = hashlib.sha256()
@@ -56,7 +69,10 @@ class BundleWriter:
 
     def __enter__(self) -> BundleWriter:
         try:
-            self._raw = open(self._partial, "wb")
+            # Owner-only from the first byte: a bundle holds every queued conversation.
+            fd = os.open(self._partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)  # a stale .partial keeps its old mode through O_TRUNC
+            self._raw = os.fdopen(fd, "wb")
         except OSError as exc:
             raise BundleError(f"{self.path}: cannot write it ({exc.strerror or exc}); choose a writable --out") from None
         # mtime=0: the bytes depend on the content only.
@@ -85,18 +101,30 @@ class BundleWriter:
             self._gzip.close()
             self._raw.flush()
             os.fsync(self._raw.fileno())
-        finally:
-            self._raw.close()
-            if exc_type is None:
-                os.replace(self._partial, self.path)
-            else:
-                self._partial.unlink(missing_ok=True)
+        except BaseException:
+            self._discard()
+            raise
+        if exc_type is not None:
+            self._discard()
+            return
+        self._raw.close()
+        try:
+            os.replace(self._partial, self.path)
+        except OSError as error:  # e.g. the target is a folder created meanwhile: leave no .partial behind
+            self._partial.unlink(missing_ok=True)
+            raise BundleError(f"{self.path}: cannot write it ({error.strerror or error}); "
+                              "choose a writable --out") from None
+
+    def _discard(self) -> None:
+        assert self._raw is not None
+        self._raw.close()
+        self._partial.unlink(missing_ok=True)
 
 
 def _check_header(path: Path, first: bytes, kind: str) -> dict[str, Any]:
     try:
         header = json.loads(first)
-    except ValueError:
+    except (ValueError, RecursionError):
         header = None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise BundleError(f"{path}: not a galtea-local bundle (no bundle header); "
@@ -111,13 +139,57 @@ def _check_header(path: Path, first: bytes, kind: str) -> dict[str, Any]:
     return header
 
 
-def _lines(path: Path) -> Iterator[bytes]:
+_EXPANSION_FLOOR = 2 * 2**20  # below this much output, gzip's header and buffering skew the ratio
+_SIP = 8192  # compressed bytes handed to gzip per read, so the ratio is known early
+
+
+class _Sipping:
+    """The compressed file, handed to gzip in small reads: bytes read so far then track bytes used,
+    and a bomb shows its expansion within a few MB of output rather than after gzip's 128 KB buffer."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+
+    def read(self, size: int = -1) -> bytes:
+        return self._raw.read(_SIP if size < 0 else min(size, _SIP))
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+
+def _bounded(path: Path, raw: _Sipping, stream: IO[bytes], limits: BundleSettings) -> Iterator[bytes]:
+    """Lines of at most ``limits.max_line_bytes`` each, read in constant memory; past a bound, one clear refusal."""
+    total = 0
+    for number in itertools.count(1):
+        line = stream.readline(limits.max_line_bytes + 1)  # never more than the bound in memory
+        if not line:
+            return
+        total += len(line)
+        if len(line) > limits.max_line_bytes:
+            raise BundleError(f"{path}: line {number} is longer than bundle.max_line_bytes ({limits.max_line_bytes} "
+                              f"bytes); refused. {_FIX_LIMIT}")
+        if number > limits.max_lines:
+            raise BundleError(f"{path}: more than bundle.max_lines ({limits.max_lines}) lines; refused. {_FIX_LIMIT}")
+        if total > limits.max_bytes:
+            raise BundleError(f"{path}: decompresses to more than bundle.max_bytes ({limits.max_bytes} bytes); "
+                              f"refused. {_FIX_LIMIT}")
+        if total > _EXPANSION_FLOOR and total > limits.max_expansion * raw.tell():
+            raise BundleError(f"{path}: expands more than bundle.max_expansion ({limits.max_expansion}) times "
+                              f"(a gzip bomb?); refused. {_FIX_LIMIT}")
+        yield line
+
+
+def _lines(path: Path, limits: BundleSettings) -> Iterator[bytes]:
     """The decompressed lines, with every read failure translated to a :class:`BundleError`."""
     try:
-        with gzip.open(path, "rb") as stream:
-            yield from stream
+        with open(path, "rb") as file:
+            raw = _Sipping(file)
+            with gzip.GzipFile(fileobj=raw, mode="rb") as stream:  # type: ignore[call-overload]
+                yield from _bounded(path, raw, stream, limits)
     except FileNotFoundError:
         raise BundleError(f"{path}: no such file; check the path") from None
+    except IsADirectoryError:
+        raise BundleError(f"{path}: is a folder; pass the bundle file in it") from None
     except EOFError:
         raise BundleError(f"{path}: truncated (the file ends early); {_FIX_COPY}") from None
     except gzip.BadGzipFile as exc:
@@ -132,7 +204,7 @@ def _lines(path: Path) -> Iterator[bytes]:
 def _content(path: Path, line: bytes, number: int) -> dict[str, Any]:
     try:
         entry = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         entry = None
     if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
         raise BundleError(f"{path}: corrupt (line {number} is not a bundle entry); {_FIX_COPY}")
@@ -157,20 +229,27 @@ class BundleReader:
     applying entries inside a transaction rolls back if the file changed since.
     """
 
-    def __init__(self, path: Path | str, kind: str) -> None:
+    def __init__(self, path: Path | str, kind: str, limits: BundleSettings | None = None) -> None:
         self.path = Path(path)
         self.kind = kind
+        self.limits = limits or BundleSettings()
         self.header: dict[str, Any] = {}
+        self.line = 0  # the line number of the entry last yielded, for messages
 
     def entries(self) -> Iterator[dict[str, Any]]:
         digest = hashlib.sha256()
         counts: Counter[str] = Counter()
         trailer: dict[str, Any] | None = None
-        lines = _lines(self.path)
+        lines = _lines(self.path, self.limits)
         first = next(lines, None)
         if first is None:
             raise BundleError(f"{self.path}: empty file, not a galtea-local bundle; check the path")
-        self.header = _check_header(self.path, first, self.kind)
+        try:
+            self.header = _check_header(self.path, first, self.kind)
+        except BundleError:
+            for _ in lines:  # a damaged file says so by its end (gzip's CRC): that is the better reason
+                pass
+            raise
         digest.update(first)
         for number, line in enumerate(lines, start=2):
             if trailer is not None:
@@ -181,12 +260,32 @@ class BundleReader:
                 continue
             digest.update(line)
             counts[entry["type"]] += 1
+            self.line = number
             yield entry
         _check_trailer(self.path, trailer, digest.hexdigest(), counts)
 
-    def verify(self) -> dict[str, Any]:
-        """Read and check the whole file without using it; return the manifest counts."""
+    def checked(self, check: Callable[[dict[str, Any]], None]) -> Iterator[dict[str, Any]]:
+        """:meth:`entries`, each passed through ``check``; a line it refuses is a :class:`BundleError` naming it.
+
+        Before refusing a line, the rest of the file is read: if the file is damaged
+        (checksum, gzip CRC), that is the reason given, not the damaged line's content.
+        """
+        entries = self.entries()
+        for entry in entries:
+            try:
+                check(entry)
+            except (InvalidInputError, InvalidTypeError) as error:
+                refusal = BundleError(f"{self.path}: line {self.line} ({entry['type']} "
+                                      f"{show(entry.get('origin_seq'))}): {error}; nothing was imported. Fix it "
+                                      "where the file was written, and write the file again")
+                for _ in entries:
+                    pass
+                raise refusal from None
+            yield entry
+
+    def verify(self, check: Callable[[dict[str, Any]], None] = lambda entry: None) -> dict[str, Any]:
+        """Read and check the whole file (and each line with ``check``) without using it; return the counts."""
         counts: Counter[str] = Counter()
-        for entry in self.entries():
+        for entry in self.checked(check):
             counts[entry["type"]] += 1
         return dict(counts)

@@ -13,19 +13,26 @@ So importing a bundle twice, or two overlapping bundles, queues nothing twice.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from galtea_local import outbox, retention
+from galtea_local.bundle import checks
 from galtea_local.bundle.export import RECORD_FIELDS, SESSION_FIELDS
 from galtea_local.bundle.format import BundleReader
+from galtea_local.config.schema import BundleSettings, StoreSettings
 from galtea_local.errors import BundleError
 from galtea_local.outbox import imports
 from galtea_local.outbox import sessions as session_queue
 from galtea_local.store import Store
+
+
+DEFAULT_MAX_RECORD_BYTES = StoreSettings().max_record_bytes
 
 
 @dataclass
@@ -192,10 +199,11 @@ class _Import:
         )
 
 
-def _apply(conn: sqlite3.Connection, reader: BundleReader, prefix: str, origin: str) -> ImportResult:
+def _apply(conn: sqlite3.Connection, reader: BundleReader, prefix: str, origin: str,
+           check: Callable[[dict[str, Any]], None]) -> ImportResult:
     retention.refuse_if_full(conn)
     run = _Import(conn, reader.path, origin, prefix)
-    for entry in reader.entries():
+    for entry in reader.checked(check):  # checked again: the file may have changed since verify()
         if reader.header.get("origin_store_id") != origin:  # read again with the first line
             raise BundleError(f"{reader.path}: the file changed while it was imported; import it again")
         if entry["type"] == "session":
@@ -209,19 +217,36 @@ def _apply(conn: sqlite3.Connection, reader: BundleReader, prefix: str, origin: 
     return run.result
 
 
-def import_bundle(store: Store, path: Path | str) -> ImportResult:
+def _check_entry(path: Path, max_record_bytes: int, entry: dict[str, Any]) -> None:
+    """A line's fields are all there and pass the rules create() applies (see :mod:`.checks`)."""
+    if entry["type"] == "record":
+        _require(path, entry, RECORD_FIELDS)
+        checks.check_record(entry, max_record_bytes)
+    elif entry["type"] == "session":
+        _require(path, entry, SESSION_FIELDS)
+        checks.check_session(entry)
+
+
+def import_bundle(store: Store, path: Path | str, *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+                  limits: BundleSettings | None = None) -> ImportResult:
     """Verify the bundle, then add its rows in one transaction; raises :class:`BundleError` if refused.
+
+    Every line must pass the rules ``create()`` applies, ``max_record_bytes``
+    included; a file past ``limits`` (size, line length, line count,
+    expansion) is refused while it is read, in constant memory. A refused file
+    imports nothing, and the message names the line.
 
     Idempotent: importing the same bundle again, or one that overlaps it, adds
     nothing already here. Imported records are ordinary queued records that
     this store's daemon pushes.
     """
-    reader = BundleReader(path, "records")
-    reader.verify()
+    reader = BundleReader(path, "records", limits)
+    check = functools.partial(_check_entry, reader.path, max_record_bytes)
+    reader.verify(check)
     origin = reader.header.get("origin_store_id")
     if not isinstance(origin, str) or not origin:
         raise BundleError(f"{reader.path}: corrupt (no origin store id in the header); write it again")
     if origin == store.store_id:
         raise BundleError(f"{reader.path}: exported from this very store ({origin}); import it on the connected "
                           "machine, and bring its receipt back here with `galtea-local import-receipt`")
-    return store.transaction(_apply, reader, store.store_id[:8], origin)
+    return store.transaction(_apply, reader, store.store_id[:8], origin, check)

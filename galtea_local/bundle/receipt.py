@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from galtea_local.bundle import checks
 from galtea_local.bundle.export import Progress, generator_name, iter_rows
 from galtea_local.bundle.format import BundleReader, BundleWriter
+from galtea_local.config.schema import BundleSettings
 from galtea_local.errors import BundleError
 from galtea_local.outbox import imports
 from galtea_local.read_model import iso_utc
@@ -37,6 +39,7 @@ class ReceiptResult:
     unchanged: int = 0  # already confirmed by an earlier receipt
     missing: int = 0  # no longer in this store (reclaimed by retention)
     conflicts: int = 0  # this store knows the row under another remote id: left alone
+    path: Path | None = None  # the receipt written (its name is generated when --out is a folder)
 
 
 def write_receipt(store: Store, origin_store_id: str, out: Path | str,
@@ -59,19 +62,12 @@ def write_receipt(store: Store, origin_store_id: str, out: Path | str,
         if bar is not None:
             bar.close()
     result.sessions, result.records = writer.counts["session"], writer.counts["record"]
+    result.path = writer.path
     return result
-
-
-def _check_entry(path: Path, entry: dict[str, Any]) -> None:
-    if not isinstance(entry.get("origin_seq"), int) or not isinstance(entry.get("remote_id"), str) \
-            or not isinstance(entry.get("origin_updated_at"), (int, float)):
-        raise BundleError(f"{path}: corrupt ({entry['type']} line lacks origin_seq, remote_id or "
-                          "origin_updated_at); write the receipt again with `galtea-local receipt`")
 
 
 def _confirm(conn: sqlite3.Connection, path: Path, entry: dict[str, Any], result: ReceiptResult,
              now: float) -> None:
-    _check_entry(path, entry)
     table, confirm = {"record": ("inference_results", imports.confirm_record),
                       "session": ("sessions", imports.confirm_session)}[entry["type"]]
     row = conn.execute(f"SELECT * FROM {table} WHERE seq = ?", (entry["origin_seq"],)).fetchone()
@@ -94,7 +90,7 @@ def _confirm(conn: sqlite3.Connection, path: Path, entry: dict[str, Any], result
 
 def _apply(conn: sqlite3.Connection, reader: BundleReader, store_id: str) -> ReceiptResult:
     result, now = ReceiptResult(), time.time()
-    for entry in reader.entries():
+    for entry in reader.checked(checks.check_confirmation):  # checked again: the file may have changed
         if reader.header.get("origin_store_id") != store_id:
             raise BundleError(f"{reader.path}: the file changed while it was imported; import it again")
         if entry["type"] not in ("record", "session"):
@@ -104,10 +100,10 @@ def _apply(conn: sqlite3.Connection, reader: BundleReader, store_id: str) -> Rec
     return result
 
 
-def import_receipt(store: Store, path: Path | str) -> ReceiptResult:
+def import_receipt(store: Store, path: Path | str, *, limits: BundleSettings | None = None) -> ReceiptResult:
     """Verify the receipt is sound and addressed to this store, then settle what it confirms (one transaction)."""
-    reader = BundleReader(path, "receipt")
-    reader.verify()
+    reader = BundleReader(path, "receipt", limits)
+    reader.verify(checks.check_confirmation)
     addressed = reader.header.get("origin_store_id")
     if addressed != store.store_id:
         raise BundleError(f"{reader.path}: this receipt is for store {addressed}, but this store is "

@@ -10,7 +10,6 @@ sections never read the environment or a config file (a key file is read by
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import re
@@ -18,10 +17,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import platformdirs
 
+from galtea_local.config import http
 from galtea_local.errors import ConfigError
 
 Check = Callable[[Any, bool], Any]
@@ -213,9 +212,6 @@ def mode(required: int) -> Check:
 
 
 _API_KEY = re.compile(r"[\x21-\x7e]+")
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field-name
-_HEADER_VALUE = re.compile(r"(?:[\x21-\x7e\x80-\xff](?:[\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?")
-_RESERVED_HEADERS = {"authorization", "host", "content-length", "content-type", "user-agent"}
 
 
 def api_key(value: Any, text: bool) -> Secret | None:
@@ -229,27 +225,17 @@ def api_key(value: Any, text: bool) -> Secret | None:
 
 
 def headers(value: Any, text: bool) -> Headers:
-    if not isinstance(value, Mapping):
-        raise Invalid(f"must be a table of header name = string value, not {_type_name(value)}")
-    for name, item in value.items():
-        if not _TOKEN.fullmatch(name):
-            raise Invalid(f"header name {name!r} is not a valid HTTP header name")
-        if name.lower() in _RESERVED_HEADERS:
-            # The key goes through api_key (so it stays masked); the rest the client sets itself.
-            raise Invalid(f"header {name!r} may not be set here (use upstream.api_key for the key)")
-        if not isinstance(item, str) or not _HEADER_VALUE.fullmatch(item):
-            raise Invalid(f"header {name!r} must have a one-line Latin-1 string value with no leading blank")
-    return Headers(value)
+    try:
+        return Headers(http.checked_headers(value))
+    except http.HttpSettingError as exc:
+        raise Invalid(str(exc)) from None
 
 
 def base_url(value: Any, text: bool) -> str:
-    allowed = 'an http:// or https:// URL with a host, like "https://api.galtea.ai"'
-    if not isinstance(value, str):
-        raise Invalid(f"must be {allowed}, not {_type_name(value)}")
-    parts = urlsplit(value.strip())
-    if parts.scheme not in {"http", "https"} or not parts.hostname or parts.query or parts.fragment:
-        raise Invalid(f"must be {allowed}")
-    return value.strip().rstrip("/")  # same as the official SDK
+    try:
+        return http.checked_base_url(value)
+    except http.HttpSettingError as exc:
+        raise Invalid(str(exc)) from None
 
 
 def listen(value: Any, text: bool) -> str:
@@ -267,13 +253,7 @@ def split_listen(value: str) -> tuple[str, int] | None:
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
         return None
-    if host != "localhost":
-        try:
-            if not ipaddress.ip_address(host).is_loopback:
-                return None
-        except ValueError:
-            return None
-    return host, int(port)
+    return (host, int(port)) if http.is_loopback(host) else None
 
 
 def textfile(value: Any, text: bool) -> str | None:
@@ -326,10 +306,23 @@ class StoreSettings:
     max_record_bytes: int = key(1_048_576, integer(1, 1_000_000_000))
     file_mode: int = key(0o600, mode(0o600))
     dir_mode: int = key(0o700, mode(0o700))
+    # Derived, not a key: where ``path`` came from ("command line", "environment ...", a file).
+    path_source: str | None = field(default=None, compare=False)
 
     def location(self) -> str:
         """``path``, or the per-user default data path when none is configured."""
         return self.path or str(default_store_path())
+
+    def location_source(self) -> str:
+        """Where :meth:`location` came from, for messages: the flag, variable or file that set it."""
+        if self.path is None:
+            return "the default store path (set store.path, $GALTEA_LOCAL_STORE or --store)"
+        source = self.path_source or "settings"
+        if source == "command line":
+            return "--store on the command line"
+        if source.startswith("environment "):
+            return "$" + source.removeprefix("environment ")
+        return f"store.path in {source}"
 
 
 @dataclass(frozen=True)
@@ -395,6 +388,16 @@ class MetricsSettings:
         return split_listen(self.listen) if self.listen else None
 
 
+@dataclass(frozen=True)
+class BundleSettings:
+    """Bounds on reading an air-gap bundle or receipt: a hostile file is refused early, in constant memory."""
+
+    max_bytes: int = key(8 * 2**30, integer(1))  # decompressed
+    max_line_bytes: int = key(16 * 2**20, integer(1024))
+    max_lines: int = key(20_000_000, integer(1))
+    max_expansion: int = key(200, integer(1))  # decompressed bytes per compressed byte
+
+
 SECTIONS: dict[str, type] = {
     "store": StoreSettings,
     "upstream": UpstreamSettings,
@@ -402,4 +405,5 @@ SECTIONS: dict[str, type] = {
     "retention": RetentionSettings,
     "log": LogSettings,
     "metrics": MetricsSettings,
+    "bundle": BundleSettings,
 }

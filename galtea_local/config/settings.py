@@ -22,10 +22,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
-from urllib.parse import urlsplit
 
+from galtea_local.config import http
 from galtea_local.config.schema import (
     SECTIONS,
+    BundleSettings,
     Headers,
     Invalid,
     LogSettings,
@@ -38,7 +39,6 @@ from galtea_local.config.schema import (
     default_store_path,
     is_path_key,
     keys_of,
-    split_listen,
 )
 from galtea_local.errors import ConfigError
 
@@ -81,6 +81,7 @@ class Settings:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    bundle: BundleSettings = field(default_factory=BundleSettings)
     source: str | None = None
 
     def to_display_dict(self) -> dict[str, dict[str, Any]]:
@@ -123,6 +124,8 @@ def load_settings(
         name: cls(**{k: g.value for (s, k), g in given.items() if s == name}) for name, cls in SECTIONS.items()
     }
     parts["upstream"] = _resolve_api_key(parts["upstream"], given, env)
+    if ("store", "path") in given:
+        parts["store"] = replace(parts["store"], path_source=given[("store", "path")].origin)
     settings = Settings(**parts, source=path)
     _check_across(settings, given)
     return settings
@@ -222,6 +225,8 @@ def _shown(name: str, value: Any) -> str:
         return '"****"'
     if name == "extra_headers" and isinstance(value, Mapping):
         return "{" + ", ".join(json.dumps(str(k)) + " = ..." for k in value) + "}"
+    if name == "base_url" and isinstance(value, str):
+        return _toml(http.without_credentials(value))
     return _toml(value)
 
 
@@ -252,10 +257,9 @@ def _resolve_api_key(upstream: UpstreamSettings, given: _Layers, env: Mapping[st
 
 def _check_across(settings: Settings, given: _Layers) -> None:
     up, sync = settings.upstream, settings.sync
-    if up.base_url.startswith("http://") and not up.allow_insecure_http and not _loopback_url(up.base_url):
-        _fail(given, "upstream", "base_url", up.base_url,
-              "plain http:// would send the API key unencrypted; use https://, "
-              "or set upstream.allow_insecure_http = true (loopback hosts are always allowed)")
+    insecure = http.insecure_problem(up.base_url, up.allow_insecure_http)
+    if insecure:
+        _fail(given, "upstream", "base_url", up.base_url, insecure)
     if up.ca_bundle and not Path(up.ca_bundle).is_file():
         _fail(given, "upstream", "ca_bundle", up.ca_bundle, "no such file; give a PEM file of CA certificates or \"\"")
     _ordered(given, settings, ("sync", "backoff_initial_s"), ("sync", "backoff_max_s"), strict=False)
@@ -276,11 +280,6 @@ def _ordered(given: _Layers, settings: Settings, low: tuple[str, str], high: tup
 def _fail(given: _Layers, section: str, name: str, value: Any, problem: str) -> NoReturn:
     origin = given[(section, name)].origin if (section, name) in given else "defaults"
     raise ConfigError(f"{origin}: {section}.{name} = {_toml(value)}: {problem}")
-
-
-def _loopback_url(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    return split_listen(f"[{host}]:1" if ":" in host else f"{host}:1") is not None
 
 
 # -- display -----------------------------------------------------------------------

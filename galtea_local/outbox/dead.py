@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
+from galtea_local.outbox.attempts import Attempt, settle_dead
 from galtea_local.outbox.enqueue import ACTIVATE_LANE, local_id
 from galtea_local.outbox.sessions import local_session_id, session_lane
 
@@ -45,6 +46,19 @@ def _dead_targets(conn: sqlite3.Connection, column: str, seqs: Iterable[int] | N
         return list(seqs)
     return [row[0] for row in conn.execute(f"SELECT DISTINCT {column} FROM outbox WHERE state = 'dead'"
                                            f" AND {column} IS NOT NULL")]
+
+
+def settle_unencodable(conn: sqlite3.Connection, attempt: Attempt, now: float, error: str) -> None:
+    """Dead-letter an operation whose request could not be built from its row (a poison row).
+
+    Nothing left: the build failed before the write-ahead mark. So unless an
+    earlier attempt may have reached the server, the create never left, and a
+    later ``update()`` that fixes the row must fold into it (``create_sent = 0``).
+    """
+    settle_dead(conn, attempt, now, error, None)
+    if attempt.kind in ("create", "session_create") and attempt.maybe_sent_since is None:
+        table = "sessions" if attempt.kind == "session_create" else "inference_results"
+        conn.execute(f"UPDATE {table} SET create_sent = 0 WHERE seq = ?", (attempt.record["seq"],))
 
 
 def retry_dead(conn: sqlite3.Connection, record_seqs: list[int] | None = None,

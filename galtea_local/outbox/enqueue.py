@@ -97,8 +97,10 @@ def format_id(tag: str, prefix: str, seq: int) -> str:
 def parse_id(tag: str, prefix: str, any_id: str) -> int | None:
     """The ``seq`` of a local id with this tag of this store, or None for anything else (a remote id)."""
     head = f"{tag}_{prefix}_"
-    if any_id.startswith(head) and any_id[len(head):].isdigit():
-        return int(any_id[len(head):])
+    digits = any_id[len(head):]
+    # ASCII digits only (str.isdigit() takes '²'), and few enough to fit SQLite's 64-bit integer.
+    if any_id.startswith(head) and digits.isascii() and digits.isdigit() and len(digits) <= 18:
+        return int(digits)
     return None
 
 

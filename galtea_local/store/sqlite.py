@@ -1,6 +1,6 @@
 """Opening a store and running transactions on it.
 
-Every connection gets the SQLite rules of design.md §5: WAL, a busy timeout,
+Every connection gets the same SQLite rules: WAL, a busy timeout,
 foreign keys on, ``synchronous`` by durability. Every write goes through
 :meth:`Store.transaction`, which opens ``BEGIN IMMEDIATE`` (a deferred
 transaction that reads then writes fails under contention whatever the busy
@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import random
 import sqlite3
+import stat
 import threading
 import time
 import weakref
@@ -51,17 +52,39 @@ def sqlite_path_from(location: str) -> str:
 
 
 def _create_private(path: Path, file_mode: int, dir_mode: int) -> None:
-    """Create the folder and an empty file with owner-only modes before SQLite opens it.
+    """Create the folder and an empty file with the configured modes before SQLite opens it.
 
     SQLite gives its -wal and -shm files the mode of the database file, so they
-    stay private too.
+    get the same access. A folder shared with a group is made setgid (see
+    :func:`_share_with_group`).
     """
     if not path.parent.exists():
         os.makedirs(path.parent, mode=dir_mode, exist_ok=True)
+        os.chmod(path.parent, dir_mode)  # the umask may have narrowed it; be exact
+    _share_with_group(path.parent, dir_mode)
     if not path.exists():
         fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, file_mode)
         os.close(fd)
         os.chmod(path, file_mode)  # the umask may have narrowed it; be exact
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        # SQLite creates <store>-wal and <store>-shm beside the store whenever no other process
+        # has them open; without write access to the folder every write fails as "readonly".
+        raise StoreOpenError(
+            f"store {path}: this user cannot create files in {path.parent}, where SQLite keeps the "
+            "store's -wal and -shm files; make the folder group-writable (store.dir_mode = \"0770\", "
+            "systemd StateDirectoryMode=0770) and add this user to its group (docs/daemon.md)"
+        )
+
+
+def _share_with_group(folder: Path, dir_mode: int) -> None:
+    """Make a group-writable folder we own setgid, so that every file created in it (the
+    store, and the -wal/-shm files any app of the group creates) keeps the folder's group
+    rather than its creator's primary group, and the daemon and the apps can all open them."""
+    if not dir_mode & stat.S_IWGRP:
+        return
+    info = folder.stat()
+    if info.st_uid == os.geteuid() and not info.st_mode & stat.S_ISGID:
+        os.chmod(folder, stat.S_IMODE(info.st_mode) | stat.S_ISGID)
 
 
 class Store:
