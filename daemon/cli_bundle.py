@@ -4,6 +4,10 @@
     galtea-local import FILE                                                on the connected machine
     galtea-local receipt --for ORIGIN_STORE_ID --out FILE                   on the connected machine
     galtea-local import-receipt FILE                                        back on the origin
+    galtea-local keygen --out FILE                                          the key both sites share
+
+Files are signed with this site's bundle key (see bundle_keys.py); unsigned ones need
+--unsigned to write and --allow-unsigned to read.
 """
 
 from __future__ import annotations
@@ -18,28 +22,39 @@ from galtea_local.bundle import export_bundle, import_bundle, import_receipt, wr
 from galtea_local.errors import GaltealocalError
 
 EXIT_OK = 0
+_ALLOW_UNSIGNED = "accept a file without a signature (refused by default: anyone could have written it)"
 
 
 def add_commands(commands: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
     command = commands.add_parser("export", help="write the records not yet upstream to one bundle file")
     common(command)
-    command.add_argument("--out", required=True, help="bundle file to write (replaced atomically), or a folder to write it in")
+    command.add_argument("--out", required=True,
+                         help="bundle file to write (replaced atomically), or a folder to write it in")
     command.add_argument("--since-last", action="store_true", help="only what changed since the last export")
     command.add_argument("--from", dest="start", metavar="ISO", help="records created at or after this time (UTC)")
     command.add_argument("--to", dest="end", metavar="ISO", help="records created before this time (UTC)")
     command.add_argument("--no-progress", action="store_true", help="no progress bar")
+    command.add_argument("--unsigned", action="store_true", help="write it unsigned when this site has no key")
     command = commands.add_parser("import", help="queue a bundle's records in this store (idempotent)")
     common(command)
     command.add_argument("file", help="bundle written by `galtea-local export`")
+    command.add_argument("--allow-unsigned", action="store_true", help=_ALLOW_UNSIGNED)
+    command.add_argument("--no-progress", action="store_true", help="no progress bar")
     command = commands.add_parser("receipt", help="write which imported records of an origin are upstream")
     common(command)
     command.add_argument("--for", dest="origin", required=True, metavar="ORIGIN_STORE_ID",
                          help="the origin's store_id (its `galtea-local status --json`)")
     command.add_argument("--out", required=True, help="receipt file to write, or a folder to write it in")
     command.add_argument("--no-progress", action="store_true", help="no progress bar")
+    command.add_argument("--unsigned", action="store_true", help="write it unsigned when this site has no key")
     command = commands.add_parser("import-receipt", help="mark the records a receipt confirms as synced")
     common(command)
     command.add_argument("file", help="receipt written by `galtea-local receipt`")
+    command.add_argument("--allow-unsigned", action="store_true", help=_ALLOW_UNSIGNED)
+    command = commands.add_parser("keygen", help="make the key two sites share to sign bundles and receipts")
+    common(command)
+    command.add_argument("--out", help="key file to write (0600; default: the configured bundle.key_file)")
+    command.add_argument("--replace", action="store_true", help="replace an existing key file")
 
 
 def _epoch(flag: str, text: str | None) -> float | None:
@@ -74,9 +89,24 @@ def _store(args: argparse.Namespace, settings: Any = None, *, must_exist: bool =
     return open_configured((settings or _settings(args)).store, must_exist=must_exist)
 
 
+def _signing(settings: Any, unsigned: bool) -> Any:
+    from galtea_local_daemon.bundle_keys import signing_for
+
+    return signing_for(settings, allow_unsigned=unsigned)
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from galtea_local_daemon.bundle_keys import cmd_keygen as keygen
+
+    return keygen(args, _settings(args))
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     start, end = _epoch("--from", args.start), _epoch("--to", args.end)
-    result = export_bundle(_store(args, must_exist=True), args.out, since_last=args.since_last, start=start, end=end,
+    settings = _settings(args)
+    store = _store(args, settings, must_exist=True)
+    result = export_bundle(store, args.out, signing=_signing(settings, args.unsigned),
+                           since_last=args.since_last, start=start, end=end,
                            progress=_progress(args, "export"))
     scope = "changed since the last export" if args.since_last else "not yet confirmed upstream"
     print(f"wrote {result.path}: {result.records} record(s) and {result.sessions} session(s) {scope}; "
@@ -86,8 +116,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    result = import_bundle(_store(args, settings), args.file, max_record_bytes=settings.store.max_record_bytes,
-                           limits=settings.bundle)
+    store = _store(args, settings)
+    result = import_bundle(store, args.file, signing=_signing(settings, args.allow_unsigned),
+                           max_record_bytes=settings.store.max_record_bytes, limits=settings.bundle,
+                           progress=_progress(args, "import"))
     print(f"imported {args.file} from store {result.origin_store_id}: records {result.records_added} added, "
           f"{result.records_updated} updated, {result.records_unchanged} already here; sessions "
           f"{result.sessions_added} added, {result.sessions_updated} updated, {result.sessions_unchanged} already here")
@@ -95,7 +127,10 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_receipt(args: argparse.Namespace) -> int:
-    result = write_receipt(_store(args), args.origin, args.out, progress=_progress(args, "receipt"))
+    settings = _settings(args)
+    store = _store(args, settings)
+    result = write_receipt(store, args.origin, args.out, signing=_signing(settings, args.unsigned),
+                           progress=_progress(args, "receipt"))
     print(f"wrote {result.path}: {result.records} record(s) and {result.sessions} session(s) of store "
           f"{args.origin} are upstream; take it back and run `galtea-local import-receipt` there")
     return EXIT_OK
@@ -103,7 +138,8 @@ def cmd_receipt(args: argparse.Namespace) -> int:
 
 def cmd_import_receipt(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    result = import_receipt(_store(args, settings), args.file, limits=settings.bundle)
+    store = _store(args, settings)
+    result = import_receipt(store, args.file, signing=_signing(settings, args.allow_unsigned), limits=settings.bundle)
     print(f"receipt {args.file}: {result.records} record(s) and {result.sessions} session(s) now synced; "
           f"{result.still_queued} changed here since (queued as updates for the next export); "
           f"{result.unchanged} confirmed before; {result.missing} no longer here; {result.conflicts} conflicting")
@@ -115,4 +151,5 @@ COMMANDS = {
     "import": cmd_import,
     "receipt": cmd_receipt,
     "import-receipt": cmd_import_receipt,
+    "keygen": cmd_keygen,
 }

@@ -213,6 +213,27 @@ class Lane(SQLModel, table=True):
     remote_session_id: Optional[str] = None  # learned for session_custom_id lanes
 
 
+class BundleExported(SQLModel, table=True):
+    """Which export carried which row (origin side): a receipt may confirm only rows exported in a
+    bundle its writer imported. Forgotten once a receipt confirms the row."""
+
+    __tablename__ = "bundle_exported"
+
+    kind: str = Field(primary_key=True)  # record | session
+    seq: int = Field(primary_key=True)
+    export_id: str = Field(primary_key=True)
+
+
+class BundleImport(SQLModel, table=True):
+    """Which exports of which origin this store imported (connected side); listed in its receipts."""
+
+    __tablename__ = "bundle_imports"
+
+    origin_store_id: str = Field(primary_key=True)
+    export_id: str = Field(primary_key=True)
+    imported_at: float
+
+
 TABLES = [
     Meta.__table__,
     SchemaMigration.__table__,
@@ -220,5 +241,7 @@ TABLES = [
     SessionRow.__table__,
     OutboxOperation.__table__,
     Lane.__table__,
+    BundleExported.__table__,
+    BundleImport.__table__,
 ]
 COLUMNS = [c.name for c in InferenceResultRow.__table__.columns]

@@ -11,8 +11,22 @@ from pathlib import Path
 from typing import Any
 
 from galtea_local import Galtea
+from galtea_local.bundle.signing import Signing
 from tests.emulator_fixture import EmulatorHandle
 from tests.sync_helpers import VERSION_ID, new_session
+
+
+# The key both test sites share: library calls pass SIGNING, CLI runs get key_env().
+TEST_KEY = bytes(range(32))
+SIGNING = Signing(TEST_KEY)
+
+
+def key_env(env: dict[str, str], folder: Path, key: bytes = TEST_KEY) -> dict[str, str]:
+    """``env`` plus GALTEA_LOCAL_BUNDLE_KEY_FILE naming a key file (0600) under ``folder``."""
+    path = folder / f"bundle-{key[:2].hex()}.key"
+    path.write_text(key.hex() + "\n")
+    path.chmod(0o600)
+    return {**env, "GALTEA_LOCAL_BUNDLE_KEY_FILE": str(path)}
 
 
 def populate(galtea: Galtea, handle: EmulatorHandle | None, tag: str, *, remote_sessions: int,

@@ -122,7 +122,8 @@ def test_the_record_probes_use_the_index_by_record(tmp_path: Path) -> None:
     for sql, args in ((records_sql, params),
                       (retention._PAGE, {"state": "synced", "after": 0, "cutoff": 1.0, "span": 10})):
         text = plan(store, sql, args)
-        assert "ix_outbox_by_record" in text, text
+        # The export's query reads no operation per record at all (maybe-sent creates are read once).
+        assert "ix_outbox_by_record" in text or "outbox" not in sql, text
         assert "SCAN o" not in text and "SCAN outbox" not in text, text
     assert "SCAN" not in plan(store, "DELETE FROM outbox WHERE record_seq = 1 AND state = 'done'", {})
 

@@ -14,7 +14,7 @@ from galtea_local.bundle import VERSION, BundleReader, export_bundle, import_bun
 from galtea_local.errors import BundleError
 from galtea_local.status import store_status
 from galtea_local.store import Store
-from tests.bundle_helpers import add_turn, read_lines, rows, table_counts, upstream_markers, write_lines
+from tests.bundle_helpers import SIGNING, add_turn, read_lines, rows, table_counts, upstream_markers, write_lines
 from tests.emulator_fixture import EmulatorHandle
 from tests.sync_helpers import cli_env, drain, galtea_local, make_engine, new_session, open_store
 
@@ -36,7 +36,7 @@ def origin(tmp_path: Path):
 @pytest.fixture
 def bundle(origin: Store, tmp_path: Path) -> Path:
     path = tmp_path / "queue.glb"
-    export_bundle(origin, path)
+    export_bundle(origin, path, signing=SIGNING)
     return path
 
 
@@ -61,7 +61,7 @@ def test_a_bundle_is_self_describing(origin: Store, bundle: Path) -> None:
 
 
 def test_import_queues_creates_in_the_right_lanes(bundle: Path, connected: Store) -> None:
-    result = import_bundle(connected, bundle)
+    result = import_bundle(connected, bundle, signing=SIGNING)
     assert (result.records_added, result.sessions_added) == (12, 1)
     ops = rows(connected.path, "SELECT lane, kind FROM outbox ORDER BY seq")
     assert ops[0] == ("ls:1", "session_create") and ops[-1] == ("ls:1", "session_finish")  # finish after the turns
@@ -82,7 +82,7 @@ def flip_byte(path: Path, at: int) -> None:
 
 def assert_refused(connected: Store, path: Path, match: str) -> None:
     with pytest.raises(BundleError, match=match) as refused:
-        import_bundle(connected, path)
+        import_bundle(connected, path, signing=SIGNING)
     assert str(path) in str(refused.value)
     assert table_counts(connected.path) == (0, 0, 0)
 
@@ -157,13 +157,13 @@ def test_gzip_json_of_something_else_is_refused(tmp_path: Path, connected: Store
 
 
 def test_a_receipt_is_not_a_bundle(origin: Store, connected: Store, tmp_path: Path) -> None:
-    write_receipt(connected, origin.store_id, tmp_path / "receipt.glb")
+    write_receipt(connected, origin.store_id, tmp_path / "receipt.glb", signing=SIGNING)
     assert_refused(connected, tmp_path / "receipt.glb", "import-receipt")
 
 
 def test_a_bundle_is_not_imported_into_its_own_origin(origin: Store, bundle: Path) -> None:
     with pytest.raises(BundleError, match="exported from this very store"):
-        import_bundle(origin, bundle)
+        import_bundle(origin, bundle, signing=SIGNING)
 
 
 def test_the_cli_refuses_a_corrupt_bundle_with_exit_1(bundle: Path, tmp_path: Path) -> None:
@@ -179,22 +179,23 @@ def test_the_cli_refuses_a_corrupt_bundle_with_exit_1(bundle: Path, tmp_path: Pa
 
 
 def test_export_marks_nothing_and_since_last_takes_only_changes(origin: Store, tmp_path: Path) -> None:
-    assert export_bundle(origin, tmp_path / "1.glb", since_last=True, overlap_s=0).records == 12
+    assert export_bundle(origin, tmp_path / "1.glb", since_last=True, overlap_s=0, signing=SIGNING).records == 12
     assert store_status(origin)["queued"] == 12
     with Galtea(store=origin.path) as galtea:
         add_turn(galtea, {"session_id": "remote-session-2"}, "new")
-    second = export_bundle(origin, tmp_path / "2.glb", since_last=True, overlap_s=0)
+    second = export_bundle(origin, tmp_path / "2.glb", since_last=True, overlap_s=0, signing=SIGNING)
     assert (second.records, second.sessions) == (1, 0)
-    assert export_bundle(origin, tmp_path / "3.glb").records == 13  # a full export still carries everything
+    # A full export still carries everything.
+    assert export_bundle(origin, tmp_path / "3.glb", signing=SIGNING).records == 13
 
 
 def test_a_time_range_selects_on_created_at_and_keeps_the_watermark(origin: Store, tmp_path: Path) -> None:
     middle = time.time()
     with Galtea(store=origin.path) as galtea:
         add_turn(galtea, {"session_id": "remote-session-2"}, "late")
-    ranged = export_bundle(origin, tmp_path / "range.glb", start=middle, overlap_s=0)
+    ranged = export_bundle(origin, tmp_path / "range.glb", start=middle, overlap_s=0, signing=SIGNING)
     assert ranged.records == 1 and read_lines(tmp_path / "range.glb")[1]["input"] == json.dumps("late")
-    assert export_bundle(origin, tmp_path / "since.glb", since_last=True, overlap_s=0).records == 13
+    assert export_bundle(origin, tmp_path / "since.glb", since_last=True, overlap_s=0, signing=SIGNING).records == 13
 
 
 def test_export_reports_progress(origin: Store, tmp_path: Path) -> None:
@@ -207,7 +208,8 @@ def test_export_reports_progress(origin: Store, tmp_path: Path) -> None:
         def close(self) -> None:
             seen.append(("close", 0))
 
-    export_bundle(origin, tmp_path / "b.glb", progress=lambda total: seen.append(("total", total)) or Bar())
+    export_bundle(origin, tmp_path / "b.glb", progress=lambda total: seen.append(("total", total)) or Bar(),
+                  signing=SIGNING)
     assert seen[0] == ("total", 12) and seen.count(("update", 1)) == 12 and seen[-1] == ("close", 0)
 
 
@@ -216,18 +218,18 @@ def test_export_reports_progress(origin: Store, tmp_path: Path) -> None:
 
 def test_a_receipt_for_another_store_is_refused(origin: Store, connected: Store, bundle: Path,
                                                  tmp_path: Path) -> None:
-    import_bundle(connected, bundle)
-    write_receipt(connected, "0" * 32, tmp_path / "receipt.glb")
+    import_bundle(connected, bundle, signing=SIGNING)
+    write_receipt(connected, "0" * 32, tmp_path / "receipt.glb", signing=SIGNING)
     with pytest.raises(BundleError, match="receipt is for store 0{32}"):
-        import_receipt(origin, tmp_path / "receipt.glb")
+        import_receipt(origin, tmp_path / "receipt.glb", signing=SIGNING)
     assert store_status(origin)["queued"] == 12
 
 
 def test_a_corrupt_receipt_changes_nothing(origin: Store, connected: Store, tmp_path: Path) -> None:
-    write_receipt(connected, origin.store_id, tmp_path / "receipt.glb")
+    write_receipt(connected, origin.store_id, tmp_path / "receipt.glb", signing=SIGNING)
     flip_byte(tmp_path / "receipt.glb", -12)
     with pytest.raises(BundleError, match="receipt.glb"):
-        import_receipt(origin, tmp_path / "receipt.glb")
+        import_receipt(origin, tmp_path / "receipt.glb", signing=SIGNING)
 
 
 def test_a_maybe_sent_create_is_reconciled_not_sent_twice(tmp_path: Path, emulator: EmulatorHandle) -> None:
@@ -241,13 +243,13 @@ def test_a_maybe_sent_create_is_reconciled_not_sent_twice(tmp_path: Path, emulat
     origin = open_store(tmp_path / "origin.db")
     origin.transaction(lambda conn: conn.execute(
         "UPDATE outbox SET state = 'sending', sending_since = ?, sent_body = ?", (time.time() - 5, json.dumps(body))))
-    export_bundle(origin, tmp_path / "b.glb")
+    export_bundle(origin, tmp_path / "b.glb", signing=SIGNING)
     connected = open_store(tmp_path / "connected.db")
-    import_bundle(connected, tmp_path / "b.glb")
+    import_bundle(connected, tmp_path / "b.glb", signing=SIGNING)
     drain(make_engine(connected, emulator))
     assert upstream_markers(emulator) == {"maybe": 1}
-    write_receipt(connected, origin.store_id, tmp_path / "r.glb")
-    import_receipt(origin, tmp_path / "r.glb")
+    write_receipt(connected, origin.store_id, tmp_path / "r.glb", signing=SIGNING)
+    import_receipt(origin, tmp_path / "r.glb", signing=SIGNING)
     assert rows(origin.path, "SELECT remote_id, sync_state FROM inference_results") == [(remote_id, "synced")]
     assert record.id.startswith("loc_")
 
@@ -257,14 +259,14 @@ def test_a_newer_session_version_is_applied_after_its_turns(tmp_path: Path, emul
         session = galtea.sessions.create(version_id="v1", custom_id="conv-9", context="first")
         add_turn(galtea, {"session_id": session.id}, "t1")
         origin = open_store(tmp_path / "origin.db")
-        export_bundle(origin, tmp_path / "1.glb")
+        export_bundle(origin, tmp_path / "1.glb", signing=SIGNING)
         galtea.sessions.update(session.id, context="second")
         galtea.sessions.finish(session.id, stopping_reason="GOAL_ACHIEVED")
         add_turn(galtea, {"session_id": session.id}, "t2")
-    export_bundle(origin, tmp_path / "2.glb")
+    export_bundle(origin, tmp_path / "2.glb", signing=SIGNING)
     connected = open_store(tmp_path / "connected.db")
-    import_bundle(connected, tmp_path / "1.glb")
-    assert import_bundle(connected, tmp_path / "2.glb").sessions_updated == 1
+    import_bundle(connected, tmp_path / "1.glb", signing=SIGNING)
+    assert import_bundle(connected, tmp_path / "2.glb", signing=SIGNING).sessions_updated == 1
     kinds = [kind for (kind,) in rows(connected.path, "SELECT kind FROM outbox ORDER BY seq")]
     assert kinds == ["session_create", "create", "create", "session_finish"]  # the context folded into the create
     drain(make_engine(connected, emulator))

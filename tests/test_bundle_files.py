@@ -8,6 +8,7 @@ from pathlib import Path
 
 from galtea_local import Galtea
 from galtea_local.bundle import export_bundle
+from tests.bundle_helpers import SIGNING, key_env
 from tests.sync_helpers import cli_env, galtea_local, open_store
 
 
@@ -28,7 +29,7 @@ def test_export_into_a_folder_writes_a_named_owner_only_file(tmp_path: Path) -> 
     store = open_store(_origin(tmp_path))
     try:
         (folder / "stale.glb.partial").write_bytes(b"x")
-        result = export_bundle(store, folder)
+        result = export_bundle(store, folder, signing=SIGNING)
     finally:
         store.close()
     assert result.path.parent == folder and result.path.name.startswith(f"galtea-local-records-{store.store_id[:8]}-")
@@ -40,7 +41,7 @@ def test_the_cli_exports_into_a_folder_without_traceback_or_partial(tmp_path: Pa
     store_path = _origin(tmp_path)
     folder = tmp_path / "usb"
     folder.mkdir()
-    env = cli_env(store_path, "http://127.0.0.1:9", "gsk_unused")
+    env = key_env(cli_env(store_path, "http://127.0.0.1:9", "gsk_unused"), tmp_path)
     result = galtea_local("export", "--out", str(folder), "--no-progress", env=env)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     written = list(folder.iterdir())
@@ -50,7 +51,7 @@ def test_the_cli_exports_into_a_folder_without_traceback_or_partial(tmp_path: Pa
 
 def test_an_unwritable_out_is_one_clear_line(tmp_path: Path) -> None:
     store_path = _origin(tmp_path)
-    env = cli_env(store_path, "http://127.0.0.1:9", "gsk_unused")
+    env = key_env(cli_env(store_path, "http://127.0.0.1:9", "gsk_unused"), tmp_path)
     result = galtea_local("export", "--out", str(tmp_path / "no" / "such" / "dir" / "x.glb"), env=env)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "--out" in result.stderr

@@ -22,7 +22,7 @@ from galtea_local import Galtea
 from galtea_local.bundle import BundleWriter, export_bundle, import_bundle
 from galtea_local.config.schema import BundleSettings
 from galtea_local.errors import BundleError
-from tests.bundle_helpers import read_lines, table_counts
+from tests.bundle_helpers import SIGNING, key_env, read_lines, table_counts
 from tests.sync_helpers import cli_env, galtea_local, new_session, open_store, write_config
 
 MAX_RSS_KB = 200 * 1024  # the reported failures peaked at 1.67 GB and hit MemoryError at 2 GB
@@ -41,7 +41,7 @@ def exported(tmp_path: Path, emulator) -> tuple[Path, list[dict[str, Any]]]:
         galtea.inference_results.create(session_id=remote, input="q2", usage_info={"tokens": 3})
     store = open_store(origin)
     try:
-        path = export_bundle(store, tmp_path / "genuine.glb").path
+        path = export_bundle(store, tmp_path / "genuine.glb", signing=SIGNING).path
     finally:
         store.close()
     return path, read_lines(path)
@@ -52,7 +52,7 @@ def _rewrite(lines: list[dict[str, Any]], out: Path, change: dict[str, Any], ind
     header, *content = [dict(line) for line in lines[:-1]]
     content[index].update(change)
     header = {k: v for k, v in header.items() if k not in ("format", "version")}
-    with BundleWriter(out, header) as writer:
+    with BundleWriter(out, header, SIGNING) as writer:  # a site with the key wrote it: only the rules refuse it
         for entry in content:
             writer.write(entry)
     return out
@@ -82,7 +82,7 @@ def test_a_record_create_would_refuse_refuses_the_bundle(exported, tmp_path, cha
     store = open_store(tmp_path / "connected.db")
     try:
         with pytest.raises(BundleError) as refused:
-            import_bundle(store, bad)
+            import_bundle(store, bad, signing=SIGNING)
         assert table_counts(tmp_path / "connected.db") == (0, 0, 0)
     finally:
         store.close()
@@ -97,7 +97,7 @@ def test_a_bad_session_line_is_refused(exported, tmp_path):
     store = open_store(tmp_path / "connected.db")
     try:
         with pytest.raises(BundleError, match="line 2 .*metadata_json"):
-            import_bundle(store, bad)
+            import_bundle(store, bad, signing=SIGNING)
     finally:
         store.close()
 
@@ -108,8 +108,8 @@ def test_max_record_bytes_applies_to_imports(exported, tmp_path):
     store = open_store(tmp_path / "connected.db")
     try:
         with pytest.raises(BundleError, match="max_record_bytes"):
-            import_bundle(store, big, max_record_bytes=1000)
-        assert import_bundle(store, big, max_record_bytes=4000).records_added == 3
+            import_bundle(store, big, max_record_bytes=1000, signing=SIGNING)
+        assert import_bundle(store, big, max_record_bytes=4000, signing=SIGNING).records_added == 3
     finally:
         store.close()
 
@@ -126,7 +126,7 @@ def test_each_read_bound_refuses_with_one_line(exported, tmp_path, limits, bound
     store = open_store(tmp_path / "connected.db")
     try:
         with pytest.raises(BundleError, match=bound):
-            import_bundle(store, path, limits=limits)
+            import_bundle(store, path, limits=limits, signing=SIGNING)
         assert table_counts(tmp_path / "connected.db") == (0, 0, 0)
     finally:
         store.close()
@@ -175,7 +175,7 @@ def test_a_bomb_is_refused_in_bounded_memory_and_sync_still_ends(exported, tmp_p
         short = b'{"type":"x"}\n'  # parses as an entry: only the bounds can stop it
         path = _members(tmp_path / "bomb.glb", _header(lines), b"", short * (2**20 // len(short)), 2 * 1024)
     assert path.stat().st_size < 5 * 2**20
-    env = cli_env(tmp_path / "connected.db", emulator.url, emulator.api_key, write_config(tmp_path))
+    env = key_env(cli_env(tmp_path / "connected.db", emulator.url, emulator.api_key, write_config(tmp_path)), tmp_path)
     result = _measured_import(path, env)
     assert result["rc"] == 1 and "Traceback" not in result["stderr"], result["stderr"][-2000:]
     assert len(result["stderr"].strip().splitlines()) == 1 and "refused" in result["stderr"]
@@ -185,3 +185,37 @@ def test_a_bomb_is_refused_in_bounded_memory_and_sync_still_ends(exported, tmp_p
     assert genuine.returncode == 0, genuine.stderr
     synced = galtea_local("sync", env=env, timeout=60)
     assert synced.returncode == 0 and len(synced.stderr) < MAX_LOG_BYTES, synced.stderr
+
+
+@pytest.mark.parametrize("hostile", ["300mb_record", "origin_seq_2_70", "list_for_a_number", "updated_later"])
+def test_the_cli_refuses_each_hostile_bundle_in_bounded_memory(exported, tmp_path, hostile):
+    _, lines = exported
+    if hostile == "300mb_record":  # the reported 306 KB bundle whose one record is 300 MB
+        record = json.dumps(lines[-2], sort_keys=True, separators=(",", ":")).encode()
+        head, _ = record.split(b'"input":', 1)
+        path = _members(tmp_path / "big.glb", _header(lines), head + b'"input":"', b"x" * 2**20, 300)
+    else:
+        change = {"origin_seq_2_70": {"origin_seq": 2**70}, "list_for_a_number": {"latency": [1, 2]},
+                  "updated_later": {"updated_at": "later"}}[hostile]
+        path = _rewrite(lines, tmp_path / "bad.glb", change)
+    env = key_env(cli_env(tmp_path / "connected.db", "http://127.0.0.1:9", "gsk_unused"), tmp_path)
+    result = _measured_import(path, env)
+    assert result["rc"] == 1 and "Traceback" not in result["stderr"], result["stderr"][-2000:]
+    assert len(result["stderr"].strip().splitlines()) == 1, result["stderr"]
+    assert result["max_rss_kb"] < MAX_RSS_KB, result["max_rss_kb"]
+
+
+def test_a_repeated_line_is_imported_once(exported, tmp_path):
+    _, lines = exported
+    header, *content = [dict(line) for line in lines[:-1]]
+    header = {k: v for k, v in header.items() if k not in ("format", "version")}
+    with BundleWriter(tmp_path / "twice.glb", header, SIGNING) as writer:
+        for entry in content + content:  # every session and record line twice
+            writer.write(entry)
+    store = open_store(tmp_path / "connected.db")
+    try:
+        result = import_bundle(store, tmp_path / "twice.glb", signing=SIGNING)
+    finally:
+        store.close()
+    assert (result.records_added, result.records_unchanged, result.sessions_added) == (3, 3, 1)
+    assert table_counts(tmp_path / "connected.db")[:2] == (3, 1)

@@ -12,7 +12,7 @@ from galtea_local import Galtea, retention
 from galtea_local.bundle import export_bundle, import_bundle, import_receipt, write_receipt
 from galtea_local.status import store_status
 from galtea_local.store import Store
-from tests.bundle_helpers import add_turn, populate, rows, upstream_markers, upstream_records
+from tests.bundle_helpers import SIGNING, key_env, add_turn, populate, rows, upstream_markers, upstream_records
 from tests.emulator_fixture import EmulatorHandle
 from tests.sync_helpers import cli_env, drain, galtea_local, make_engine, new_session, open_store, write_config
 
@@ -41,8 +41,9 @@ def test_round_trip_of_2000_records_through_the_cli(tmp_path: Path, emulator_fac
         origin_id = origin.store_id
     assert len(ids) == 2000
     config = write_config(tmp_path)
-    on_origin = cli_env(origin_path, "http://127.0.0.1:9", "gsk_unused", config)  # the origin has no network
-    on_connected = cli_env(connected_path, handle.url, handle.api_key, config)
+    # The origin has no network; both sites hold the same bundle key.
+    on_origin = key_env(cli_env(origin_path, "http://127.0.0.1:9", "gsk_unused", config), tmp_path)
+    on_connected = key_env(cli_env(connected_path, handle.url, handle.api_key, config), tmp_path)
     bundle, receipt = tmp_path / "usb" / "queue.glb", tmp_path / "usb" / "receipt.glb"
     bundle.parent.mkdir()
 
@@ -80,29 +81,29 @@ def test_same_and_overlapping_bundles_go_upstream_once(tmp_path: Path,
     ids = populate(origin, handle, "a", remote_sessions=2, offline_sessions=2, per_session=15)
     pending = origin.inference_results.create(session_id=new_session(handle), input="late-answer", status="PENDING")
     store = open_store(tmp_path / "origin.db")
-    export_bundle(store, tmp_path / "first.glb")
-    assert import_bundle(connected, tmp_path / "first.glb").records_added == 61
+    export_bundle(store, tmp_path / "first.glb", signing=SIGNING)
+    assert import_bundle(connected, tmp_path / "first.glb", signing=SIGNING).records_added == 61
     push(connected, handle, ambiguous_rate=0.1, fail_rate=0.1)  # the first bundle's creates are upstream now
-    assert import_bundle(connected, tmp_path / "first.glb").records_unchanged == 61
+    assert import_bundle(connected, tmp_path / "first.glb", signing=SIGNING).records_unchanged == 61
 
     more = populate(origin, handle, "b", remote_sessions=1, offline_sessions=1, per_session=10)
     origin.inference_results.update(pending.id, status="GENERATED", output="answered")
-    export_bundle(store, tmp_path / "second.glb")  # overlaps the first: everything still queued
-    result = import_bundle(connected, tmp_path / "second.glb")
+    export_bundle(store, tmp_path / "second.glb", signing=SIGNING)  # overlaps the first: everything still queued
+    result = import_bundle(connected, tmp_path / "second.glb", signing=SIGNING)
     assert (result.records_added, result.records_updated, result.records_unchanged) == (20, 1, 60)
-    assert import_bundle(connected, tmp_path / "second.glb").records_unchanged == 81
+    assert import_bundle(connected, tmp_path / "second.glb", signing=SIGNING).records_unchanged == 81
     push(connected, handle, ambiguous_rate=0.1, fail_rate=0.1)
 
     assert upstream_markers(handle) == dict.fromkeys([*ids, *more, "late-answer"], 1)
     answered = [r for r in upstream_records(handle) if r["input"]["user_message"] == "late-answer"]
     assert (answered[0]["status"], answered[0]["actualOutput"]) == ("GENERATED", "answered")  # sent as a PATCH
-    write_receipt(connected, origin.store_id, tmp_path / "receipt.glb")
-    import_receipt(store, tmp_path / "receipt.glb")
+    write_receipt(connected, origin.store_id, tmp_path / "receipt.glb", signing=SIGNING)
+    import_receipt(store, tmp_path / "receipt.glb", signing=SIGNING)
     assert store_status(store)["synced"] == 81
     assert store.transaction(retention.delete_synced_before, float("inf")) == 80  # all but the newest row
     # The connected store keeps what it imported: its keys make an old bundle add nothing.
     assert connected.transaction(retention.delete_synced_before, float("inf")) == 0
-    assert import_bundle(connected, tmp_path / "first.glb").records_added == 0
+    assert import_bundle(connected, tmp_path / "first.glb", signing=SIGNING).records_added == 0
     origin.close()
 
 
@@ -112,22 +113,22 @@ def test_records_created_after_an_export_go_in_the_next_one(tmp_path: Path, emul
     first = populate(origin, emulator, "one", remote_sessions=1, offline_sessions=1, per_session=20)
     session = origin.sessions.list()[0]
     changed = origin.inference_results.list(session_id=session.id)[0]
-    export_bundle(store, tmp_path / "1.glb", since_last=True)
+    export_bundle(store, tmp_path / "1.glb", since_last=True, signing=SIGNING)
     later = {f"two-{n}": add_turn(origin, {"session_id": session.id}, f"two-{n}") for n in range(15)}
     origin.inference_results.update(changed.id, output="changed after the export")
-    import_bundle(connected, tmp_path / "1.glb")
+    import_bundle(connected, tmp_path / "1.glb", signing=SIGNING)
     push(connected, emulator)
-    write_receipt(connected, origin.store_id, tmp_path / "r1.glb")
-    result = import_receipt(store, tmp_path / "r1.glb")
+    write_receipt(connected, origin.store_id, tmp_path / "r1.glb", signing=SIGNING)
+    result = import_receipt(store, tmp_path / "r1.glb", signing=SIGNING)
     assert (result.records, result.still_queued) == (39, 1)  # the changed one waits, with its remote id
     assert store_status(store)["queued"] == 16
 
-    second = export_bundle(store, tmp_path / "2.glb", since_last=True)
+    second = export_bundle(store, tmp_path / "2.glb", since_last=True, signing=SIGNING)
     assert (second.records, second.sessions) == (16, 1)  # the new turns, the change, their session
-    import_bundle(connected, tmp_path / "2.glb")
+    import_bundle(connected, tmp_path / "2.glb", signing=SIGNING)
     push(connected, emulator)
-    write_receipt(connected, origin.store_id, tmp_path / "r2.glb")
-    import_receipt(store, tmp_path / "r2.glb")
+    write_receipt(connected, origin.store_id, tmp_path / "r2.glb", signing=SIGNING)
+    import_receipt(store, tmp_path / "r2.glb", signing=SIGNING)
 
     assert upstream_markers(emulator) == dict.fromkeys([*first, *later], 1)
     patched = [r for r in upstream_records(emulator) if r["actualOutput"] == "changed after the export"]
@@ -135,5 +136,5 @@ def test_records_created_after_an_export_go_in_the_next_one(tmp_path: Path, emul
     status = store_status(store)
     assert (status["synced"], status["queued"]) == (55, 0)
     assert None not in remote_ids(tmp_path / "origin.db")
-    assert export_bundle(store, tmp_path / "3.glb").records == 0  # nothing left to carry
+    assert export_bundle(store, tmp_path / "3.glb", signing=SIGNING).records == 0  # nothing left to carry
     origin.close()

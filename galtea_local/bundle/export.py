@@ -20,14 +20,18 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Protocol
 
+from galtea_local.bundle import ledger
 from galtea_local.bundle.format import BundleWriter
-from galtea_local.outbox import health, probes
+from galtea_local.bundle.signing import Signing
+from galtea_local.errors import BundleError
+from galtea_local.outbox import health
 from galtea_local.read_model import iso_utc
 from galtea_local.store import Store
 from galtea_local.validation import COST_KEYS, USAGE_KEYS
@@ -78,12 +82,10 @@ class _Selection:
 
 
 def _records_sql(selection: _Selection, columns: str) -> tuple[str, dict[str, Any]]:
+    """The records to export: one pass over the table, linear in its size (no per-row probe)."""
     extra, params = selection.where("r")
     return (
         f"SELECT {columns} FROM inference_results r"
-        # One lookup in the open-operations-by-record index, whatever the lane's backlog.
-        f" LEFT JOIN outbox o ON {probes.open_of_record('r.seq')}"
-        " AND o.kind = 'create' AND o.state = 'sending'"
         " WHERE r.sync_state IN ('queued', 'dead') AND NOT (r.deleted = 1 AND r.remote_id IS NULL)"
         f"{extra}",
         params,
@@ -94,19 +96,33 @@ def _sessions_sql(selection: _Selection) -> tuple[str, dict[str, Any]]:
     extra, params = selection.where("s")
     records, _ = _records_sql(selection, "CAST(substr(r.lane, 4) AS INTEGER)")
     return (
-        "SELECT s.*, o.sending_since AS maybe_since, o.sent_body AS maybe_body FROM sessions s"
-        " LEFT JOIN outbox o ON o.session_seq = s.seq AND o.kind = 'session_create' AND o.state = 'sending'"
+        "SELECT s.* FROM sessions s"
         f" WHERE (s.sync_state IN ('queued', 'dead'){extra})"
         f" OR s.seq IN ({records} AND r.lane LIKE 'ls:%') ORDER BY s.seq",
         params,
     )
 
 
-def _entry(kind: str, row: sqlite3.Row, fields: tuple[str, ...]) -> dict[str, Any]:
+# Creates whose attempt may have reached the server (at most one per lane: a lane's head).
+# Read once rather than probed per exported row: a per-row probe of the open-operations
+# index walks the lane's whole backlog, which made an export quadratic in a session's size.
+_MAYBE_SENT = (
+    "SELECT {column}, sending_since, sent_body FROM outbox"
+    " WHERE state IN ('pending', 'sending') AND state = 'sending' AND kind = '{kind}'"
+)
+
+
+def _maybe_sent(conn: sqlite3.Connection, kind: str) -> dict[int, dict[str, Any]]:
+    column = "session_seq" if kind == "session_create" else "record_seq"
+    rows = conn.execute(_MAYBE_SENT.format(column=column, kind=kind)).fetchall()
+    return {row[0]: {"since": row[1], "body": _json(row[2])} for row in rows}
+
+
+def _entry(kind: str, row: sqlite3.Row, fields: tuple[str, ...], maybe_sent: dict[int, Any]) -> dict[str, Any]:
     entry: dict[str, Any] = {"type": kind, "origin_seq": row["seq"], **{name: row[name] for name in fields}}
-    if row["maybe_since"] is not None:
+    if row["seq"] in maybe_sent:
         # The origin's create may have reached the server: the destination reconciles first.
-        entry["maybe_sent"] = {"since": row["maybe_since"], "body": _json(row["maybe_body"])}
+        entry["maybe_sent"] = maybe_sent[row["seq"]]
     return entry
 
 
@@ -114,8 +130,8 @@ def _json(text: str | None) -> Any:
     return json.loads(text) if text else {}
 
 
-def _record_entry(row: sqlite3.Row) -> dict[str, Any]:
-    entry = _entry("record", row, RECORD_FIELDS)
+def _record_entry(row: sqlite3.Row, maybe_sent: dict[int, Any]) -> dict[str, Any]:
+    entry = _entry("record", row, RECORD_FIELDS, maybe_sent)
     # A turn of a session created offline names that session by its origin seq (its lane).
     entry["session_ref"] = int(row["lane"][3:]) if row["lane"].startswith("ls:") else None
     return entry
@@ -134,34 +150,46 @@ def generator_name() -> str:
         return "galtea-local"
 
 
-def export_bundle(store: Store, out: Path | str, *, since_last: bool = False, start: float | None = None,
-                  end: float | None = None, progress: Callable[[int], Progress] | None = None,
-                  overlap_s: float = OVERLAP_S) -> ExportResult:
-    """Write the bundle to ``out`` (atomically: the file appears complete or not at all).
+def export_bundle(store: Store, out: Path | str, *, signing: Signing, since_last: bool = False,
+                  start: float | None = None, end: float | None = None,
+                  progress: Callable[[int], Progress] | None = None, overlap_s: float = OVERLAP_S) -> ExportResult:
+    """Write the bundle to ``out`` (atomically: the file appears complete or not at all), signed
+    with ``signing.key`` (an unsigned bundle only when there is no key and ``allow_unsigned``).
 
     ``start``/``end`` (epoch seconds) select on ``created_at``; an export
     restricted to a time range does not move the ``since_last`` watermark.
     ``progress(total)`` returns a tqdm-like bar (``update``/``close``).
     """
+    if signing.key is None and not signing.allow_unsigned:
+        raise BundleError(f"{out}: no bundle key to sign it with; make one with `galtea-local keygen` and set "
+                          "bundle.key_file, or pass --unsigned")
     began = time.time()
     since = store.read(health.get_float, WATERMARK) if since_last else None
     selection = _Selection(since, start, end)
+    export_id = ledger.new_export_id()
     header = {"kind": "records", "origin_store_id": store.store_id, "created_at": iso_utc(began),
-              "generator": generator_name(), "since": since, "from": start, "to": end}
-    with store.reading() as conn, BundleWriter(out, header) as writer:
+              "generator": generator_name(), "since": since, "from": start, "to": end, "export_id": export_id}
+    carried = {"session": array("q"), "record": array("q")}  # 8 bytes a row: what the ledger records after
+    with store.reading() as conn, BundleWriter(out, header, signing) as writer:
         count_sql, params = _records_sql(selection, "COUNT(*)")
         bar = progress(conn.execute(count_sql, params).fetchone()[0]) if progress else None
         try:
+            maybe_sent = _maybe_sent(conn, "session_create")
             for row in iter_rows(conn, *_sessions_sql(selection)):
-                writer.write(_entry("session", row, SESSION_FIELDS))
-            sql, params = _records_sql(selection, "r.*, o.sending_since AS maybe_since, o.sent_body AS maybe_body")
+                writer.write(_entry("session", row, SESSION_FIELDS, maybe_sent))
+                carried["session"].append(row["seq"])
+            maybe_sent = _maybe_sent(conn, "create")
+            sql, params = _records_sql(selection, "r.*")
             for row in iter_rows(conn, sql + " ORDER BY r.seq", params):
-                writer.write(_record_entry(row))
+                writer.write(_record_entry(row, maybe_sent))
+                carried["record"].append(row["seq"])
                 if bar is not None:
                     bar.update(1)
         finally:
             if bar is not None:
                 bar.close()
+    for kind, seqs in carried.items():
+        ledger.record_exported(store, export_id, kind, seqs)
     if start is None and end is None:
         store.transaction(health.put, WATERMARK, repr(began - overlap_s))
     return ExportResult(writer.path, writer.counts["session"], writer.counts["record"], since)

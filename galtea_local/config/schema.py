@@ -396,6 +396,8 @@ class BundleSettings:
     max_line_bytes: int = key(16 * 2**20, integer(1024))
     max_lines: int = key(20_000_000, integer(1))
     max_expansion: int = key(200, integer(1))  # decompressed bytes per compressed byte
+    # The key this site shares with the other one, to sign and check bundles and receipts.
+    key_file: str | None = key(None, optional_text, path=True)
 
 
 SECTIONS: dict[str, type] = {

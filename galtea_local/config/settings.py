@@ -64,6 +64,7 @@ ENV_KEYS: dict[str, tuple[str, str]] = {
     ENV_API_KEY: ("upstream", "api_key"),
     "GALTEA_LOCAL_API_KEY_FILE": ("upstream", "api_key_file"),
     ENV_EXTRA_HEADERS: ("upstream", "extra_headers"),
+    "GALTEA_LOCAL_BUNDLE_KEY_FILE": ("bundle", "key_file"),
     "GALTEA_LOCAL_LOG_LEVEL": ("log", "level"),
     "GALTEA_LOCAL_LOG_FORMAT": ("log", "format"),
 }

@@ -55,7 +55,7 @@ def session_patch(row: Any) -> dict[str, Any]:
 
 def _op(conn: sqlite3.Connection, lane: str, kind: str, now: float, *, record: int | None = None,
         session: int | None = None, payload: dict[str, Any] | None = None,
-        maybe_sent: dict[str, Any] | None = None) -> None:
+        maybe_sent: dict[str, Any] | None = None, activate: bool = True) -> None:
     state, since, body = "pending", None, None
     if maybe_sent is not None:
         # The origin's create may already have reached the server: keep it "maybe sent", so the
@@ -63,18 +63,22 @@ def _op(conn: sqlite3.Connection, lane: str, kind: str, now: float, *, record: i
         state, since, body = "sending", maybe_sent["since"], json.dumps(maybe_sent["body"])
     conn.execute(_INSERT_OP, (record, session, lane, kind, None if payload is None else json.dumps(payload),
                               state, since, body, now))
-    conn.execute(ACTIVATE_LANE, (lane,))
+    if activate:
+        conn.execute(ACTIVATE_LANE, (lane,))
 
 
 def enqueue_imported_record(conn: sqlite3.Connection, row: sqlite3.Row, now: float,
-                            maybe_sent: dict[str, Any] | None = None) -> None:
-    """Queue what an imported record needs upstream: its create, or a PATCH/DELETE of a known remote id."""
+                            maybe_sent: dict[str, Any] | None = None, *, activate: bool = True) -> None:
+    """Queue what an imported record needs upstream: its create, or a PATCH/DELETE of a known remote id.
+
+    ``activate=False`` when the caller already activated the lane in this transaction.
+    """
     if row["remote_id"] is None:
-        _op(conn, row["lane"], "create", now, record=row["seq"], maybe_sent=maybe_sent)
+        _op(conn, row["lane"], "create", now, record=row["seq"], maybe_sent=maybe_sent, activate=activate)
     elif row["deleted"]:
-        _op(conn, row["lane"], "delete", now, record=row["seq"])
+        _op(conn, row["lane"], "delete", now, record=row["seq"], activate=activate)
     else:
-        _op(conn, row["lane"], "update", now, record=row["seq"], payload=full_patch(row))
+        _op(conn, row["lane"], "update", now, record=row["seq"], payload=full_patch(row), activate=activate)
 
 
 def enqueue_imported_session(conn: sqlite3.Connection, seq: int, remote_id: str | None, now: float,

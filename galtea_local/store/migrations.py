@@ -235,12 +235,36 @@ def _bounded_probes(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+# Bundle bookkeeping for signed receipts: which export carried which row (origin), which exports
+# were imported (connected side). The same SQL on both backends (PostgreSQL: seq as BIGINT).
+BUNDLE_LEDGER = (
+    """CREATE TABLE bundle_exported (
+    kind VARCHAR NOT NULL,
+    seq {int} NOT NULL,
+    export_id VARCHAR NOT NULL,
+    PRIMARY KEY (kind, seq, export_id)
+)""",
+    """CREATE TABLE bundle_imports (
+    origin_store_id VARCHAR NOT NULL,
+    export_id VARCHAR NOT NULL,
+    imported_at FLOAT NOT NULL,
+    PRIMARY KEY (origin_store_id, export_id)
+)""",
+)
+
+
+def _bundle_ledger(conn: sqlite3.Connection) -> None:
+    for statement in BUNDLE_LEDGER:
+        conn.execute(statement.format(int="INTEGER"))
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_offline_sessions", _offline_sessions),
     ("0003_bundle_origin", _bundle_origin),
     ("0004_lighter_outbox_index", _lighter_outbox_index),
     ("0006a_bounded_probes", _bounded_probes),
+    ("0009_bundle_ledger", _bundle_ledger),
 ]
 
 
