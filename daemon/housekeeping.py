@@ -17,7 +17,8 @@ Policy (``[retention]``; docs/daemon.md has the operator's view):
   the daemon's scheduler every :data:`WAL_CHECK_EVERY_S`, then runs a ``PASSIVE``
   checkpoint (it never blocks a writer) as soon as the file passes
   :data:`WAL_LIMIT_BYTES`, and forces a ``TRUNCATE`` (writers wait for it, at most
-  :data:`CHECKPOINT_BUSY_MS` plus the copy) only past :data:`WAL_FORCE_BYTES`.
+  :data:`CHECKPOINT_BUSY_MS` plus the copy) only when that one could not copy every
+  frame, or past :data:`WAL_FORCE_BYTES`.
 """
 
 from __future__ import annotations
@@ -177,14 +178,15 @@ class Housekeeper:
         blocks a writer, and once it has copied every frame the next write starts the
         WAL over and cuts the file to ``journal_size_limit``. ``TRUNCATE`` holds the
         write lock while it waits for readers and copies, so the apps' ``create()`` waits
-        with it: only when passive ones cannot keep up (past :data:`WAL_FORCE_BYTES`).
+        with it: only when a passive one could not copy every frame (readers held older
+        snapshots), or past :data:`WAL_FORCE_BYTES`.
         """
         size = self.wal_bytes()
         if size <= WAL_LIMIT_BYTES:
             return False
-        if size > WAL_FORCE_BYTES:
-            return self.checkpoint()
-        return self.checkpoint(mode="PASSIVE")
+        if size <= WAL_FORCE_BYTES and self.checkpoint(mode="PASSIVE"):
+            return True
+        return self.checkpoint()  # readers starved the passive one, or it is far past the limit
 
     def checkpoint(self, tries: int = CHECKPOINT_TRIES, mode: str = "TRUNCATE") -> bool:
         """``wal_checkpoint(mode)`` on a private connection; True when every frame was copied."""
