@@ -4,6 +4,7 @@
     galtea-local import FILE                                                on the connected machine
     galtea-local receipt --for ORIGIN_STORE_ID --out FILE                   on the connected machine
     galtea-local import-receipt FILE                                        back on the origin
+    galtea-local reclaim ID... | --all                                      the origin takes exported records back
     galtea-local keygen --out FILE                                          the key both sites share
 
 Files are signed with this site's bundle key (see bundle_keys.py); unsigned ones need
@@ -51,6 +52,10 @@ def add_commands(commands: Any, common: Callable[[argparse.ArgumentParser], None
     common(command)
     command.add_argument("file", help="receipt written by `galtea-local receipt`")
     command.add_argument("--allow-unsigned", action="store_true", help=_ALLOW_UNSIGNED)
+    command = commands.add_parser("reclaim", help="push exported records from here after all (the bundle is lost)")
+    common(command)
+    command.add_argument("ids", nargs="*", help="local record or session ids; none with --all")
+    command.add_argument("--all", action="store_true", help="everything handed over by an export")
     command = commands.add_parser("keygen", help="make the key two sites share to sign bundles and receipts")
     common(command)
     command.add_argument("--out", help="key file to write (0600; default: the configured bundle.key_file)")
@@ -110,7 +115,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                            progress=_progress(args, "export"))
     scope = "changed since the last export" if args.since_last else "not yet confirmed upstream"
     print(f"wrote {result.path}: {result.records} record(s) and {result.sessions} session(s) {scope}; "
-          "they stay queued here until `galtea-local import-receipt` confirms them")
+          "they are the bundle's to push now: held here (not pushed) until `galtea-local import-receipt` "
+          "confirms them or `galtea-local reclaim` takes them back")
     return EXIT_OK
 
 
@@ -146,10 +152,25 @@ def cmd_import_receipt(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_reclaim(args: argparse.Namespace) -> int:
+    from galtea_local.outbox import custody
+    from galtea_local_daemon.cli import _targets
+
+    if not args.ids and not args.all:
+        raise GaltealocalError("reclaim: name record or session ids, or pass --all")
+    store = _store(args, must_exist=True)
+    records, sessions = (None, None) if args.all else _targets(store.store_id[:8], args.ids)
+    count = store.transaction(custody.reclaim, records, sessions)
+    custody.recount(store)
+    print(f"{count} operation(s) taken back; the daemon pushes them (a maybe-sent create is reconciled first)")
+    return EXIT_OK
+
+
 COMMANDS = {
     "export": cmd_export,
     "import": cmd_import,
     "receipt": cmd_receipt,
     "import-receipt": cmd_import_receipt,
+    "reclaim": cmd_reclaim,
     "keygen": cmd_keygen,
 }

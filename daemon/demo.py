@@ -9,8 +9,10 @@
    with ``update()``; show a progress bar until the queue drains.
 5. Stop the daemon with SIGTERM, print the store's status, the exactly-once
    check against what the emulator holds, and the create() latency.
+6. Run ``galtea-local verify``, which reads the sessions back through the API
+   as an operator would after an outage.
 
-Exit 0 when every record arrived exactly once with its final status.
+Exit 0 when every record arrived exactly once with its final status and verify agrees.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ backoff_max_s = 2.0
 backoff_jitter_s = 0.2
 lease_s = 10.0
 shutdown_timeout_s = 5.0
+# The emulator commits at once unless told to commit late, so a lost create that is not
+# listed after 2 s never will be; production keeps the default (docs/delivery.md).
+commit_grace_s = 2.0
 """
 
 
@@ -100,9 +105,21 @@ def _resolve_pending(store_path: Path, pending: list[str], rng: random.Random) -
                 galtea.inference_results.update(record_id, status="FAILED", error="model timed out")
 
 
+def _env(folder: Path, store_path: Path, url: str) -> dict[str, str]:
+    return {**os.environ, "GALTEA_API_KEY": DEMO_KEY, "GALTEA_API_URL": url, "GALTEA_LOCAL_STORE": str(store_path),
+            "GALTEA_LOCAL_CONFIG": str(folder / "config.toml")}
+
+
+def _verify(folder: Path, store_path: Path, url: str) -> int:
+    """``galtea-local verify``, as an operator runs it; its report goes to our output."""
+    done = subprocess.run([sys.executable, "-m", "galtea_local_daemon.cli", "verify"],
+                          env=_env(folder, store_path, url), capture_output=True, text=True, timeout=120)
+    print("\ngaltea-local verify\n" + (done.stdout + done.stderr).rstrip())
+    return done.returncode
+
+
 def _start_daemon(folder: Path, store_path: Path, url: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "GALTEA_API_KEY": DEMO_KEY, "GALTEA_API_URL": url, "GALTEA_LOCAL_STORE": str(store_path),
-           "GALTEA_LOCAL_CONFIG": str(folder / "config.toml")}
+    env = _env(folder, store_path, url)
     log_file = open(folder / "daemon.log", "wb")  # noqa: SIM115 - the child owns it until it exits
     return subprocess.Popen([sys.executable, "-m", "galtea_local_daemon.cli", "daemon"],
                             env=env, stdout=log_file, stderr=subprocess.STDOUT)
@@ -181,7 +198,10 @@ def _run(args: argparse.Namespace, folder: Path) -> int:
         store = Store(str(store_path))
         status = _drain(store, len(latencies), daemon)
         code = _stop(daemon)
-        return _report(store, emulator, sessions, status, code, latencies, folder if args.dir else None)
+        emulator.injector.config = emulator.injector.config.changed({k: 0 for k in FAULTS})  # verify reads clean
+        ok = _report(store, emulator, sessions, status, code, latencies, folder if args.dir else None) == 0
+        verified = _verify(folder, store_path, emulator.url) == 0
+        return 0 if ok and verified else 1
     finally:
         emulator.stop()
 

@@ -10,7 +10,6 @@ transaction.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -18,106 +17,28 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from galtea_local.errors import (
-    AuthError,
-    MaybeSentError,
-    RejectedError,
-    UpstreamError,
-)
+from galtea_local.errors import AuthError, RejectedError, UpstreamError
 from galtea_local.outbox import attempts as ob
-from galtea_local.outbox import health
+from galtea_local.outbox import drift, health
+from galtea_local.outbox.kinds import OpKind
 from galtea_local.store import Store
 from galtea_local_daemon import poison, reconcile, wire
 from galtea_local_daemon.backoff import Backoff, retry_after_of
+from galtea_local_daemon.bodies import build_body, decoded_fields
 from galtea_local_daemon.concurrency import AdaptiveLimit, LimitedClient, ThrottleGate
+from galtea_local_daemon.maybe_sent import MaybeSent
 from galtea_local_daemon.ratelimit import RateLimitedLog, error_key
+from galtea_local_daemon.steps import IDLE, EngineSettings, PassReport, Step, StepOutcome
 from galtea_local_daemon.upstream import UpstreamClient
+
+__all__ = ["EngineSettings", "PassReport", "SyncEngine", "build_body"]
 
 log = logging.getLogger("galtea_local.sync")
 _limited = RateLimitedLog(log)  # an error that repeats every pass is logged once a minute, with a count
 WORKERS_PER_REQUEST_SLOT = 2
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    concurrency: int = 32
-    batch_size: int = 10  # operations of one lane per claim, so lanes take turns
-    lease_s: float = 60.0
-    clock_skew_s: float = 120.0
-    pass_budget_s: float = 30.0  # a pass stops claiming after this long; the next pass goes on
-    # Attempts at one operation within a pass. Without a bound, a backoff capped below the
-    # in-pass wait limit retries an unreachable API forever and `sync` never exits.
-    in_pass_tries: int = 5
-    max_retry_after_s: float = 300.0  # a longer Retry-After is cut to this (see concurrency.py)
-
-
-@dataclass
-class PassReport:
-    """What one pass did. ``more_due`` tells the scheduler to come back at once."""
-
-    pushed: int = 0
-    adopted: int = 0
-    retried: int = 0
-    dead: int = 0
-    auth_failing: bool = False
-    throttled_until: float | None = None
-    more_due: bool = False
-    errors: list[str] = field(default_factory=list)
-
-    def merge(self, other: PassReport) -> None:
-        self.pushed += other.pushed
-        self.adopted += other.adopted
-        self.retried += other.retried
-        self.dead += other.dead
-        self.auth_failing = self.auth_failing or other.auth_failing
-        self.errors.extend(other.errors)
-
-
-def _decoded(record: dict[str, Any], names: Any) -> dict[str, Any]:
-    fields = {name: record[name] for name in names if name in record}
-    for name in ("input", "actual_output"):
-        if fields.get(name) is not None:
-            fields[name] = json.loads(fields[name])
-    return fields
-
-
-_SESSION_CREATE_FIELDS = ("custom_id", "version_id", "product_id", "test_case_id", "context")
-_SESSION_PATCH_FIELDS = {"status": "status", "context": "context", "stopping_reason": "stoppingReason",
-                         "error": "error"}
-
-
-def _session_create_body(session: dict[str, Any]) -> dict[str, Any]:
-    fields = {name: session[name] for name in _SESSION_CREATE_FIELDS}
-    fields["metadata"] = json.loads(session["metadata_json"]) if session["metadata_json"] else None
-    fields["is_production"] = None if session["is_production"] is None else bool(session["is_production"])
-    return wire.session_body(fields)
-
-
-def _session_patch_body(changes: dict[str, Any]) -> dict[str, Any]:
-    body = {_SESSION_PATCH_FIELDS[name]: value for name, value in changes.items() if name in _SESSION_PATCH_FIELDS}
-    if "metadata_json" in changes:
-        body["metadata"] = json.loads(changes["metadata_json"]) if changes["metadata_json"] else None
-    return body
-
-
-@poison.refuse_unencodable  # a row that cannot be encoded is dead-lettered, not retried forever
-def build_body(row: dict[str, Any], attempt: ob.Attempt) -> dict[str, Any]:
-    """The request body for an attempt, from the target row as it is at the write-ahead mark."""
-    if attempt.kind == "create":
-        fields = _decoded(row, wire.CREATE_FIELDS)
-        if attempt.lane.startswith("ls:") and fields.get("session_id"):
-            fields["session_id"] = attempt.lane_session_id  # a local session id: send its remote id
-        return wire.create_body(fields)
-    if attempt.kind == "update":
-        return wire.update_body(_decoded(attempt.payload or {}, wire.UPDATE_FIELDS))
-    if attempt.kind == "session_create":
-        return _session_create_body(row)
-    if attempt.kind in ("session_update", "session_finish"):
-        return _session_patch_body(attempt.payload or {})
-    return {}
 
 
 class SyncEngine:
@@ -147,6 +68,8 @@ class SyncEngine:
                                     on_throttled=self._on_throttled)
         self.gate = ThrottleGate(self.settings.max_retry_after_s, clock)
         self._pool: ThreadPoolExecutor | None = None
+        self.maybe_sent = MaybeSent(store, self.client, self.clock, clock_skew_s=self.settings.clock_skew_s,
+                                    commit_grace_s=self.settings.commit_grace_s)
 
     # -- control -------------------------------------------------------------
 
@@ -236,17 +159,15 @@ class SyncEngine:
 
     def _drain_lane(self, lane: str) -> PassReport:
         report = PassReport()
-        ahead: ob.Attempt | None = None  # the next operation, taken in the same transaction as a settle
+        ahead: _Taken | None = None  # the next operation, taken in the same transaction as a settle
         try:
             for left in range(self.settings.batch_size, 0, -1):
-                if self.stopping or self._halt.is_set():
+                if self._halted():
                     break
                 outcome = self._step_with_retries(lane, report, ahead, take_more=left > 1)
-                if outcome is None:
+                if not outcome.goes_on:
                     break
-                ahead = outcome if isinstance(outcome, ob.Attempt) else None
-        except UpstreamError as error:
-            report.errors.append(str(error))
+                ahead = _Taken(outcome.ahead, time.monotonic()) if outcome.ahead else None
         except Exception as error:  # a bug must not kill the pass: log it, keep the lane's state durable
             _limited.exception(error_key(error), "unexpected error while pushing lane %s", lane)
             report.errors.append(f"internal error on lane {lane}")
@@ -254,151 +175,213 @@ class SyncEngine:
             self.store.transaction(ob.release_lane, lane, self.owner, self.clock())
         return report
 
-    def _step_with_retries(self, lane: str, report: PassReport, ahead: ob.Attempt | None,
-                           take_more: bool) -> Any:
-        """Settle the lane's head operation, retrying in place while waits are short.
+    def _step_with_retries(self, lane: str, report: PassReport, ahead: _Taken | None,
+                           take_more: bool) -> StepOutcome:
+        """Settle the lane's head operation, retrying in place while waits are short."""
+        taken = ahead
+        for tries in range(1, self.settings.in_pass_tries + 1):
+            try:
+                outcome = self._step(lane, report, taken, take_more)
+            except poison.PoisonRowError as bad:
+                poison.dead_letter(self.store, bad, self.clock())
+                report.dead += 1
+                return StepOutcome(Step.DEAD)
+            taken = None  # a retry takes the head afresh
+            if outcome.step is not Step.RETRY or self._halted() or tries == self.settings.in_pass_tries \
+                    or outcome.retry_in > self.backoff.in_pass_max_wait_s:
+                break
+            self.backoff.sleep(outcome.retry_in)
+        if outcome.error is not None:
+            report.errors.append(str(outcome.error))
+        return outcome
 
-        Returns None when the lane has nothing due now (empty, backing off, lease
-        lost), else the next operation if it was already taken, or True.
-        """
-        tries = 0
-
-        def enough() -> bool:
-            return self._halt.is_set() or tries >= self.settings.in_pass_tries
-
-        for attempt_manager in self.backoff.retrying(enough):
-            tries += 1
-            with attempt_manager:
-                taken, ahead = ahead, None  # a retry takes the head afresh
-                try:
-                    return self._step(lane, report, taken, take_more)
-                except poison.PoisonRowError as bad:
-                    poison.dead_letter(self.store, bad, self.clock())
-                    report.dead += 1
-                    return True
-        return None
-
-    def _step(self, lane: str, report: PassReport, taken: ob.Attempt | None, take_more: bool) -> Any:
-        if self.stopping or self._halt.is_set():
-            return None
-        attempt = taken or self.store.transaction(
-            ob.take_next, lane, self.owner, self.clock(), self.settings.lease_s, build_body
-        )
-        if attempt is None:
-            return None
+    def _step(self, lane: str, report: PassReport, taken: _Taken | None, take_more: bool) -> StepOutcome:
+        if self._halted():
+            return IDLE
+        if taken is None:
+            self._wait_for_throttle()  # before the write-ahead mark, so the mark is not older than the wait
+            attempt = self.store.transaction(ob.take_next, lane, self.owner, self.clock(), self.settings.lease_s,
+                                             build_body, self._offset())
+            taken = _Taken(attempt, time.monotonic()) if attempt is not None else None
+        if taken is None:
+            return IDLE
+        attempt = taken.attempt
         try:
-            return self._settle_success(attempt, report, self._perform(attempt, report), take_more)
-        except AuthError as error:
-            self._on_auth_failure(attempt, error, report)
-            raise
+            return self._push(taken, report, take_more)
+        except AuthError as error:  # the request was refused: not applied
+            return self._on_auth_failure(attempt, error, report, maybe_sent=False)
         except RejectedError as error:
-            self.store.transaction(ob.settle_dead, attempt, self.clock(), error.message, error.status)
-            log.warning("dead-lettered %s of record %s: %s", attempt.kind, attempt.record["seq"], error.message)
-            report.dead += 1
-            return True
+            return self._reject(attempt, error, report)
         except UpstreamError as error:
-            self._settle_failure(attempt, error, report)
-            raise
+            return self._retry(attempt, error, report, maybe_sent=error.maybe_sent)
 
-    def _perform(self, attempt: ob.Attempt, report: PassReport) -> dict[str, Any] | None | bool:
-        """Reconcile if needed, mark, send. Returns the server's answer; True when adopted."""
-        if attempt.body is not None:  # already marked by take_next
-            return self._send(attempt, attempt.body)
-        if attempt.kind in ("create", "session_create") and attempt.maybe_sent_since is not None and attempt.sent_body:
-            if self._adopt(attempt):
-                report.adopted += 1
-                return True
-        if attempt.kind == "delete" and not attempt.record["remote_id"]:
+    def _push(self, taken: _Taken, report: PassReport, take_more: bool) -> StepOutcome:
+        """Reconcile or settle locally if needed, mark, re-check the lease, send, settle."""
+        attempt, body = taken.attempt, taken.attempt.body
+        if body is None:  # take_next left it unmarked: it needs care first
+            prepared = self._prepare(attempt, report)
+            if isinstance(prepared, StepOutcome):
+                return prepared
+            body, taken = prepared, _Taken(attempt, time.monotonic())
+        if not self._lease_fresh(taken):
+            return IDLE  # another pusher may hold the lane: it reconciles what we marked
+        answer = self._send(attempt, body)
+        return self._settle_success(attempt, report, answer, take_more)
+
+    def _prepare(self, attempt: ob.Attempt, report: PassReport) -> StepOutcome | dict[str, Any]:
+        """What to do before marking a head that needs care; the body to send when it is marked."""
+        if attempt.kind.creates and attempt.maybe_sent_since is not None and attempt.sent_body:
+            outcome = self._reconcile(attempt, report)
+            if outcome is not None:
+                return outcome
+        if attempt.kind == OpKind.DELETE and not attempt.record["remote_id"]:
             # Its create was dead-lettered: nothing upstream to delete, nothing left to hold.
             self.store.transaction(ob.cancel_with_record, attempt, self.clock(), "cancelled: deleted")
-            return True
-        if attempt.kind == "update" and not attempt.record["remote_id"]:
+            return StepOutcome(Step.SETTLED_LOCALLY)
+        if attempt.kind == OpKind.UPDATE and not attempt.record["remote_id"]:
             raise RejectedError("update of a record whose create is dead-lettered; retry the create first")
+        self._wait_for_throttle()
         body = self.store.transaction(ob.begin_attempt, attempt, self.owner, self.clock(), self.settings.lease_s,
-                                      build_body)
-        if body is None:
-            return False
-        return self._send(attempt, body)
+                                      build_body, self._offset())
+        return IDLE if body is None else body
 
-    def _adopt(self, attempt: ob.Attempt) -> bool:
-        """Reconcile a maybe-sent create; True when the upstream already had it (now settled)."""
+    def _reconcile(self, attempt: ob.Attempt, report: PassReport) -> StepOutcome | None:
+        """A maybe-sent create: adopt what the server has, or wait out the grace; None: send it again."""
         self._wait_for_throttle()
         try:
-            if attempt.kind == "session_create":
-                found = reconcile.find_session(self.client, attempt.sent_body or {})
-            else:
-                found = reconcile.find_adoptable(
-                    self.client, attempt.sent_body or {}, attempt.maybe_sent_since or 0.0,
-                    self.settings.clock_skew_s, attempt.lane_session_id,
-                    lambda ids: self.store.read(ob.owners_of, ids),
-                )
+            found = self.maybe_sent.find_upstream(attempt)
+        except reconcile.ForeignSessionError:
+            raise  # a decision, not a failed read: dead-lettered
+        except AuthError as error:
+            return self._on_auth_failure(attempt, error, report, maybe_sent=True)
         except UpstreamError as error:
-            error.before_send = True  # nothing new was sent: the earlier attempt is still "maybe sent"
-            raise
-        if found is None:
-            return False
-        self.store.transaction(ob.settle_done, attempt, self.clock(), found)
-        return True
+            # A failed *read* (even a 404 or another 4xx) is not a refusal of the create: it may
+            # exist upstream. Nothing new was sent; the earlier attempt stays "maybe sent".
+            return self._retry(attempt, error, report, maybe_sent=True)
+        if found is not None:
+            drifted = attempt.kind == OpKind.CREATE and bool(
+                reconcile.differing_fields(wire.create_body(decoded_fields(attempt.record)), found))
+            self.store.transaction(drift.settle_adopted, attempt, self.clock(), found, drifted)
+            report.adopted += 1
+            return StepOutcome(Step.ADOPTED)
+        remaining = self.maybe_sent.grace_left(attempt)
+        if remaining > 0:
+            self.store.transaction(ob.settle_retry, attempt, self.clock() + remaining,
+                                   "maybe sent, not found upstream yet: waiting out the commit grace", None,
+                                   maybe_sent=True)
+            report.waiting += 1
+            return StepOutcome(Step.WAITING, retry_in=remaining)
+        report.resent += 1
+        log.warning("%s of record %s may have been sent but is not upstream after the commit grace: sending it"
+                    " again (a duplicate if the first attempt still commits)", attempt.kind, attempt.record["seq"])
+        return None
+
+    def _offset(self) -> float | None:
+        return self.maybe_sent.offset()
+
+    def _lease_fresh(self, taken: _Taken) -> bool:
+        """Right before the request leaves: is the lane still ours?
+
+        A lease runs ``lease_s`` from the mark, and only an expired one can be
+        claimed, so while little time has passed since the mark no check is
+        needed (and the hot path pays no extra transaction). After a stall the
+        lease is checked, and renewed, in the store.
+        """
+        if time.monotonic() - taken.marked_at < self.settings.lease_s * _LEASE_TRUSTED:
+            return True
+        held = self.store.transaction(ob.still_holds, taken.attempt.lane, self.owner, self.clock(),
+                                      self.settings.lease_s)
+        if not held:
+            log.warning("lease on lane %s lost before sending %s: not sent", taken.attempt.lane, taken.attempt.kind)
+        return held
 
     def _send(self, attempt: ob.Attempt, body: dict[str, Any]) -> dict[str, Any] | None:
-        self._wait_for_throttle()  # right before the request: a 429 may have come in meanwhile
         remote_id = attempt.record["remote_id"]
-        if attempt.kind == "create":
+        if attempt.kind == OpKind.CREATE:
             return self.client.create_inference_result(body)
-        if attempt.kind == "update":
+        if attempt.kind == OpKind.UPDATE:
             return self.client.update_inference_result(remote_id, body)
-        if attempt.kind == "session_create":
+        if attempt.kind == OpKind.SESSION_CREATE:
             return self.client.create_session(body)
-        if attempt.kind == "session_update":
+        if attempt.kind == OpKind.SESSION_UPDATE:
             return self.client.update_session(remote_id, body)
-        if attempt.kind == "session_finish":
+        if attempt.kind == OpKind.SESSION_FINISH:
             return self.client.finish_session(remote_id, body["stoppingReason"])
         self.client.delete_inference_result(remote_id)
         return None
 
-    def _settle_success(self, attempt: ob.Attempt, report: PassReport, answer: Any, take_more: bool) -> Any:
-        """Settle a pushed operation and, in the same transaction, take the lane's next one."""
-        if answer is True:  # adopted by reconciliation, or settled locally
-            return True
-        if answer is False:  # the head or the lease changed under us
-            return None
-        remote = answer if attempt.kind in ("create", "session_create") else None
+    def _settle_success(self, attempt: ob.Attempt, report: PassReport, answer: dict[str, Any] | None,
+                        take_more: bool) -> StepOutcome:
+        """Settle a pushed operation and, in the same transaction, take the lane's next one.
+
+        Only while the lease is ours: if another pusher took the lane meanwhile, it
+        holds the operation as "maybe sent" and reconciles it (finding what we created).
+        """
+        remote = answer if attempt.kind.creates else None
         now = self.clock()
+        held = True
 
         def settle_then_take(conn: Any) -> ob.Attempt | None:
-            ob.settle_done(conn, attempt, now, remote)
-            if not take_more or self.stopping or self._halt.is_set():
+            nonlocal held
+            held = ob.still_holds(conn, attempt.lane, self.owner, now, self.settings.lease_s)
+            if not held:
                 return None
+            ob.settle_done(conn, attempt, now, remote)
+            if not take_more or self._halted() or self.gate.until > now:
+                return None  # throttled: the next mark waits for the throttle first
             try:
-                return ob.take_next(conn, attempt.lane, self.owner, now, self.settings.lease_s, build_body)
+                return ob.take_next(conn, attempt.lane, self.owner, now, self.settings.lease_s, build_body,
+                                    self._offset())
             except poison.PoisonRowError:
                 return None  # keep this settle; the lane's next step takes the poison row alone
 
         ahead = self.store.transaction(ob.lease_protected(settle_then_take))
+        if not held:
+            log.warning("lease on lane %s lost before settling %s: left to its new holder", attempt.lane, attempt.kind)
+            return IDLE
         report.pushed += 1
-        return ahead or True
+        return StepOutcome(Step.PUSHED, ahead=ahead)
 
-    def _settle_failure(self, attempt: ob.Attempt, error: UpstreamError, report: PassReport) -> None:
+    def _reject(self, attempt: ob.Attempt, error: RejectedError, report: PassReport) -> StepOutcome:
+        if self._adopt_existing_session(attempt, error, report):
+            return StepOutcome(Step.ADOPTED)
+        self.store.transaction(ob.settle_dead, attempt, self.clock(), error.message, error.status)
+        log.warning("dead-lettered %s of record %s: %s", attempt.kind, attempt.record["seq"], error.message)
+        report.dead += 1
+        return StepOutcome(Step.DEAD)
+
+    def _adopt_existing_session(self, attempt: ob.Attempt, error: RejectedError, report: PassReport) -> bool:
+        found = self.maybe_sent.existing_session(attempt, error)
+        if found is None:
+            return False
+        self.store.transaction(ob.settle_done, attempt, self.clock(), found)
+        report.adopted += 1
+        return True
+
+    def _retry(self, attempt: ob.Attempt, error: UpstreamError, report: PassReport, *,
+               maybe_sent: bool) -> StepOutcome:
         retry_after = self.gate.capped(retry_after_of(error))
         if retry_after is not None:
             self._throttle(retry_after)
         delay = self.backoff.delay(attempt.attempts + 1, retry_after)
-        maybe_sent = isinstance(error, MaybeSentError) or getattr(error, "before_send", False)
         self.store.transaction(
             ob.settle_retry, attempt, self.clock() + delay, error.message, error.status, maybe_sent=maybe_sent
         )
-        error.retry_in = delay
         report.retried += 1
         log.info("will retry %s of record %s in %.1fs: %s", attempt.kind, attempt.record["seq"], delay, error.message)
+        return StepOutcome(Step.RETRY, retry_in=delay, error=error)
 
-    def _on_auth_failure(self, attempt: ob.Attempt, error: AuthError, report: PassReport) -> None:
+    def _on_auth_failure(self, attempt: ob.Attempt, error: AuthError, report: PassReport, *,
+                         maybe_sent: bool) -> StepOutcome:
         self._halt.set()
         report.auth_failing = True
-        self.store.transaction(
-            ob.settle_retry, attempt, self.clock(), error.message, error.status,
-            maybe_sent=getattr(error, "before_send", False),
-        )
+        self.store.transaction(ob.settle_retry, attempt, self.clock(), error.message, error.status,
+                               maybe_sent=maybe_sent)
         log.error("the Galtea API refused the API key (HTTP %s): pushing paused until it is fixed", error.status)
+        return StepOutcome(Step.AUTH, error=error)
+
+    def _halted(self) -> bool:
+        return self.stopping or self._halt.is_set()
 
     # -- throttling ------------------------------------------------------------
 
@@ -448,8 +431,25 @@ class SyncEngine:
                 health.put(conn, health.AUTH_FAILING, now)
             elif auth_was_failing and not report.auth_failing and (report.pushed or report.adopted):
                 health.put(conn, health.AUTH_FAILING, None)
+            if report.resent:
+                health.add(conn, health.RESENT_UNCONFIRMED, report.resent)
+            offset = self._offset()
+            if offset is not None:
+                health.put(conn, health.SERVER_CLOCK_OFFSET, round(offset, 3))
 
         self.store.transaction(write)
+
+
+# While less than this share of the lease has passed since the mark, the lease is surely ours.
+_LEASE_TRUSTED = 0.5
+
+
+@dataclass(frozen=True)
+class _Taken:
+    """An attempt taken from the lane, and when (monotonic) its lease was last renewed."""
+
+    attempt: ob.Attempt
+    marked_at: float
 
 
 def _throttle_of(conn: Any) -> float | None:

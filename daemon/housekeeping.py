@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from galtea_local import retention
 from galtea_local.config import RetentionSettings
+from galtea_local.outbox import ownership
 from galtea_local.store import Store
 
 log = logging.getLogger("galtea_local.housekeeping")
@@ -43,6 +44,7 @@ CHECKPOINT_BUSY_MS = 200  # wait this long for readers, then give up until the n
 CHECKPOINT_TRIES = 5
 WAL_CHECK_EVERY_S = 0.1  # under a heavy load the WAL can grow by megabytes per second
 DROP_BATCH = 500
+FORGET_OWNED_EVERY_S = 3600.0
 
 
 @dataclass
@@ -61,6 +63,7 @@ class Housekeeper:
         self.settings = settings
         self.clock = clock
         self._last_retention = float("-inf")
+        self._last_forget = clock()  # hourly, from the start
         self._last_activity = time.monotonic()
         self._checkpointed_since_activity = False
         self._full: bool | None = None  # None: not known yet, so the first check writes the flag either way
@@ -88,8 +91,23 @@ class Housekeeper:
     def expire(self, now: float) -> int:
         """Delete synced records older than ``synced_days``; return how many."""
         total = self._delete_settled(now - self.settings.synced_days * DAY_S)
+        self._forget_owned(now)
         if total:
             log.info("retention: deleted %d synced record(s) older than %g day(s)", total, self.settings.synced_days)
+        return total
+
+    def _forget_owned(self, now: float) -> int:
+        """Forget owned remote ids no reconciliation can reach any more (they outlive the rows by design).
+
+        Hourly, read-only unless something is due, then in short batches.
+        """
+        if now - self._last_forget < FORGET_OWNED_EVERY_S:
+            return 0
+        self._last_forget = now
+        cutoff = self.store.read(ownership.forget_before, now)
+        total = 0
+        while self.store.read(ownership.any_before, cutoff):
+            total += self.store.transaction(ownership.prune, cutoff)
         return total
 
     def _delete_settled(self, cutoff: float, limit: int | None = None) -> int:

@@ -57,6 +57,11 @@ class DaemonMetrics:
         self.dead_letters = Counter("dead_letters", "Operations the API refused for good", namespace=ns,
                                     registry=self.registry)
         self.passes = Counter("sync_passes", "Sync passes run", namespace=ns, registry=self.registry)
+        self.clock_offset = Gauge("server_clock_offset_seconds", "Server clock minus ours, from the API's Date header",
+                                  namespace=ns, registry=self.registry)
+        self.resent_unconfirmed = Gauge(
+            "resent_unconfirmed", "Creates re-sent after the commit grace without finding the first attempt "
+            "(a duplicate if it still commits: run galtea-local verify)", namespace=ns, registry=self.registry)
 
     @property
     def enabled(self) -> bool:
@@ -95,6 +100,8 @@ class DaemonMetrics:
         self.oldest_age.set(status["oldest_queued_age_s"] or 0)
         self.last_success.set(status["last_success_at"] or 0)
         self.auth_failing.set(1 if status["auth_failing"] else 0)
+        self.clock_offset.set(status.get("server_clock_offset_s") or 0)
+        self.resent_unconfirmed.set(status.get("resent_unconfirmed") or 0)
         self.longest_write.set((status.get("longest_write_ms") or 0) / 1000)
         self.longest_write_recent.set((status.get("longest_write_recent_ms") or 0) / 1000)
         if self.settings.textfile:

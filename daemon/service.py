@@ -48,6 +48,7 @@ from galtea_local_daemon.logs import configure_logging
 from galtea_local_daemon.metrics import REFRESH_EVERY_S, DaemonMetrics
 from galtea_local_daemon.runtime import make_client, make_engine, open_store, pusher_guard, release_stale_leases
 from galtea_local_daemon.sdnotify import Notifier
+from galtea_local_daemon.storefile import EXIT_STORE_REPLACED, StoreFile
 
 log = logging.getLogger("galtea_local.daemon")
 
@@ -135,6 +136,8 @@ class Daemon:
         self._pass_started: float | None = None  # monotonic; None between passes
         self._last_pass_end = time.monotonic()
         self._signal: int | None = None
+        self._store_file = StoreFile(store.path) if store.dialect == "sqlite" else None
+        self._replaced: str | None = None  # set when the store file was replaced under us
         self._status_text = ""
         self._status_read_at = float("-inf")
         # A pass stops claiming after its budget; in-flight requests end within the lease.
@@ -262,13 +265,21 @@ class Daemon:
             self._watch_loop(watch)
         finally:
             watch.close()
-        return self._warm_stop()
+        code = self._warm_stop()
+        if self._replaced:
+            log.error("%s: exiting (%d) so the service manager starts a daemon on the new file",
+                      self._replaced, EXIT_STORE_REPLACED)
+            return EXIT_STORE_REPLACED
+        return code
 
     def _watch_loop(self, watch: StoreWatch | OutboxWatch) -> None:
         ping_every = self.notifier.watchdog_interval()
         last_ping = float("-inf")
         while self._signal is None:
             time.sleep(POLL_S)
+            if self._store_file is not None and (replaced := self._store_file.replaced()):
+                self._replaced = replaced
+                return
             if watch.changed():
                 self._on_store_written()
             if ping_every is not None and time.monotonic() - last_ping >= ping_every and self._healthy():
@@ -294,7 +305,7 @@ class Daemon:
             log.warning("in-flight pushes did not finish within %gs; they stay queued (a sent one is "
                         "reconciled before any re-send) and go up after a restart", timeout)
             _flush_logs()
-            os._exit(0)  # the pass's threads may sit in a request; do not wait for them
+            os._exit(EXIT_STORE_REPLACED if self._replaced else 0)  # threads may sit in a request: do not wait
         self.metrics.stop()
         log.info("stopped cleanly")
         return 0

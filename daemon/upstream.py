@@ -10,7 +10,8 @@ one function, ``classify()``, that encodes the delivery rules (docs/delivery.md)
     read/write timeout, read/write error, server        MaybeSentError   create: reconcile first
       disconnected, any other transport error,                           update/delete: yes
       500/502/504/other 5xx, 408, 1xx/3xx
-    429, 503 (``retry_after`` from Retry-After)         RetryLaterError  after the delay
+    429, 503 (``retry_after`` from Retry-After)         RetryLaterError  after the delay; a 503 to a
+                                                                         write is also maybe sent
     401, 403                                            AuthError        no: pause all pushing
     other 4xx (message from the JSON ``message``)       RejectedError    no: dead letter
     2xx whose body is not the JSON we expect            MaybeSentError   reconcile (applied, id unknown)
@@ -44,6 +45,7 @@ from galtea_local.errors import (
     RetryLaterError,
     UpstreamError,
 )
+from galtea_local_daemon.servertime import ServerClock
 from galtea_local_daemon.wire import (
     DEFAULT_BASE_URL,
     EXTRA_HEADERS_ENV,
@@ -127,7 +129,9 @@ def classify(
     if status in (429, 503):
         retry_after = parse_retry_after(outcome.headers.get("retry-after"), now=now)
         hint = f"retry after {retry_after:g} s" if retry_after is not None else "retry later (no usable Retry-After)"
-        return RetryLaterError(f"{head}: {hint}", status=status, retry_after=retry_after)
+        # A 503 may come from a proxy after the API applied the write; a 429 is refused before any work.
+        maybe_sent = status == 503 and _is_write(outcome)
+        return RetryLaterError(f"{head}: {hint}", status=status, retry_after=retry_after, maybe_sent=maybe_sent)
     # 408: the server gave up waiting for the request; a gateway may still have
     # forwarded it, and dead-lettering a record for a timeout would be wrong.
     if 400 <= status < 500 and status != 408:
@@ -135,6 +139,15 @@ def classify(
     # 5xx, 408, and 1xx/3xx (redirects are not followed: a moved API is a config
     # problem to retry after fixing, never a reason to drop a record).
     return MaybeSentError(f"{head}: the server may have applied it", status=status)
+
+
+def _is_write(response: httpx.Response) -> bool:
+    """True unless the response is known to answer a read (an unknown request is taken as a write: safer)."""
+    try:
+        method = response.request.method
+    except RuntimeError:  # a response built without its request
+        return True
+    return method not in ("GET", "HEAD", "OPTIONS")
 
 
 def _classify_exception(exc: BaseException, what: str) -> UpstreamError:
@@ -243,6 +256,7 @@ class UpstreamClient:
         self._local = threading.local()
         self._clients: list[httpx.Client] = []
         self._clients_lock = threading.Lock()
+        self.server_clock = ServerClock()  # measured from every answer's Date header
 
     @property
     def _http(self) -> httpx.Client:
@@ -371,12 +385,13 @@ class UpstreamClient:
     ) -> Any:
         what = f"{method} {path}"
         request = self._http.build_request(method, f"{path}?{query}" if query else path, json=body)
-        started = time.monotonic()
+        started, sent_at = time.monotonic(), time.time()
         try:
             response = self._http.send(request)
         except Exception as exc:  # translated at the boundary: callers never see httpx errors
             log.debug("%s failed after %.0f ms: %s", what, _ms(started), type(exc).__name__)
             raise self._redacted(classify(exc, what=what)) from exc
+        self.server_clock.observe(response.headers.get("date"), sent_at, time.time())
         log.debug("%s -> %d in %.0f ms", what, response.status_code, _ms(started))
         if missing_ok and response.status_code == 404:
             return None

@@ -15,7 +15,9 @@
     └── UpstreamError                           anything the Galtea API (or the way to it) did
         ├── NotSentError                        the request surely never reached the server: retry freely
         ├── MaybeSentError                      it may have been applied: reconcile before re-sending a create
-        ├── RetryLaterError                     429/503: back off, honouring ``retry_after`` (seconds)
+        ├── RetryLaterError                     429/503: back off, honouring ``retry_after`` (seconds);
+        │                                       a 503 to a write is also ``maybe_sent`` (a proxy may answer it
+        │                                       after the API applied the request)
         ├── AuthError                           401/403: pause all pushing, dead-letter nothing
         └── RejectedError                       any other 4xx: dead-letter the operation with ``message``
 
@@ -93,14 +95,16 @@ class UpstreamError(GaltealocalError):
     """Something the Galtea API, or the network on the way to it, did.
 
     ``status`` is the HTTP status when there was an answer, else None.
+    ``maybe_sent`` is True when the server may have applied the request: a create
+    must then be reconciled before it is sent again. Each subclass says which.
     """
+
+    maybe_sent: bool = False
 
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
-        # Set by the sync engine once it has stored the operation's next due time.
-        self.retry_in: float | None = None
 
 
 class NotSentError(UpstreamError):
@@ -110,13 +114,21 @@ class NotSentError(UpstreamError):
 class MaybeSentError(UpstreamError):
     """The server may have applied the request (read timeout, dropped answer, 500/502/504)."""
 
+    maybe_sent = True
+
 
 class RetryLaterError(UpstreamError):
-    """The server asked us to slow down (429) or is unavailable (503)."""
+    """The server asked us to slow down (429) or is unavailable (503).
 
-    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+    ``maybe_sent`` is True for a 503 to a write: a proxy may give it after the
+    API applied the request, so a create is reconciled before it goes again.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None,
+                 maybe_sent: bool = False) -> None:
         super().__init__(message, status=status)
         self.retry_after = retry_after
+        self.maybe_sent = maybe_sent
 
 
 class AuthError(UpstreamError):

@@ -24,6 +24,8 @@ from typing import Optional
 from sqlalchemy import Index, text
 from sqlmodel import Field, SQLModel
 
+from galtea_local.outbox.kinds import OPEN
+
 
 def _origin_index(name: str) -> Index:
     """One row per (origin store, origin row): what makes importing a bundle twice add nothing."""
@@ -118,8 +120,8 @@ class OutboxOperation(SQLModel, table=True):
             "ix_outbox_open",
             "lane",
             "seq",
-            sqlite_where=text("state IN ('pending', 'sending')"),
-            postgresql_where=text("state IN ('pending', 'sending')"),
+            sqlite_where=text(OPEN),
+            postgresql_where=text(OPEN),
         ),
         Index(
             "ix_outbox_dead",
@@ -154,6 +156,21 @@ class OutboxOperation(SQLModel, table=True):
     last_status: Optional[int] = None
     created_at: float
     settled_at: Optional[float] = None
+    # Server clock minus ours when the attempt was marked: its start in server time (issue 11).
+    sending_offset_s: Optional[float] = None
+
+
+class OwnedRemoteId(SQLModel, table=True):
+    """A remote id some local record owns or owned: reconciliation never adopts it.
+
+    Kept after retention deletes the row (filled by triggers on ``inference_results``)."""
+
+    __tablename__ = "owned_remote_ids"
+    # Housekeeping forgets the oldest first, in batches.
+    __table_args__ = (Index("ix_owned_at", "owned_at"),)
+
+    remote_id: str = Field(primary_key=True)
+    owned_at: float
 
 
 class SessionRow(SQLModel, table=True):
@@ -204,6 +221,13 @@ class Lane(SQLModel, table=True):
             sqlite_where=text("active = 1"),
             postgresql_where=text("active = 1"),
         ),
+        # A turn logged by a remote session id finds the lane that pushes to it under another name.
+        Index(
+            "ix_lanes_remote_session",
+            "remote_session_id",
+            sqlite_where=text("remote_session_id IS NOT NULL"),
+            postgresql_where=text("remote_session_id IS NOT NULL"),
+        ),
     )
 
     key: str = Field(primary_key=True)
@@ -241,6 +265,7 @@ TABLES = [
     SessionRow.__table__,
     OutboxOperation.__table__,
     Lane.__table__,
+    OwnedRemoteId.__table__,
     BundleExported.__table__,
     BundleImport.__table__,
 ]

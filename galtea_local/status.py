@@ -6,7 +6,7 @@ import sqlite3
 import time
 from typing import Any
 
-from galtea_local.outbox import health
+from galtea_local.outbox import custody, health
 from galtea_local.store import Store
 
 _STATES = ("queued", "synced", "dead", "dropped", "cancelled")
@@ -56,6 +56,9 @@ def _health(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
         "throttled_until": throttled if throttled and throttled > now else None,
         # Seconds left; a value past any cap (an older release stored any Retry-After) still prints.
         "throttled_for_s": round(min(throttled - now, 1e12), 3) if throttled and throttled > now else None,
+        "server_clock_offset_s": health.get_float(conn, health.SERVER_CLOCK_OFFSET),
+        "resent_unconfirmed": int(health.get_float(conn, health.RESENT_UNCONFIRMED) or 0),
+        "handed_over": int(health.get_float(conn, custody.HANDED_OVER_COUNT) or 0),
     }
 
 
@@ -112,6 +115,14 @@ def format_status(status: dict[str, Any]) -> str:
                      " (adaptive: follows what the API accepts)")
     if status["auth_failing"]:
         lines.append(f"AUTH FAILING since {when(status['auth_failing_since'])}: pushing is paused; fix the API key")
+    offset = status.get("server_clock_offset_s")
+    lines.append(f"server clock {'not measured yet' if offset is None else f'{offset:+.1f} s from ours'}")
+    if status.get("handed_over"):
+        lines.append(f"exported    {status['handed_over']} operations handed over in a bundle: not pushed from here until"
+                     " `galtea-local import-receipt` (or `galtea-local reclaim`)")
+    if status.get("resent_unconfirmed"):
+        lines.append(f"UNCONFIRMED RE-SENDS {status['resent_unconfirmed']}: creates re-sent after their first attempt"
+                     " was not found within sync.commit_grace_s; run `galtea-local verify` to check for duplicates")
     throttled = throttle_line(status)
     if throttled:
         lines.append(throttled)

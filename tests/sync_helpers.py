@@ -24,19 +24,23 @@ VERSION_ID = "v1"
 VOLATILE = frozenset({"id", "createdAt", "sessionId"})
 # A backoff that keeps a faulty run short; waits stay under the in-pass limit.
 FAST_BACKOFF = dict(initial_s=0.05, max_s=0.5, jitter_s=0.05)
+# The emulator commits in-process at once unless told to commit late: a short grace keeps tests short.
+COMMIT_GRACE_S = 0.3
 FAST_CONFIG = """
 [sync]
 backoff_initial_s = 0.05
 backoff_max_s = 0.5
 backoff_jitter_s = 0.05
 concurrency = {concurrency}
+commit_grace_s = 0.3
 """
 
 
 def make_engine(store: Store, handle: EmulatorHandle, *, concurrency: int = 8, api_key: str | None = None,
-                lease_s: float = 60.0) -> SyncEngine:
-    client = UpstreamClient(handle.url, api_key or handle.api_key, max_connections=max(8, concurrency))
-    settings = EngineSettings(concurrency=concurrency, lease_s=lease_s)
+                lease_s: float = 60.0, commit_grace_s: float = COMMIT_GRACE_S, **options: Any) -> SyncEngine:
+    client = UpstreamClient(handle.url, api_key or handle.api_key, max_connections=max(8, concurrency),
+                            **options)
+    settings = EngineSettings(concurrency=concurrency, lease_s=lease_s, commit_grace_s=commit_grace_s)
     return SyncEngine(store, client, settings, backoff=Backoff(**FAST_BACKOFF))
 
 

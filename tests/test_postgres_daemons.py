@@ -40,6 +40,7 @@ backoff_max_s = 0.5
 backoff_jitter_s = 0.05
 lease_s = 5.0
 shutdown_timeout_s = 5.0
+commit_grace_s = 1.0
 """
 
 # A writer owns its sessions, so "creation order" within a session is its own order.

@@ -31,7 +31,7 @@ from galtea_local.bundle import ledger
 from galtea_local.bundle.format import BundleWriter
 from galtea_local.bundle.signing import Signing
 from galtea_local.errors import BundleError
-from galtea_local.outbox import health
+from galtea_local.outbox import custody, health
 from galtea_local.read_model import iso_utc
 from galtea_local.store import Store
 from galtea_local.validation import COST_KEYS, USAGE_KEYS
@@ -190,6 +190,7 @@ def export_bundle(store: Store, out: Path | str, *, signing: Signing, since_last
                 bar.close()
     for kind, seqs in carried.items():
         ledger.record_exported(store, export_id, kind, seqs)
+    custody.hand_over_all(store, carried["record"], carried["session"])  # the bundle's side pushes them now
     if start is None and end is None:
         store.transaction(health.put, WATERMARK, repr(began - overlap_s))
     return ExportResult(writer.path, writer.counts["session"], writer.counts["record"], since)

@@ -25,6 +25,7 @@ from galtea_local.bundle.signing import Signing
 from galtea_local.config.schema import BundleSettings
 from galtea_local.errors import BundleError
 from galtea_local.outbox import imports
+from galtea_local.outbox import custody, ownership
 from galtea_local.read_model import iso_utc
 from galtea_local.store import Store
 
@@ -101,6 +102,9 @@ def _confirm(conn: sqlite3.Connection, reader: BundleReader, entry: dict[str, An
     if row["remote_id"] is not None and row["remote_id"] != entry["remote_id"]:
         result.conflicts += 1
         return
+    if row["remote_id"] is None and ownership.owned_elsewhere(conn, table, entry["remote_id"]):
+        result.conflicts += 1  # another local row owns (or owned) that upstream record: never two
+        return
     if row["remote_id"] == entry["remote_id"] and (row["sync_state"] == "synced" or changed):
         result.unchanged += 1  # confirmed before: nothing new to learn
         return
@@ -145,4 +149,6 @@ def import_receipt(store: Store, path: Path | str, *, signing: Signing,
         raise BundleError(f"{reader.path}: this receipt is for store {addressed}, but this store is "
                           f"{store.store_id}; import it on the store whose `galtea-local status --json` shows "
                           f"store_id {addressed}")
-    return store.transaction(_apply, reader, store.store_id)
+    result = store.transaction(_apply, reader, store.store_id)
+    custody.recount(store)  # what is still handed over, for status
+    return result

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from galtea_local.outbox import probes
+from galtea_local.outbox.kinds import OPEN, OpKind, OpState, held_behind_session, held_behind_session_sql, open_in
+from galtea_local.outbox import lanes, probes
 from galtea_local.store import dialects
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -34,9 +35,7 @@ def lease_protected(fn: F) -> F:
     """
     return dialects.read_committed(fn)
 
-_HEAD = (
-    "SELECT * FROM outbox WHERE lane = ? AND state IN ('pending', 'sending') ORDER BY seq LIMIT 1"
-)
+_HEAD = f"SELECT * FROM outbox WHERE lane = ? AND {OPEN} ORDER BY seq LIMIT 1"
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ class Attempt:
     """One operation at the head of its lane, as the engine needs it."""
 
     op_seq: int
-    kind: str  # create | update | delete | session_create | session_update | session_finish
+    kind: OpKind
     lane: str
     record: dict[str, Any]  # the target row as it is now: a record, or a session for session_* kinds
     payload: dict[str, Any] | None  # an update's changed columns
@@ -53,13 +52,15 @@ class Attempt:
     attempts: int  # attempts made before this one
     lane_session_id: str | None  # the remote session learned for this lane, if any
     body: dict[str, Any] | None = None  # set by take_next(): already marked ``sending``, send this
+    # Server clock minus ours when the earlier attempt was marked (None: not measured then).
+    sent_offset_s: float | None = None
 
 
 def deactivate_drained_lanes(conn: sqlite3.Connection) -> int:
     """Mark lanes with no open operation inactive, so claiming skips them."""
     return conn.execute(
         "UPDATE lanes SET active = 0 WHERE active = 1 AND NOT EXISTS ("
-        " SELECT 1 FROM outbox o WHERE o.lane = lanes.key AND o.state IN ('pending', 'sending'))"
+        f" SELECT 1 FROM outbox o WHERE o.lane = lanes.key AND {open_in('o')})"
     ).rowcount
 
 
@@ -72,13 +73,13 @@ def due_lanes(conn: sqlite3.Connection, now: float, limit: int) -> list[str]:
     """
     rows = conn.execute(
         "SELECT key FROM ("
-        " SELECT l.key, (SELECT o.seq FROM outbox o WHERE o.lane = l.key AND o.state IN ('pending', 'sending')"
+        f" SELECT l.key, (SELECT o.seq FROM outbox o WHERE o.lane = l.key AND {open_in('o')}"
         "   ORDER BY o.seq LIMIT 1) AS head"
         "   , l.remote_session_id, COALESCE(l.lease_until, 0) AS served"
         " FROM lanes l WHERE l.active = 1 AND (l.lease_until IS NULL OR l.lease_until < ?)) AS heads"
         " JOIN outbox h ON h.seq = heads.head WHERE h.not_before <= ?"
         # A session created offline whose create is dead holds its turns: nothing to claim there.
-        " AND NOT (heads.key LIKE 'ls:%' AND heads.remote_session_id IS NULL AND h.kind != 'session_create')"
+        f" AND NOT {held_behind_session_sql('heads.key', 'heads.remote_session_id', 'h.kind')}"
         " ORDER BY heads.served, heads.head LIMIT ?",
         (now, now, limit),
     ).fetchall()
@@ -120,6 +121,17 @@ def release_all_leases(conn: sqlite3.Connection) -> int:
     return conn.execute("UPDATE lanes SET lease_owner = NULL, lease_until = NULL WHERE lease_owner IS NOT NULL").rowcount
 
 
+@lease_protected
+def still_holds(conn: sqlite3.Connection, lane: str, owner: str, now: float, lease_s: float) -> bool:
+    """Does this pusher still hold the lane's lease? Renews it when it does.
+
+    The one check the engine makes right before a request leaves (when time has
+    passed since the mark) and when it settles: a request whose lease is gone is
+    given up, since another pusher may hold the lane and reconcile it meanwhile.
+    """
+    return _holds(conn, lane, owner, now, lease_s) is not None
+
+
 def _holds(conn: sqlite3.Connection, lane: str, owner: str, now: float, lease_s: float) -> sqlite3.Row | None:
     """Renew our lease on the lane: its row (for ``remote_session_id``), or None when another pusher took it."""
     rows = conn.execute(
@@ -135,15 +147,17 @@ def next_attempt(conn: sqlite3.Connection, lane: str, owner: str, now: float, le
     lane_row = _holds(conn, lane, owner, now, lease_s)
     if lane_row is None:
         return None
+    if not lanes.fold_siblings(conn, lane, lane_row["remote_session_id"], now):
+        return None  # an older turn of this upstream session waits in a lane another pusher holds
     op = conn.execute(_HEAD, (lane,)).fetchone()
     if op is None or op["not_before"] > now:
         return None
-    if lane.startswith("ls:") and lane_row["remote_session_id"] is None and op["kind"] != "session_create":
-        return None  # held behind a dead session create
-    maybe = op["state"] == "sending"
+    if held_behind_session(lane, lane_row["remote_session_id"], op["kind"]):
+        return None
+    maybe = op["state"] == OpState.SENDING
     return Attempt(
         op_seq=op["seq"],
-        kind=op["kind"],
+        kind=OpKind(op["kind"]),
         lane=lane,
         record=_target(conn, op),
         payload=json.loads(op["payload"]) if op["payload"] else None,
@@ -151,6 +165,7 @@ def next_attempt(conn: sqlite3.Connection, lane: str, owner: str, now: float, le
         sent_body=json.loads(op["sent_body"]) if maybe and op["sent_body"] else None,
         attempts=op["attempts"],
         lane_session_id=lane_row["remote_session_id"],
+        sent_offset_s=op["sending_offset_s"] if maybe else None,
     )
 
 
@@ -162,6 +177,7 @@ def begin_attempt(
     now: float,
     lease_s: float,
     build_body: Callable[[dict[str, Any], Attempt], dict[str, Any]],
+    offset_s: float | None = None,
 ) -> dict[str, Any] | None:
     """The write-ahead mark: build the body from the record *now* and mark the op ``sending``.
 
@@ -174,7 +190,7 @@ def begin_attempt(
     head = conn.execute(_HEAD, (attempt.lane,)).fetchone()
     if head is None or head["seq"] != attempt.op_seq:
         return None
-    return _mark(conn, attempt, _target(conn, head), now, build_body)
+    return _mark(conn, attempt, _target(conn, head), now, build_body, offset_s)
 
 
 _CLOSE_FOLDING = {
@@ -184,7 +200,8 @@ _CLOSE_FOLDING = {
 
 
 def _mark(conn: sqlite3.Connection, attempt: Attempt, target: dict[str, Any], now: float,
-          build_body: Callable[[dict[str, Any], Attempt], dict[str, Any]]) -> dict[str, Any] | None:
+          build_body: Callable[[dict[str, Any], Attempt], dict[str, Any]],
+          offset_s: float | None = None) -> dict[str, Any] | None:
     """Mark the op ``sending`` with the body it will carry; None if it is no longer open.
 
     A create's body is built from the row returned by the statement that sets
@@ -197,8 +214,8 @@ def _mark(conn: sqlite3.Connection, attempt: Attempt, target: dict[str, Any], no
     body = build_body(target, attempt)
     marked = conn.execute(
         "UPDATE outbox SET state = 'sending', attempts = attempts + 1, sending_since = ?, sent_body = ?,"
-        " last_error = NULL WHERE seq = ? AND state IN ('pending', 'sending')",
-        (now, json.dumps(body), attempt.op_seq),
+        f" sending_offset_s = ?, last_error = NULL WHERE seq = ? AND {OPEN}",
+        (now, json.dumps(body), offset_s, attempt.op_seq),
     ).rowcount
     # Not open any more: cancelled meanwhile by a delete before the create left. Nothing to
     # send; the create_sent just set is harmless on a cancelled record.
@@ -208,9 +225,9 @@ def _mark(conn: sqlite3.Connection, attempt: Attempt, target: dict[str, Any], no
 def _needs_care(attempt: Attempt) -> bool:
     """True when the head cannot simply be marked and sent: a maybe-sent create must be
     reconciled first, and a change to a record that never reached upstream is settled locally."""
-    if attempt.kind in ("create", "session_create"):
+    if attempt.kind.creates:
         return attempt.maybe_sent_since is not None
-    return attempt.kind in ("update", "delete") and not attempt.record["remote_id"]
+    return attempt.kind in (OpKind.UPDATE, OpKind.DELETE) and not attempt.record["remote_id"]
 
 
 @lease_protected
@@ -221,6 +238,7 @@ def take_next(
     now: float,
     lease_s: float,
     build_body: Callable[[dict[str, Any], Attempt], dict[str, Any]],
+    offset_s: float | None = None,
 ) -> Attempt | None:
     """The lane's due head, already marked ``sending`` with its body when it can go as is.
 
@@ -231,7 +249,7 @@ def take_next(
     if attempt is None or _needs_care(attempt):
         return attempt
     # Same transaction: the lease and the head were just read.
-    body = _mark(conn, attempt, attempt.record, now, build_body)
+    body = _mark(conn, attempt, attempt.record, now, build_body, offset_s)
     return None if body is None else replace(attempt, body=body)
 
 
@@ -242,7 +260,7 @@ def _target(conn: sqlite3.Connection, op: sqlite3.Row) -> dict[str, Any]:
 
 
 def _is_session(attempt: Attempt) -> bool:
-    return attempt.kind.startswith("session_")
+    return attempt.kind.on_session
 
 
 def _state_sql(attempt: Attempt) -> str:
@@ -299,10 +317,10 @@ def settle_done(conn: sqlite3.Connection, attempt: Attempt, now: float, remote: 
         "UPDATE outbox SET state = 'done', settled_at = ?, sent_body = NULL, last_error = NULL WHERE seq = ?",
         (now, attempt.op_seq),
     )
-    if attempt.kind == "create" and remote is not None:
+    if attempt.kind == OpKind.CREATE and remote is not None:
         _adopt_record(conn, attempt, remote)
         return
-    if attempt.kind == "session_create" and remote is not None:
+    if attempt.kind == OpKind.SESSION_CREATE and remote is not None:
         _adopt_session(conn, attempt, remote)
     _set_sync_state(conn, attempt)
 
@@ -327,9 +345,14 @@ def settle_retry(
 
 @lease_protected
 def settle_dead(conn: sqlite3.Connection, attempt: Attempt, now: float, error: str, status: int | None) -> None:
-    """The upstream refused the operation for good: keep it, with the API's message, for the operator."""
+    """The upstream refused the operation for good: keep it, with the API's message, for the operator.
+
+    The refusal answers the request itself, so it was not applied: the mark is cleared and
+    ``dead retry`` sends it afresh. (Only a dead letter that may have been sent keeps its mark.)
+    """
     conn.execute(
-        "UPDATE outbox SET state = 'dead', settled_at = ?, last_error = ?, last_status = ? WHERE seq = ?",
+        "UPDATE outbox SET state = 'dead', settled_at = ?, last_error = ?, last_status = ?,"
+        " sending_since = NULL, sent_body = NULL WHERE seq = ?",
         (now, error, status, attempt.op_seq),
     )
     _set_sync_state(conn, attempt, "dead")
@@ -346,9 +369,13 @@ def cancel_with_record(conn: sqlite3.Connection, attempt: Attempt, now: float, r
 
 
 def owners_of(conn: sqlite3.Connection, remote_ids: list[str]) -> set[str]:
-    """Which of these remote ids a local record already owns (reconciliation must not adopt them)."""
+    """Which of these remote ids a local record owns or ever owned (reconciliation must not adopt them).
+
+    ``owned_remote_ids`` outlives the rows (retention) and holds every id set by
+    any path (push, adoption, bundle receipt): triggers fill it.
+    """
     if not remote_ids:
         return set()
     marks = ", ".join("?" * len(remote_ids))
-    rows = conn.execute(f"SELECT remote_id FROM inference_results WHERE remote_id IN ({marks})", remote_ids)
+    rows = conn.execute(f"SELECT remote_id FROM owned_remote_ids WHERE remote_id IN ({marks})", remote_ids)
     return {row[0] for row in rows}

@@ -2,7 +2,7 @@
 
 Nothing is ever dropped silently: ``retry`` puts a target's dead operations
 (a record's, or an offline session's) back in their lane, in their original
-order; ``drop`` is the operator's explicit decision and marks the target
+order, still "maybe sent" when an attempt may have reached the server; ``drop`` is the operator's explicit decision and marks the target
 ``dropped``. A session's turns wait behind its dead create, so retrying the
 session releases them.
 """
@@ -15,6 +15,7 @@ from typing import Any
 
 from galtea_local.outbox.attempts import Attempt, settle_dead
 from galtea_local.outbox.enqueue import ACTIVATE_LANE, local_id
+from galtea_local.outbox.kinds import OPEN
 from galtea_local.outbox.sessions import local_session_id, session_lane
 
 _TARGETS = (("record_seq", "inference_results"), ("session_seq", "sessions"))
@@ -69,8 +70,10 @@ def retry_dead(conn: sqlite3.Connection, record_seqs: list[int] | None = None,
     for (column, table), chosen in zip(_TARGETS, (record_seqs, session_seqs)):
         for seq in _dead_targets(conn, column, None if every else (chosen or [])):
             ops = conn.execute(
-                "UPDATE outbox SET state = 'pending', not_before = 0, settled_at = NULL, sending_since = NULL,"
-                f" sent_body = NULL WHERE {column} = ? AND state = 'dead' RETURNING lane",
+                # One that may have been sent keeps its mark: the engine reconciles it before any
+                # re-send (a dead create may exist upstream, e.g. after a refused reconciliation read).
+                "UPDATE outbox SET state = CASE WHEN sent_body IS NULL THEN 'pending' ELSE 'sending' END,"
+                f" not_before = 0, settled_at = NULL WHERE {column} = ? AND state = 'dead' RETURNING lane",
                 (seq,),
             ).fetchall()
             if ops:
@@ -103,11 +106,11 @@ def _drop_held_turns(conn: sqlite3.Connection, now: float, session_seq: int) -> 
     lane = session_lane(session_seq)
     conn.execute(
         "UPDATE inference_results SET sync_state = 'dropped' WHERE seq IN (SELECT record_seq FROM outbox"
-        " WHERE lane = ? AND state IN ('pending', 'sending') AND record_seq IS NOT NULL)",
+        f" WHERE lane = ? AND {OPEN} AND record_seq IS NOT NULL)",
         (lane,),
     )
     return conn.execute(
         "UPDATE outbox SET state = 'done', settled_at = ?, last_error = 'dropped with its session'"
-        " WHERE lane = ? AND state IN ('pending', 'sending')",
+        f" WHERE lane = ? AND {OPEN}",
         (now, lane),
     ).rowcount

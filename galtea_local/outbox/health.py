@@ -17,6 +17,15 @@ LONGEST_WRITE_CPU = "longest_write_cpu_s"
 # What the daemon's adaptive concurrency holds: requests/s and requests in flight.
 SEND_RATE = "send_rate"
 SEND_LIMIT = "send_limit"
+SERVER_CLOCK_OFFSET = "server_clock_offset_s"  # server time minus ours, from the API's Date header
+# Creates re-sent after a maybe-sent attempt was not found within the commit grace: each one is
+# a duplicate if that attempt still commits later (only `galtea-local verify` can tell).
+RESENT_UNCONFIRMED = "resent_unconfirmed"
+
+
+def add(conn: sqlite3.Connection, key: str, count: int) -> None:
+    """Add ``count`` to a counter kept in ``meta``."""
+    put(conn, key, int(get_float(conn, key) or 0) + count)
 
 
 def put(conn: sqlite3.Connection, key: str, value: object | None) -> None:

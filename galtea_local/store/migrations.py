@@ -214,6 +214,37 @@ def _lighter_outbox_index(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+# Delivery exactness (issue 11). An attempt remembers the server clock offset measured when it
+# was marked, so its reconciliation window and commit grace are in server time. Every remote id
+# a local record ever owned is kept (compactly, beyond retention and through bundle receipts),
+# so reconciliation never adopts a record that an older or imported row owns; triggers catch
+# every path that sets a remote id, present and future.
+_NOW = "((julianday('now') - 2440587.5) * 86400.0)"  # Unix seconds from SQLite's clock (3.40 has no unixepoch subsec)
+DELIVERY = (
+    """CREATE INDEX ix_lanes_remote_session ON lanes (remote_session_id) WHERE remote_session_id IS NOT NULL""",
+    """ALTER TABLE outbox ADD COLUMN sending_offset_s FLOAT""",
+    """CREATE TABLE owned_remote_ids (
+    remote_id VARCHAR NOT NULL,
+    owned_at FLOAT NOT NULL,
+    PRIMARY KEY (remote_id)
+)""",
+    f"""INSERT OR IGNORE INTO owned_remote_ids (remote_id, owned_at)"""
+    f""" SELECT remote_id, {_NOW} FROM inference_results WHERE remote_id IS NOT NULL""",
+    f"""CREATE TRIGGER tr_results_owned_on_update AFTER UPDATE OF remote_id ON inference_results"""
+    f""" WHEN NEW.remote_id IS NOT NULL BEGIN"""
+    f""" INSERT OR IGNORE INTO owned_remote_ids (remote_id, owned_at) VALUES (NEW.remote_id, {_NOW}); END""",
+    f"""CREATE TRIGGER tr_results_owned_on_insert AFTER INSERT ON inference_results"""
+    f""" WHEN NEW.remote_id IS NOT NULL BEGIN"""
+    f""" INSERT OR IGNORE INTO owned_remote_ids (remote_id, owned_at) VALUES (NEW.remote_id, {_NOW}); END""",
+    """CREATE INDEX ix_owned_at ON owned_remote_ids (owned_at)""",
+)
+
+
+def _delivery(conn: sqlite3.Connection) -> None:
+    for statement in DELIVERY:
+        conn.execute(statement)
+
+
 # Sustained load (issue 17): statements whose cost does not grow with the backlog.
 # - Operations by record, all states. Deleting a record made SQLite's foreign-key check scan
 #   the whole outbox for children (a partial index cannot serve it): retention held the write
@@ -263,6 +294,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0002_offline_sessions", _offline_sessions),
     ("0003_bundle_origin", _bundle_origin),
     ("0004_lighter_outbox_index", _lighter_outbox_index),
+    ("0005_delivery_exactness", _delivery),
     ("0006a_bounded_probes", _bounded_probes),
     ("0009_bundle_ledger", _bundle_ledger),
 ]

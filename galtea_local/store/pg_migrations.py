@@ -79,6 +79,22 @@ _ORIGIN = tuple(
 )
 
 
+_DELIVERY = (
+    "CREATE INDEX ix_lanes_remote_session ON lanes (remote_session_id) WHERE remote_session_id IS NOT NULL",
+    "ALTER TABLE outbox ADD COLUMN sending_offset_s DOUBLE PRECISION",
+    "CREATE TABLE owned_remote_ids (remote_id VARCHAR PRIMARY KEY, owned_at DOUBLE PRECISION NOT NULL)",
+    "INSERT INTO owned_remote_ids (remote_id, owned_at) SELECT DISTINCT remote_id, extract(epoch FROM now())"
+    " FROM inference_results WHERE remote_id IS NOT NULL ON CONFLICT DO NOTHING",
+    "CREATE FUNCTION galtea_own_remote_id() RETURNS trigger LANGUAGE plpgsql AS $body$ BEGIN"
+    " IF NEW.remote_id IS NOT NULL THEN"
+    " INSERT INTO owned_remote_ids (remote_id, owned_at) VALUES (NEW.remote_id, extract(epoch FROM clock_timestamp()))"
+    " ON CONFLICT DO NOTHING; END IF; RETURN NULL; END $body$",
+    "CREATE TRIGGER tr_results_owned AFTER INSERT OR UPDATE OF remote_id ON inference_results"
+    " FOR EACH ROW EXECUTE FUNCTION galtea_own_remote_id()",
+    "CREATE INDEX ix_owned_at ON owned_remote_ids (owned_at)",
+)
+
+
 def _statements(statements: tuple[str, ...]) -> Callable[[Any], None]:
     def apply(conn: Any) -> None:
         for statement in statements:
@@ -97,6 +113,7 @@ MIGRATIONS: list[tuple[str, Callable[[Any], None]]] = [
     ("0002_offline_sessions", _statements(_SESSIONS)),
     ("0003_bundle_origin", _statements(_ORIGIN)),
     ("0004_lighter_outbox_index", _statements(migrations.LIGHTER_OUTBOX_INDEX)),  # the same SQL on both
+    ("0005_delivery_exactness", _statements(_DELIVERY)),
     ("0006a_bounded_probes", _statements(migrations.BOUNDED_PROBES)),  # the same SQL on both
     ("0009_bundle_ledger", _statements(tuple(sql.format(int="BIGINT") for sql in migrations.BUNDLE_LEDGER))),
 ]

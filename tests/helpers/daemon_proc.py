@@ -28,6 +28,7 @@ backoff_max_s = 0.5
 backoff_jitter_s = 0.05
 lease_s = 5.0
 shutdown_timeout_s = 5.0
+commit_grace_s = 1.0
 """
 
 # A writer in another process: ``python -c WRITER STORE N SESSION...`` creates N records

@@ -1,0 +1,69 @@
+"""What the engine asks about a create that may have been sent: is it upstream, and may it still land?
+
+Pure questions to the API and the clock; the engine decides and settles. All
+times that are compared with the server's (``createdAt`` windows, the commit
+grace) are in server time: local time plus the offset measured from the API's
+``Date`` headers, the one stored with the attempt when there is one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from galtea_local.errors import RejectedError, UpstreamError
+from galtea_local.outbox import attempts as ob
+from galtea_local.outbox.kinds import OpKind
+from galtea_local.store import Store
+from galtea_local_daemon import reconcile
+from galtea_local_daemon.upstream import UpstreamClient
+
+
+class MaybeSent:
+    """Reconciliation questions for one engine's store, client and settings."""
+
+    def __init__(self, store: Store, client: UpstreamClient, clock: Callable[[], float], *,
+                 clock_skew_s: float, commit_grace_s: float) -> None:
+        self.store = store
+        self.client = client
+        self.clock = clock
+        self.clock_skew_s = clock_skew_s
+        self.commit_grace_s = commit_grace_s
+
+    def offset(self) -> float | None:
+        """Server time minus ours, as last measured (None before any answer carried a ``Date``)."""
+        return self.client.server_clock.offset_s
+
+    def find_upstream(self, attempt: ob.Attempt) -> dict[str, Any] | None:
+        """The record or session the earlier attempt made, or None. Raises the client's errors,
+        and :class:`reconcile.ForeignSessionError` for a custom id someone else's session holds."""
+        sent = attempt.sent_body or {}
+        if attempt.kind == OpKind.SESSION_CREATE:
+            return reconcile.find_session(self.client, sent)
+        window_from = self.attempt_start_server(attempt) - self.clock_skew_s
+        return reconcile.find_adoptable(self.client, sent, window_from, attempt.lane_session_id,
+                                        lambda ids: self.store.read(ob.owners_of, ids))
+
+    def attempt_start_server(self, attempt: ob.Attempt) -> float:
+        """When the earlier attempt began, in server time (the offset measured then, else now's)."""
+        offset = attempt.sent_offset_s if attempt.sent_offset_s is not None else (self.offset() or 0.0)
+        return (attempt.maybe_sent_since or 0.0) + offset
+
+    def grace_left(self, attempt: ob.Attempt) -> float:
+        """Seconds until the earlier attempt can no longer commit (<= 0: it cannot now)."""
+        server_now = self.clock() + (self.offset() or 0.0)
+        return self.commit_grace_s - (server_now - self.attempt_start_server(attempt))
+
+    def existing_session(self, attempt: ob.Attempt, error: RejectedError) -> dict[str, Any] | None:
+        """A re-sent session create answered "already exists": our first attempt committed late.
+
+        Only for a create that may have been sent before, and only a session that
+        holds what we sent (else it is someone else's: dead-lettered, not merged into).
+        """
+        if attempt.kind != OpKind.SESSION_CREATE or attempt.maybe_sent_since is None or error.status != 400 \
+                or "already exists" not in error.message or isinstance(error, reconcile.ForeignSessionError):
+            return None
+        try:
+            return reconcile.find_session(self.client, attempt.sent_body or {})
+        except UpstreamError:
+            return None

@@ -1,0 +1,148 @@
+"""Exactly once, in order, against an emulator that behaves as the real API and its proxies do
+(issue 11): write-only fields, late commits, 502/503/504 after apply, capped pages, a skewed
+server clock, forgotten ownership. Each test asserts 0 lost, 0 duplicated, order kept."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from galtea_local import Galtea
+from galtea_local.status import store_status
+from tests.emulator_fixture import EmulatorHandle
+from tests.sync_helpers import drain, make_engine, new_session, open_store, upstream_by_session
+
+SESSIONS, PER_SESSION = 4, 12
+
+
+def marker(session: int, turn: int) -> str:
+    return f"s{session}-t{turn}"
+
+
+def push_all(emulator: EmulatorHandle, tmp_path: Path, *, rag: bool = False, faults: dict[str, Any],
+             **engine_options: Any) -> tuple[list[str], dict[str, Any]]:
+    """Log SESSIONS x PER_SESSION turns, drain them through ``faults``; the sessions and the store status."""
+    sessions = [new_session(emulator) for _ in range(SESSIONS)]
+    store_path = tmp_path / "store.db"
+    with Galtea(store=store_path) as local, closing(open_store(store_path)) as store:
+        for turn in range(PER_SESSION):
+            for session, session_id in enumerate(sessions):
+                # With rag, every turn of a session reads back the same: only retrievalContext differs.
+                text = f"s{session}" if rag else marker(session, turn)
+                local.traces.create(session_id=session_id, input=text, output="a", latency=1.0,
+                                    retrieval_context=marker(session, turn))
+        emulator.set_faults(**faults)
+        engine = make_engine(store, emulator, concurrency=SESSIONS, **engine_options)
+        drain(engine, max_passes=3000)
+        emulator.set_faults(**{name: 0 for name in faults if name.endswith("_rate")})
+        return sessions, store_status(store)
+
+
+def assert_exact(emulator: EmulatorHandle, sessions: list[str], status: dict[str, Any]) -> None:
+    assert (status["queued"], status["dead"], status["synced"]) == (0, 0, SESSIONS * PER_SESSION)
+    grouped = upstream_by_session(emulator)
+    for session, session_id in enumerate(sessions):
+        records = grouped[session_id]
+        # The dump keeps what the API never reads back: it proves each turn arrived once, in order.
+        assert [r["retrievalContext"] for r in records] == [marker(session, t) for t in range(PER_SESSION)]
+        assert [r["index"] for r in records] == list(range(PER_SESSION))
+
+
+def test_write_only_fields_are_not_compared(emulator: EmulatorHandle, tmp_path: Path) -> None:
+    sessions, status = push_all(emulator, tmp_path, rag=True, faults={"ambiguous_rate": 0.3})
+    assert emulator.dump(log=False)["faults"]["ambiguous"] > 0
+    assert_exact(emulator, sessions, status)
+
+
+def test_gateway_errors_after_apply_are_maybe_sent(emulator: EmulatorHandle, tmp_path: Path) -> None:
+    for status_code in (502, 503, 504):
+        emulator.reset()
+        sessions, status = push_all(emulator, tmp_path / str(status_code), faults={
+            "applied_error_rate": 0.3, "applied_error_status": status_code})
+        assert emulator.dump(log=False)["faults"]["applied_error"] > 0
+        assert_exact(emulator, sessions, status)
+
+
+def test_capped_pages_are_followed_to_the_end(emulator: EmulatorHandle, tmp_path: Path) -> None:
+    # Every turn reads back alike (rag), so a lost create's twin can be anywhere in the window.
+    sessions, status = push_all(emulator, tmp_path, rag=True, faults={"ambiguous_rate": 0.3, "page_cap": 2})
+    assert_exact(emulator, sessions, status)
+
+
+@pytest.mark.parametrize("offset_s", [-300.0, 300.0])
+def test_skewed_server_clock(emulator: EmulatorHandle, tmp_path: Path, offset_s: float) -> None:
+    emulator.set_faults(clock_offset_s=offset_s)
+    sessions, status = push_all(emulator, tmp_path, faults={"ambiguous_rate": 0.3}, commit_grace_s=0.3)
+    assert_exact(emulator, sessions, status)
+    assert status["server_clock_offset_s"] == pytest.approx(offset_s, abs=2.0)
+
+
+def late_run(emulator: EmulatorHandle, tmp_path: Path, grace_s: float) -> tuple[list[str], dict[str, Any]]:
+    # Each create is held 0.4 s inside the server; the client gives up after 0.15 s.
+    return push_all(emulator, tmp_path, faults={"late_rate": 0.25, "late_commit_s": 0.4},
+                    commit_grace_s=grace_s, timeouts=(5.0, 0.15, 5.0, 5.0))
+
+
+def test_late_commits_wait_out_the_grace(emulator: EmulatorHandle, tmp_path: Path) -> None:
+    sessions, status = late_run(emulator, tmp_path, grace_s=1.0)
+    assert emulator.dump(log=False)["faults"]["late"] > 0
+    assert_exact(emulator, sessions, status)
+    assert status["resent_unconfirmed"] == 0
+
+
+def test_without_a_grace_late_commits_duplicate_and_are_flagged(emulator: EmulatorHandle, tmp_path: Path) -> None:
+    """The emulator's late commit has teeth: re-sending at once duplicates, and status says so."""
+    _, status = late_run(emulator, tmp_path, grace_s=0.0)
+    counts = Counter(r["retrievalContext"] for r in emulator.dump(log=False)["inferenceResults"])
+    assert max(counts.values()) > 1
+    assert status["resent_unconfirmed"] > 0
+
+
+def test_ownership_outlives_retention(emulator: EmulatorHandle, tmp_path: Path) -> None:
+    """An identical turn whose create may have been sent must not adopt an old turn's record."""
+    session_id = new_session(emulator)
+    store_path = tmp_path / "store.db"
+    with Galtea(store=store_path) as local, closing(open_store(store_path)) as store:
+        engine = make_engine(store, emulator)
+        local.traces.create(session_id=session_id, input="same", output="same")
+        drain(engine)
+        store.transaction(lambda conn: conn.execute("DELETE FROM outbox")
+                          and conn.execute("DELETE FROM inference_results"))  # as retention does
+        local.traces.create(session_id=session_id, input="same", output="same")
+        emulator.set_faults(fail_rate=1.0)  # a 503 to the create: maybe sent, and it was not
+        engine.run_once()
+        emulator.set_faults(fail_rate=0.0)
+        drain(engine)
+        assert store_status(store)["synced"] == 1
+    assert len(emulator.dump(log=False)["inferenceResults"]) == 2
+
+
+def test_a_foreign_session_with_our_custom_id_is_not_adopted(emulator: EmulatorHandle, tmp_path: Path) -> None:
+    foreign = new_session(emulator, custom_id="ticket-1")
+    store_path = tmp_path / "store.db"
+    with Galtea(store=store_path) as local, closing(open_store(store_path)) as store:
+        session = local.sessions.create(version_id="v1", custom_id="ticket-1", context="ours")
+        local.traces.create(session_id=session.id, input="q")
+        emulator.set_faults(ambiguous_rate=1.0)  # the 400 "already exists" is lost: maybe sent
+        engine = make_engine(store, emulator)
+        engine.run_once()
+        emulator.set_faults(ambiguous_rate=0.0)
+        for _ in range(20):
+            engine.run_once()
+        status = store_status(store)
+    assert (status["sessions_dead"], status["queued"]) == (1, 1)  # held, visible, not merged
+    assert emulator.dump(log=False)["createsPerSession"].get(foreign, 0) == 0
+
+
+def test_reconciliation_reads_are_retried_never_dead(
+    emulator_factory: Callable[..., EmulatorHandle], tmp_path: Path
+) -> None:
+    """A failing list (5xx, 429) while reconciling keeps the create maybe-sent; it is never re-sent blindly."""
+    emulator = emulator_factory()
+    sessions, status = push_all(emulator, tmp_path, faults={"ambiguous_rate": 0.2, "fail_rate": 0.2})
+    assert_exact(emulator, sessions, status)
