@@ -64,7 +64,8 @@ class SyncEngine:
         # Requests in flight follow what the API accepts (concurrency.py); a Retry-After pauses
         # everything only when it clearly applies to everything, and never past the cap.
         self.limit = AdaptiveLimit(self.settings.concurrency)
-        self.client = LimitedClient(client, self.limit, self.backoff.stop_event, wait_gate=self._wait_for_throttle,
+        self._sending = threading.local()  # the attempt whose request is queued for a slot, if any
+        self.client = LimitedClient(client, self.limit, self.backoff.stop_event, wait_gate=self._fresh_or_drop,
                                     on_throttled=self._on_throttled)
         self.gate = ThrottleGate(self.settings.max_retry_after_s, clock)
         self._pool: ThreadPoolExecutor | None = None
@@ -225,7 +226,13 @@ class SyncEngine:
             body, taken = prepared, _Taken(attempt, time.monotonic())
         if not self._lease_fresh(taken):
             return IDLE  # another pusher may hold the lane: it reconciles what we marked
-        answer = self._send(attempt, body)
+        self._sending.taken = taken  # the adaptive limit may hold the request: re-checked after (_fresh_or_drop)
+        try:
+            answer = self._send(attempt, body)
+        except LeaseLost:
+            return IDLE
+        finally:
+            self._sending.taken = None
         return self._settle_success(attempt, report, answer, take_more)
 
     def _prepare(self, attempt: ob.Attempt, report: PassReport) -> StepOutcome | dict[str, Any]:
@@ -385,6 +392,15 @@ class SyncEngine:
 
     # -- throttling ------------------------------------------------------------
 
+    def _fresh_or_drop(self) -> None:
+        """Once a request has its slot: wait out a pause, then make sure the lane is still ours. A
+        wait for the slot can outlast the lease; the marked operation is then left "maybe sent"
+        for the pusher that holds the lane (it reconciles), and this request never leaves."""
+        self._wait_for_throttle()
+        taken = getattr(self._sending, "taken", None)
+        if taken is not None and not self._lease_fresh(taken):
+            raise LeaseLost()
+
     def _on_throttled(self, error: BaseException) -> None:
         retry_after = self.gate.capped(retry_after_of(error))
         if retry_after is not None:
@@ -438,6 +454,10 @@ class SyncEngine:
                 health.put(conn, health.SERVER_CLOCK_OFFSET, round(offset, 3))
 
         self.store.transaction(write)
+
+
+class LeaseLost(Exception):
+    """The lane passed to another pusher while a marked request waited for a slot: not sent."""
 
 
 # While less than this share of the lease has passed since the mark, the lease is surely ours.
