@@ -166,8 +166,6 @@ class OwnedRemoteId(SQLModel, table=True):
     Kept after retention deletes the row (filled by triggers on ``inference_results``)."""
 
     __tablename__ = "owned_remote_ids"
-    # Housekeeping forgets the oldest first, in batches.
-    __table_args__ = (Index("ix_owned_at", "owned_at"),)
 
     remote_id: str = Field(primary_key=True)
     owned_at: float

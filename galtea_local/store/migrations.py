@@ -236,7 +236,6 @@ DELIVERY = (
     f"""CREATE TRIGGER tr_results_owned_on_insert AFTER INSERT ON inference_results"""
     f""" WHEN NEW.remote_id IS NOT NULL BEGIN"""
     f""" INSERT OR IGNORE INTO owned_remote_ids (remote_id, owned_at) VALUES (NEW.remote_id, {_NOW}); END""",
-    """CREATE INDEX ix_owned_at ON owned_remote_ids (owned_at)""",
 )
 
 

@@ -91,7 +91,6 @@ _DELIVERY = (
     " ON CONFLICT DO NOTHING; END IF; RETURN NULL; END $body$",
     "CREATE TRIGGER tr_results_owned AFTER INSERT OR UPDATE OF remote_id ON inference_results"
     " FOR EACH ROW EXECUTE FUNCTION galtea_own_remote_id()",
-    "CREATE INDEX ix_owned_at ON owned_remote_ids (owned_at)",
 )
 
 
