@@ -8,6 +8,7 @@
     galtea-local emulator [...]          the local Galtea API emulator
     galtea-local demo [--dir DIR]        emulator + burst of turns + daemon drain + exactly-once check
     galtea-local export|import|receipt|import-receipt   carry the queue across an air gap (docs/airgap.md)
+    galtea-local throttle show|clear     see or end a pause the API asked for (Retry-After)
     galtea-local verify [--since T] [--json]   read upstream back: missing, duplicated, differing records
 
 Settings, highest first: flags, environment, config file, defaults.
@@ -32,7 +33,7 @@ from galtea_local.outbox import parse_local_id
 from galtea_local.outbox.sessions import parse_session_id
 from galtea_local.status import format_status, store_status
 from galtea_local.store import Store, open_configured
-from galtea_local_daemon import cli_bundle, cli_verify
+from galtea_local_daemon import cli_bundle, cli_throttle, cli_verify
 
 EXIT_OK, EXIT_WAITING, EXIT_ERROR = 0, 2, 1
 # What a missing import means: which extra brings it (`pip install 'galtea-local[...]'`).
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     _optional(commands, "emulator", "the local Galtea API emulator", "galtea_local_daemon.emulator.cli")
     _optional(commands, "demo", "the whole product against a local emulator", "galtea_local_daemon.demo")
     cli_bundle.add_commands(commands, _common)
+    cli_throttle.add_command(commands, _common)
     cli_verify.add_command(commands, _common)
     return parser
 
@@ -235,6 +237,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "emulator": cmd_emulator,
     "demo": cmd_demo,
     **cli_bundle.COMMANDS,
+    **cli_throttle.COMMANDS,
     **cli_verify.COMMANDS,
 }
 

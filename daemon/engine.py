@@ -28,6 +28,7 @@ from galtea_local.store import Store
 from galtea_local_daemon import evaluations_push, poison, reconcile, spans_push, wire
 from galtea_local_daemon.backoff import Backoff, retry_after_of
 from galtea_local_daemon.bodies import build_body, decoded_fields
+from galtea_local_daemon.concurrency import AdaptiveLimit, LimitedClient, ThrottleGate
 from galtea_local_daemon.maybe_sent import MaybeSent
 from galtea_local_daemon.ratelimit import RateLimitedLog, error_key
 from galtea_local_daemon.steps import IDLE, EngineSettings, PassReport, Step, StepOutcome
@@ -37,6 +38,7 @@ __all__ = ["EngineSettings", "PassReport", "SyncEngine", "build_body"]
 
 log = logging.getLogger("galtea_local.sync")
 _limited = RateLimitedLog(log)  # an error that repeats every pass is logged once a minute, with a count
+WORKERS_PER_REQUEST_SLOT = 2
 
 
 class SyncEngine:
@@ -59,12 +61,18 @@ class SyncEngine:
         self.clock = clock
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._halt = threading.Event()  # auth failure or throttle: stop claiming for this pass
-        self._throttled_until = 0.0
-        self._lock = threading.Lock()
+        # Requests in flight follow what the API accepts (concurrency.py); a Retry-After pauses
+        # everything only when it clearly applies to everything, and never past the cap.
+        self.limit = AdaptiveLimit(self.settings.concurrency)
+        self._sending = threading.local()  # the attempt whose request is queued for a slot, if any
+        self.client = LimitedClient(client, self.limit, self.backoff.stop_event, wait_gate=self._fresh_or_drop,
+                                    on_throttled=self._on_throttled)
+        self.gate = ThrottleGate(self.settings.max_retry_after_s, clock)
         self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()  # guards _stranded and _released
         self._stranded: set[str] = set()  # lanes whose release failed (a store fault): released at the next claim
         self._released: dict[str, float] = {}  # lane -> when this pusher last gave it back (see _released_since)
-        self.maybe_sent = MaybeSent(store, client, self.clock, clock_skew_s=self.settings.clock_skew_s,
+        self.maybe_sent = MaybeSent(store, self.client, self.clock, clock_skew_s=self.settings.clock_skew_s,
                                     commit_grace_s=self.settings.commit_grace_s)
 
     # -- control -------------------------------------------------------------
@@ -88,13 +96,15 @@ class SyncEngine:
         now = self.clock() if now is None else now
         report = PassReport()
         self._halt.clear()
-        self._throttled_until = max(self._throttled_until, self.store.read(_throttle_of))
-        if self._throttled_until > now:
-            report.throttled_until = self._throttled_until
+        capped = self.gate.sync_from(self.store.read(_throttle_of))
+        if capped is not None:
+            self.store.transaction(health.put, health.THROTTLED_UNTIL, capped)
+        if self.gate.until > now:
+            report.throttled_until = self.gate.until
             return report
         self.store.transaction(ob.deactivate_drained_lanes)
         auth_was_failing = self.store.read(health.get, health.AUTH_FAILING) is not None
-        concurrency = 1 if auth_was_failing else self.settings.concurrency  # probe with one lane
+        concurrency = 1 if auth_was_failing else self._workers_wanted()  # probe with one lane
         self._drain(now, concurrency, report)
         # Spans and evaluations go after the lanes, so a trace created in this pass takes them along.
         spans_push.SpanPusher(self).push_due(report, time.monotonic() + self.settings.pass_budget_s)
@@ -136,10 +146,16 @@ class SyncEngine:
                 del active[future]
                 report.merge(future.result())
 
+    def _workers_wanted(self) -> int:
+        # More lanes in progress than requests in flight: a lane waiting out a retry in place
+        # holds its thread, and under a few percent of failures those waits took every thread.
+        # The adaptive limit (self.limit) keeps the requests in flight within `concurrency`.
+        return self.settings.concurrency * WORKERS_PER_REQUEST_SLOT
+
     def _workers(self) -> ThreadPoolExecutor:
         # Kept across passes: each push thread keeps its own HTTP connections alive between passes.
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="push")
+            self._pool = ThreadPoolExecutor(max_workers=self._workers_wanted(), thread_name_prefix="push")
         return self._pool
 
     def close(self) -> None:
@@ -254,7 +270,13 @@ class SyncEngine:
             body, taken = prepared, _Taken(attempt, time.monotonic())
         if not self._lease_fresh(taken):
             return IDLE  # another pusher may hold the lane: it reconciles what we marked
-        answer = self._send(attempt, body)
+        self._sending.taken = taken  # the adaptive limit may hold the request: re-checked after (_fresh_or_drop)
+        try:
+            answer = self._send(attempt, body)
+        except LeaseLost:
+            return IDLE
+        finally:
+            self._sending.taken = None
         return self._settle_success(attempt, report, answer, take_more)
 
     def _prepare(self, attempt: ob.Attempt, report: PassReport) -> StepOutcome | dict[str, Any]:
@@ -356,7 +378,7 @@ class SyncEngine:
             if not held:
                 return None
             ob.settle_done(conn, attempt, now, remote)
-            if not take_more or self._halted() or self._throttled_until > now:
+            if not take_more or self._halted() or self.gate.until > now:
                 return None  # throttled: the next mark waits for the throttle first
             try:
                 return ob.take_next(conn, attempt.lane, self.owner, now, self.settings.lease_s, build_body,
@@ -389,7 +411,7 @@ class SyncEngine:
 
     def _retry(self, attempt: ob.Attempt, error: UpstreamError, report: PassReport, *,
                maybe_sent: bool) -> StepOutcome:
-        retry_after = retry_after_of(error)
+        retry_after = self.gate.capped(retry_after_of(error))
         if retry_after is not None:
             self._throttle(retry_after)
         delay = self.backoff.delay(attempt.attempts + 1, retry_after)
@@ -414,25 +436,48 @@ class SyncEngine:
 
     # -- throttling ------------------------------------------------------------
 
+    def _fresh_or_drop(self) -> None:
+        """Once a request has its slot: wait out a pause, then make sure the lane is still ours. A
+        wait for the slot can outlast the lease; the marked operation is then left "maybe sent"
+        for the pusher that holds the lane (it reconciles), and this request never leaves."""
+        self._wait_for_throttle()
+        taken = getattr(self._sending, "taken", None)
+        if taken is not None and not self._lease_fresh(taken):
+            raise LeaseLost()
+
+    def _on_throttled(self, error: BaseException) -> None:
+        retry_after = self.gate.capped(retry_after_of(error))
+        if retry_after is not None:
+            self._throttle(retry_after)
+
     def _throttle(self, retry_after: float) -> None:
-        until = self.clock() + retry_after
-        with self._lock:
-            if until <= self._throttled_until:
-                return
-            self._throttled_until = until
-        self.store.transaction(health.put, health.THROTTLED_UNTIL, until)
+        """A 429 or 503 with Retry-After: the operation it answered waits for it (its ``not_before``).
+
+        Everything waits only when the refusal clearly applies to everything (see
+        :meth:`AdaptiveLimit.refused_by_all`); a sporadic 429 lowers the limit instead.
+        """
+        if self.limit.refused_by_all():
+            self._pause_all(retry_after)
+
+    def _pause_all(self, retry_after: float) -> None:
+        until = self.gate.pause(retry_after)
+        if until is not None:
+            self.store.transaction(health.put, health.THROTTLED_UNTIL, until)
+            log.warning("the API refuses every request: pausing all pushing for %.1fs (Retry-After, at most"
+                        " sync.max_retry_after_s)", until - self.clock())
 
     def _wait_for_throttle(self) -> None:
-        """No request leaves before a Retry-After has passed, whichever lane got it.
+        """No request leaves during a pause of all sending, whichever lane caused it.
 
-        Checked again after each sleep: a request in flight on another lane may
-        come back with a later Retry-After while this one waits.
+        Checked again every second: a request in flight on another lane may bring a
+        later pause, and an operator may end it (``galtea-local throttle clear``).
         """
         while not self.stopping:
-            remaining = self._throttled_until - self.clock()
+            remaining = self.gate.remaining()
             if remaining <= 0:
                 return
-            self.backoff.sleep(remaining)
+            self.backoff.sleep(min(remaining, 1.0))
+            self.gate.sync_from(self.store.read(_throttle_of))
 
     def _record_health(self, report: PassReport, auth_was_failing: bool) -> None:
         def write(conn: Any) -> None:
@@ -455,6 +500,10 @@ class SyncEngine:
         self.store.transaction(write)
 
 
+class LeaseLost(Exception):
+    """The lane passed to another pusher while a marked request waited for a slot: not sent."""
+
+
 # While less than this share of the lease has passed since the mark, the lease is surely ours.
 _LEASE_TRUSTED = 0.5
 
@@ -467,5 +516,5 @@ class _Taken:
     marked_at: float
 
 
-def _throttle_of(conn: Any) -> float:
-    return health.get_float(conn, health.THROTTLED_UNTIL) or 0.0
+def _throttle_of(conn: Any) -> float | None:
+    return health.get_float(conn, health.THROTTLED_UNTIL)

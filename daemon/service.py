@@ -60,6 +60,7 @@ log = logging.getLogger("galtea_local.daemon")
 JOB_ID = "sync-pass"
 WAL_JOB_ID = "wal-bound"
 POLL_S = 0.2  # how often the main loop looks at signals, the store's data_version and the watchdog
+GIL_SWITCH_INTERVAL_S = 0.001
 EXIT_FORCED = 1  # a second signal: no clean stop, but nothing lost (the state is durable)
 RELEASE_GRACE_S = 0.5  # after the stop deadline: how long giving back our leases may take before we exit anyway
 
@@ -102,7 +103,7 @@ class Daemon:
         self.notifier = notifier
         self.housekeeper = Housekeeper(store, settings.retention)
         self.metrics = DaemonMetrics(store, settings.metrics)
-        self.write_watch = WriteWatch(store)
+        self.write_watch = WriteWatch(store, engine.limit)
         self.scheduler = BackgroundScheduler(timezone=timezone.utc)
         logging.getLogger("apscheduler.scheduler").addFilter(_SkippedRunFilter())
         self._state = threading.Lock()
@@ -378,6 +379,10 @@ def run_daemon(settings: Settings) -> int:
     pusher holds the store) before anything starts; the CLI prints them.
     """
     key = settings.upstream.require_api_key()
+    # A push thread holding the store's write lock gives up the GIL inside every SQLite call and
+    # must win it back from dozens of threads: at the default 5 ms per hand-over, one short write
+    # transaction held the lock (and the apps' create()) for 100+ ms. 1 ms bounds that wait.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     configure_logging(settings.log.level, settings.log.format, secrets=[key])
     store = open_store(settings)  # opens and migrates
     notifier = Notifier()

@@ -59,6 +59,7 @@ class EngineSettings:
     # Attempts at one operation within a pass. Without a bound, a backoff capped below the
     # in-pass wait limit retries an unreachable API forever and `sync` never exits.
     in_pass_tries: int = 5
+    max_retry_after_s: float = 300.0  # a longer Retry-After is cut to this (see concurrency.py)
 
 
 @dataclass

@@ -5,9 +5,11 @@ API routes (camelCase JSON, as the official SDK 5.12 sends and reads them):
 ``GET /minimum-sdk-version``. Control routes live under ``/_emulator/`` and are
 never delayed, faulted or authenticated:
 
-- ``GET /_emulator/dump[?log=0]``: everything stored plus the counters.
+- ``GET /_emulator/dump[?log=0][&store=0]``: everything stored plus the counters
+  (``store=0``: only how many results and sessions are stored).
 - ``GET|POST /_emulator/faults``: read or change :class:`FaultConfig` fields
-  (``{"fail_rate": 0.5, ...}``; ``"seed"`` restarts the random sequence).
+  (``{"fail_rate": 0.5, ...}``; ``"seed"`` restarts the random sequence;
+  ``"throttle_next": N`` answers exactly the next N API requests 429).
 - ``POST /_emulator/reset``: forget everything stored and zero the counters.
 """
 
@@ -207,6 +209,9 @@ class EmulatorApp:
 
     async def dump(self, request: Request) -> Response:
         with_log = request.query_params.get("log", "1") not in ("0", "false")
+        if request.query_params.get("store", "1") in ("0", "false"):  # counters only: cheap for a long benchmark
+            counts = {"inferenceResultCount": len(self.store.results), "sessionCount": len(self.store.sessions)}
+            return JSONResponse({**counts, **self.injector.snapshot(with_log)})
         spans = {"spans": list(self.spans.spans.values()), "deletedSpans": list(self.spans.deleted.values()),
                  "refusedDuplicateSpans": self.spans.refused_duplicates,
                  "evaluations": list(self.evaluations.evaluations.values())}
@@ -218,12 +223,15 @@ class EmulatorApp:
     async def set_faults(self, request: Request) -> Response:
         changes = await read_object(request)
         seed = changes.pop("seed", None)
+        throttle_next = changes.pop("throttle_next", None)
         try:
             self.injector.config = self.injector.config.changed(changes)
         except ValueError as exc:
             raise rules.bad_request(str(exc)) from None
         if seed is not None:
             self.injector.reseed(seed)
+        if throttle_next is not None:
+            self.injector.throttle_next(int(throttle_next))
         return await self.get_faults(request)
 
     async def set_versions(self, request: Request) -> Response:

@@ -363,6 +363,7 @@ class SyncSettings:
     lease_s: float = key(60.0, number(0, above=True))
     shutdown_timeout_s: float = key(10.0, number(0, above=False))
     clock_skew_s: float = key(120.0, number(0, above=False))
+    max_retry_after_s: float = key(300.0, number(0, above=True))
     commit_grace_s: float = key(120.0, number(0, above=False))
 
 

@@ -13,6 +13,10 @@ THROTTLED_UNTIL = "throttled_until"
 LONGEST_WRITE = "longest_write_s"
 LONGEST_WRITE_NAME = "longest_write_name"
 LONGEST_WRITE_RECENT = "longest_write_recent_s"
+LONGEST_WRITE_CPU = "longest_write_cpu_s"
+# What the daemon's adaptive concurrency holds: requests/s and requests in flight.
+SEND_RATE = "send_rate"
+SEND_LIMIT = "send_limit"
 SERVER_CLOCK_OFFSET = "server_clock_offset_s"  # server time minus ours, from the API's Date header
 # Creates re-sent after a maybe-sent attempt was not found within the commit grace: each one is
 # a duplicate if that attempt still commits later (only `galtea-local verify` can tell).

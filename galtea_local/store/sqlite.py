@@ -32,6 +32,7 @@ from galtea_local.errors import NotAStoreError, StoreError, StoreOpenError, Stor
 T = TypeVar("T")
 
 DURABILITY_SYNCHRONOUS = {"process": "NORMAL", "power": "FULL"}
+JOURNAL_SIZE_LIMIT = 8 * 1024 * 1024
 
 
 def sqlite_path_from(location: str) -> str:
@@ -156,6 +157,9 @@ class Store:
         conn.execute(f"PRAGMA synchronous={DURABILITY_SYNCHRONOUS[self.durability]}")
         conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
         conn.execute("PRAGMA foreign_keys=ON")
+        # When a checkpoint lets the WAL start over, cut the file back to this: passive
+        # checkpoints then bound it without the write lock a TRUNCATE takes (housekeeping.py).
+        conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
         conn.row_factory = sqlite3.Row
         with self._lock:
             self._connections.add(conn)
@@ -202,10 +206,13 @@ class Store:
     def _run(self, conn: sqlite3.Connection, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
         conn.execute("BEGIN IMMEDIATE")
         locked = time.perf_counter()  # the write lock is ours from here to COMMIT
+        stats = self.write_stats
+        cpu = time.thread_time() if stats.track_cpu else 0.0
         try:
             result = fn(conn, *args, **kwargs)
             conn.execute("COMMIT")
-            self.write_stats.note(time.perf_counter() - locked, getattr(fn, "__name__", "?"))
+            cpu = time.thread_time() - cpu if stats.track_cpu else 0.0
+            stats.note(time.perf_counter() - locked, getattr(fn, "__name__", "?"), cpu)
             return result
         except BaseException:
             if conn.in_transaction:
