@@ -56,6 +56,9 @@ backoff_initial_s = 0.05
 backoff_max_s = 0.3
 backoff_jitter_s = 0.05
 lease_s = 3.0
+# A send cut off by SIGSTOP/SIGKILL is reconciled only once it can no longer commit upstream
+# (issue 11): the grace must outlast read_timeout_s and fit well inside WATCHDOG_S (default 120 s).
+commit_grace_s = 3.0
 shutdown_timeout_s = {SHUTDOWN_TIMEOUT_S}
 """
 FAULT_S = 2.0
