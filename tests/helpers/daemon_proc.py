@@ -97,6 +97,11 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, proc: Any
         time.sleep(0.05)
 
 
+def wait_started(proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
+    """Wait until the daemon logged that it runs (its scheduler and signal handlers are in place)."""
+    wait_for(lambda: log.exists() and "daemon started" in log.read_text(), timeout, "the daemon to start", proc)
+
+
 def status(store: Store) -> dict[str, Any]:
     return store_status(store)
 
