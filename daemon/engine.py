@@ -434,6 +434,23 @@ class SyncEngine:
     def _halted(self) -> bool:
         return self.stopping or self._halt.is_set()
 
+    # -- what the span and evaluation pushers use (side_queues.PassHost) ------
+
+    def halted(self) -> bool:
+        return self._halted()
+
+    def halt(self) -> None:
+        self._halt.set()
+
+    def wait_for_throttle(self) -> None:
+        self._wait_for_throttle()
+
+    def throttle(self, retry_after: float) -> None:
+        self._throttle(retry_after)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        return self._workers().submit(fn, *args)
+
     # -- throttling ------------------------------------------------------------
 
     def _fresh_or_drop(self) -> None:
