@@ -61,7 +61,7 @@ def test_exactly_once_with_writer_process_sigterm_mid_drain_and_restart(emulator
 def test_a_fresh_record_goes_up_without_waiting_for_the_interval(emulator, tmp_path):
     sessions = dp.create_sessions(emulator, 1)
     store_path = tmp_path / "store.db"
-    env = dp.daemon_env(emulator, store_path, dp.write_config(tmp_path, dp.FAST_CONFIG.replace("0.3", "60")))
+    env = dp.daemon_env(emulator, store_path, dp.write_config(tmp_path, dp.fast_config(interval_s=60.0)))
     daemon = dp.start_daemon(env, stderr=tmp_path / "daemon.log")
     store = Store(str(store_path))
     try:
