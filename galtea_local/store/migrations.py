@@ -350,6 +350,11 @@ BUNDLE_LEDGER = (
 )
 
 
+# How a maybe-sent attempt ended decides how long it may still commit (daemon/maybe_sent.py).
+# The same SQL on both backends.
+SENT_STATUS = ("ALTER TABLE outbox ADD COLUMN sent_status INTEGER",)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_offline_sessions", statements(_SESSIONS)),
@@ -360,6 +365,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0008a_spans", statements(SPANS)),
     ("0008b_evaluations", statements(EVALUATIONS)),
     ("0009_bundle_ledger", statements(tuple(sql.format(int="INTEGER") for sql in BUNDLE_LEDGER))),
+    ("0011_sent_status", statements(SENT_STATUS)),
 ]
 
 
