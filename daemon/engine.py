@@ -23,6 +23,7 @@ from typing import Any
 from galtea_local.errors import AuthError, RejectedError, UpstreamError
 from galtea_local.outbox import attempts as ob
 from galtea_local.outbox import drift, health
+from galtea_local.outbox import stamps as outbox_stamps
 from galtea_local.outbox.kinds import OpKind
 from galtea_local.store import Store
 from galtea_local_daemon import poison, reconcile, wire
@@ -30,6 +31,7 @@ from galtea_local_daemon.backoff import Backoff, retry_after_of
 from galtea_local_daemon.bodies import build_body, decoded_fields
 from galtea_local_daemon.maybe_sent import MaybeSent
 from galtea_local_daemon.ratelimit import RateLimitedLog, error_key
+from galtea_local_daemon.stamps import Stamper, send_session_stamp, send_stamp
 from galtea_local_daemon.steps import IDLE, EngineSettings, PassReport, Step, StepOutcome
 from galtea_local_daemon.upstream import UpstreamClient
 
@@ -62,6 +64,8 @@ class SyncEngine:
         self._throttled_until = 0.0
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self.stamper = Stamper(store, client, self.settings.concurrency, clock,
+                               wait_for_throttle=self._wait_for_throttle, on_error=self._stamp_failed)
         self.maybe_sent = MaybeSent(store, client, self.clock, clock_skew_s=self.settings.clock_skew_s,
                                     commit_grace_s=self.settings.commit_grace_s)
 
@@ -77,6 +81,7 @@ class SyncEngine:
 
     def release_stale_leases(self) -> int:
         """For a pusher holding the store's exclusive lock: every existing lease is a dead pusher's."""
+        self.store.transaction(outbox_stamps.release_stale_stamps)  # and so is every side path
         return self.store.transaction(ob.release_all_leases)
 
     # -- one pass ------------------------------------------------------------
@@ -116,6 +121,7 @@ class SyncEngine:
                 for lane in lanes:
                     active[pool.submit(self._drain_lane, lane)] = lane
             if not active:
+                self.stamper.wait()  # a pass ends with its stamps answered and settled
                 return
             done, _ = wait(active, return_when=FIRST_COMPLETED)
             for future in done:
@@ -133,6 +139,7 @@ class SyncEngine:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        self.stamper.close()
 
     def _should_stop_claiming(self, deadline: float) -> bool:
         return self.stopping or self._halt.is_set() or time.monotonic() > deadline
@@ -220,6 +227,11 @@ class SyncEngine:
             outcome = self._reconcile(attempt, report)
             if outcome is not None:
                 return outcome
+        elif attempt.kind == OpKind.SESSION_CREATE and attempt.record.get("join_existing"):
+            # sessions.get_or_create(): look the custom id up first, as the SDK does, and join it.
+            outcome = self._reconcile(attempt, report, lookup=build_body(attempt.record, attempt))
+            if outcome is not None:
+                return outcome
         if attempt.kind == OpKind.DELETE and not attempt.record["remote_id"]:
             # Its create was dead-lettered: nothing upstream to delete, nothing left to hold.
             self.store.transaction(ob.cancel_with_record, attempt, self.clock(), "cancelled: deleted")
@@ -231,11 +243,14 @@ class SyncEngine:
                                       build_body, self._offset())
         return IDLE if body is None else body
 
-    def _reconcile(self, attempt: ob.Attempt, report: PassReport) -> StepOutcome | None:
-        """A maybe-sent create: adopt what the server has, or wait out the grace; None: send it again."""
+    def _reconcile(self, attempt: ob.Attempt, report: PassReport,
+                   lookup: dict[str, Any] | None = None) -> StepOutcome | None:
+        """A maybe-sent create: adopt what the server has, or wait out the grace; None: send it again.
+
+        With ``lookup`` (a session to join, never sent): join it if upstream has it, else None."""
         self._wait_for_throttle()
         try:
-            found = self.maybe_sent.find_upstream(attempt)
+            found = self.maybe_sent.find_upstream(attempt, lookup)
         except reconcile.ForeignSessionError:
             raise  # a decision, not a failed read: dead-lettered
         except AuthError as error:
@@ -245,11 +260,11 @@ class SyncEngine:
             # exist upstream. Nothing new was sent; the earlier attempt stays "maybe sent".
             return self._retry(attempt, error, report, maybe_sent=True)
         if found is not None:
-            drifted = attempt.kind == OpKind.CREATE and bool(
-                reconcile.differing_fields(wire.create_body(decoded_fields(attempt.record)), found))
-            self.store.transaction(drift.settle_adopted, attempt, self.clock(), found, drifted)
+            self._settle_adopted(attempt, found, joined=lookup is not None)
             report.adopted += 1
             return StepOutcome(Step.ADOPTED)
+        if lookup is not None:
+            return None  # nothing to join: create it
         remaining = self.maybe_sent.grace_left(attempt)
         if remaining > 0:
             self.store.transaction(ob.settle_retry, attempt, self.clock() + remaining,
@@ -261,6 +276,19 @@ class SyncEngine:
         log.warning("%s of record %s may have been sent but is not upstream after the commit grace: sending it"
                     " again (a duplicate if the first attempt still commits)", attempt.kind, attempt.record["seq"])
         return None
+
+    def _settle_adopted(self, attempt: ob.Attempt, found: Any, *, joined: bool) -> None:
+        drifted = attempt.kind == OpKind.CREATE and bool(
+            reconcile.differing_fields(wire.create_body(decoded_fields(attempt.record)), found))
+        now = self.clock()
+
+        def settle(conn: Any) -> None:
+            drift.settle_adopted(conn, attempt, now, found, drifted)
+            if attempt.kind == OpKind.SESSION_CREATE and not joined:  # our own lost create, not a join
+                outbox_stamps.enqueue_session_stamp(conn, attempt.record, attempt.lane, found, now)
+
+        self.store.transaction(settle)
+        self._send_stamp(attempt, found)
 
     def _offset(self) -> float | None:
         return self.maybe_sent.offset()
@@ -281,6 +309,22 @@ class SyncEngine:
             log.warning("lease on lane %s lost before sending %s: not sent", taken.attempt.lane, taken.attempt.kind)
         return held
 
+    def _stamp_failed(self, error: UpstreamError) -> None:
+        retry_after = retry_after_of(error)
+        if retry_after is not None:
+            self._throttle(retry_after)
+
+    def _send_stamp(self, attempt: ob.Attempt, remote: dict[str, Any] | None) -> None:
+        """A settled create's stamp (enqueued by settle_done) goes now, beside the lane's next operation."""
+        if attempt.kind == OpKind.CREATE and remote:
+            stamp = outbox_stamps.stamp_body(attempt.record, remote)
+            if stamp is None:
+                return
+            if self._throttled_until > self.clock():  # the API asked us to slow down: the lane waits, in line
+                self.store.transaction(outbox_stamps.hand_to_lane, attempt.lane, attempt.record["seq"])
+                return
+            self.stamper.submit(attempt.lane, attempt.record["seq"], remote["id"], stamp)
+
     def _send(self, attempt: ob.Attempt, body: dict[str, Any]) -> dict[str, Any] | None:
         remote_id = attempt.record["remote_id"]
         if attempt.kind == OpKind.CREATE:
@@ -293,6 +337,17 @@ class SyncEngine:
             return self.client.update_session(remote_id, body)
         if attempt.kind == OpKind.SESSION_FINISH:
             return self.client.finish_session(remote_id, body["stoppingReason"])
+        if attempt.kind == OpKind.STAMP:
+            send_stamp(self.client, remote_id, body)
+            return None
+        if attempt.kind == OpKind.SESSION_STAMP:
+            send_session_stamp(self.client, remote_id, body)
+            return None
+        if attempt.kind == OpKind.CREATE_BATCH:
+            return self.client.create_inference_results_batch(body)
+        if attempt.kind == OpKind.SESSION_DELETE:
+            self.client.delete_session(remote_id)
+            return None
         self.client.delete_inference_result(remote_id)
         return None
 
@@ -313,6 +368,8 @@ class SyncEngine:
             if not held:
                 return None
             ob.settle_done(conn, attempt, now, remote)
+            if attempt.kind == OpKind.SESSION_CREATE and remote is not None:  # created by us, not joined
+                outbox_stamps.enqueue_session_stamp(conn, attempt.record, attempt.lane, remote, now)
             if not take_more or self._halted() or self._throttled_until > now:
                 return None  # throttled: the next mark waits for the throttle first
             try:
@@ -325,6 +382,7 @@ class SyncEngine:
         if not held:
             log.warning("lease on lane %s lost before settling %s: left to its new holder", attempt.lane, attempt.kind)
             return IDLE
+        self._send_stamp(attempt, remote)
         report.pushed += 1
         return StepOutcome(Step.PUSHED, ahead=ahead)
 

@@ -7,6 +7,10 @@ queue upstream later. This package never imports an HTTP client.
 
 from galtea_local.client import Galtea
 from galtea_local.errors import (
+    BundleError,
+    ConfigError,
+    EntityNotFoundException,
+    EntityNotFoundHTTPError,
     GaltealocalError,
     InvalidInputError,
     InvalidTypeError,
@@ -14,11 +18,28 @@ from galtea_local.errors import (
     NotFoundError,
     RecordTooLargeError,
     StoreError,
+    StoreFullError,
     StoreOpenError,
 )
-from galtea_local.read_model import InferenceResult, InferenceResultStatus, SyncState
+from galtea_local.read_model import (
+    AttachedFile,
+    InferenceResult,
+    InferenceResultStatus,
+    Session,
+    SessionStatus,
+    SyncState,
+    Trace,
+    TraceStatus,
+)
 
+# The app-facing surface: the SDK's names for what we return and raise, plus our own errors.
+# The daemon-side errors (UpstreamError and its subclasses) are not part of it: an app never sees them.
 __all__ = [
+    "AttachedFile",
+    "BundleError",
+    "ConfigError",
+    "EntityNotFoundException",
+    "EntityNotFoundHTTPError",
     "Galtea",
     "GaltealocalError",
     "InferenceResult",
@@ -28,7 +49,12 @@ __all__ = [
     "NotAStoreError",
     "NotFoundError",
     "RecordTooLargeError",
+    "Session",
+    "SessionStatus",
     "StoreError",
+    "StoreFullError",
     "StoreOpenError",
     "SyncState",
+    "Trace",
+    "TraceStatus",
 ]

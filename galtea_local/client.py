@@ -50,8 +50,22 @@ class Galtea:
         """Close this object's connections. Every returned record is already durable."""
         self._store.close()
 
+    def flush(self) -> None:
+        """Return at once: there is nothing to flush in this process.
+
+        Every call committed its record to the store before it returned, and
+        sending upstream is the daemon's job, so nothing here waits on the network.
+        """
+
+    def shutdown(self) -> None:
+        """The official SDK's ``shutdown()``: close the store. Waits for nothing on the network.
+
+        Records queued so far stay in the store; the daemon pushes them. Safe to call twice.
+        """
+        self.close()
+
     def __enter__(self) -> Galtea:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        self.shutdown()

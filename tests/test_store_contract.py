@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from galtea_local import Galtea, NotFoundError
+from galtea_local.read_model import iso_utc
 from galtea_local.store.migrations import MIGRATIONS
 from galtea_local.models import TABLES
 from galtea_local.outbox import attempts as ob
@@ -63,7 +64,9 @@ def push_all(store: Any, owner: str = "pusher") -> int:
     pushed = 0
     while (started := begin(store, owner, time.time())) is not None:
         attempt, _ = started
-        remote = {"id": f"r{attempt.record['seq']}", "index": pushed, "sessionId": "remote-session"}
+        # As the API answers: with createdAt, here the moment of the call (so no createdAt stamp follows).
+        remote = {"id": f"r{attempt.record['seq']}", "index": pushed, "sessionId": "remote-session",
+                  "createdAt": iso_utc(attempt.record["created_at"])}
         store.transaction(ob.settle_done, attempt, time.time(), remote if attempt.kind == "create" else None)
         store.transaction(ob.release_lane, attempt.lane, owner)
         pushed += 1

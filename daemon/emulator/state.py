@@ -135,6 +135,7 @@ class Store:
             rules.check_status(body["status"], rules.SESSION_STATUSES)
         if "customId" in body and body["customId"] != session["customId"]:
             self._rekey_session(session, body["customId"])
+        _normalize_created_at(body)
         if "context" in body:
             body["context"] = wrap_context(body["context"])
         session.update(body)
@@ -237,9 +238,8 @@ class Store:
             rules.check_status(body["status"], rules.RESULT_STATUSES)
         if body.get("sessionId") is not None and body["sessionId"] not in self.sessions:
             raise bad_request(f"session {body['sessionId']} does not exist")
-        if body.get("createdAt") is not None:
-            body["createdAt"] = rules.format_timestamp(rules.parse_timestamp("createdAt", body["createdAt"]))
-        for required in ("sessionId", "index", "createdAt"):
+        _normalize_created_at(body)
+        for required in ("sessionId", "index"):
             if required in body and body[required] is None:
                 raise bad_request(f"{required} cannot be null")
         if "input" in body:
@@ -287,6 +287,15 @@ class Store:
             "deletedInferenceResults": list(self.deleted_results.values()),
             "createsPerSession": dict(self.creates_per_session),
         }
+
+
+def _normalize_created_at(body: dict[str, Any]) -> None:
+    """A PATCHed ``createdAt`` is stored in the API's own format; it cannot be cleared."""
+    if "createdAt" not in body:
+        return
+    if body["createdAt"] is None:
+        raise bad_request("createdAt cannot be null")
+    body["createdAt"] = rules.format_timestamp(rules.parse_timestamp("createdAt", body["createdAt"]))
 
 
 def _pair_turns(turns: list[Any]) -> list[dict[str, Any]]:

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from galtea_local.outbox import batch, lanes, probes, stamps
 from galtea_local.outbox.kinds import OPEN, OpKind, OpState, held_behind_session, held_behind_session_sql, open_in
-from galtea_local.outbox import lanes, probes
 from galtea_local.store import dialects
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -225,6 +225,8 @@ def _mark(conn: sqlite3.Connection, attempt: Attempt, target: dict[str, Any], no
 def _needs_care(attempt: Attempt) -> bool:
     """True when the head cannot simply be marked and sent: a maybe-sent create must be
     reconciled first, and a change to a record that never reached upstream is settled locally."""
+    if attempt.kind == OpKind.SESSION_CREATE and attempt.record.get("join_existing"):
+        return True  # sessions.get_or_create(): the engine looks the custom id up before any POST
     if attempt.kind.creates:
         return attempt.maybe_sent_since is not None
     return attempt.kind in (OpKind.UPDATE, OpKind.DELETE) and not attempt.record["remote_id"]
@@ -317,7 +319,11 @@ def settle_done(conn: sqlite3.Connection, attempt: Attempt, now: float, remote: 
         "UPDATE outbox SET state = 'done', settled_at = ?, sent_body = NULL, last_error = NULL WHERE seq = ?",
         (now, attempt.op_seq),
     )
+    if attempt.kind == OpKind.CREATE_BATCH and remote is not None:
+        batch.adopt_all(conn, attempt, remote, now)  # type: ignore[arg-type]  (a list of records)
+        return
     if attempt.kind == OpKind.CREATE and remote is not None:
+        stamps.enqueue_stamp(conn, attempt.record, attempt.lane, remote, now)  # before: the record stays queued
         _adopt_record(conn, attempt, remote)
         return
     if attempt.kind == OpKind.SESSION_CREATE and remote is not None:
@@ -356,6 +362,8 @@ def settle_dead(conn: sqlite3.Connection, attempt: Attempt, now: float, error: s
         (now, error, status, attempt.op_seq),
     )
     _set_sync_state(conn, attempt, "dead")
+    if attempt.kind == batch.KIND:
+        batch.set_state(conn, attempt, "dead")
 
 
 @lease_protected

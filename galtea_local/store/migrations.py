@@ -265,6 +265,22 @@ def _bounded_probes(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+# SDK 5.12 session parity: run_id goes upstream as runId, get_or_create() sessions join an
+# upstream session with the same custom id (join_existing), sessions.delete() hides a session
+# locally (deleted), and a session's error is shown as the SDK shows it. Same SQL on both backends.
+SESSION_PARITY = (
+    """ALTER TABLE sessions ADD COLUMN run_id VARCHAR""",
+    """ALTER TABLE sessions ADD COLUMN join_existing INTEGER NOT NULL DEFAULT 0""",
+    """ALTER TABLE sessions ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0""",
+    """ALTER TABLE sessions ADD COLUMN error VARCHAR""",
+)
+
+
+def _session_parity(conn: sqlite3.Connection) -> None:
+    for statement in SESSION_PARITY:
+        conn.execute(statement)
+
+
 # Bundle bookkeeping for signed receipts: which export carried which row (origin), which exports
 # were imported (connected side). The same SQL on both backends (PostgreSQL: seq as BIGINT).
 BUNDLE_LEDGER = (
@@ -295,6 +311,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0004_lighter_outbox_index", _lighter_outbox_index),
     ("0005_delivery_exactness", _delivery),
     ("0006a_bounded_probes", _bounded_probes),
+    ("0007_session_parity", _session_parity),
     ("0009_bundle_ledger", _bundle_ledger),
 ]
 

@@ -114,6 +114,7 @@ MIGRATIONS: list[tuple[str, Callable[[Any], None]]] = [
     ("0004_lighter_outbox_index", _statements(migrations.LIGHTER_OUTBOX_INDEX)),  # the same SQL on both
     ("0005_delivery_exactness", _statements(_DELIVERY)),
     ("0006a_bounded_probes", _statements(migrations.BOUNDED_PROBES)),  # the same SQL on both
+    ("0007_session_parity", _statements(migrations.SESSION_PARITY)),
     ("0009_bundle_ledger", _statements(tuple(sql.format(int="BIGINT") for sql in migrations.BUNDLE_LEDGER))),
 ]
 assert [name for name, _ in MIGRATIONS] == [name for name, _ in migrations.MIGRATIONS], "one list of names"
