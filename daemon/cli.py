@@ -8,6 +8,7 @@
     galtea-local emulator [...]          the local Galtea API emulator
     galtea-local demo [--dir DIR]        emulator + burst of turns + daemon drain + exactly-once check
     galtea-local export|import|receipt|import-receipt   carry the queue across an air gap (docs/airgap.md)
+    galtea-local throttle show|clear     see or end a pause the API asked for (Retry-After)
     galtea-local verify [--since T] [--json]   read upstream back: missing, duplicated, differing records
 
 Settings, highest first: flags, environment, config file, defaults.
@@ -32,7 +33,7 @@ from galtea_local.outbox import parse_local_id
 from galtea_local.outbox.sessions import parse_session_id
 from galtea_local.status import format_status, store_status
 from galtea_local.store import Store, open_configured
-from galtea_local_daemon import cli_bundle, cli_verify
+from galtea_local_daemon import cli_bundle, cli_throttle, cli_verify
 
 EXIT_OK, EXIT_WAITING, EXIT_ERROR = 0, 2, 1
 # What a missing import means: which extra brings it (`pip install 'galtea-local[...]'`).
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     _optional(commands, "emulator", "the local Galtea API emulator", "galtea_local_daemon.emulator.cli")
     _optional(commands, "demo", "the whole product against a local emulator", "galtea_local_daemon.demo")
     cli_bundle.add_commands(commands, _common)
+    cli_throttle.add_command(commands, _common)
     cli_verify.add_command(commands, _common)
     return parser
 
@@ -159,6 +161,13 @@ def cmd_dead(args: argparse.Namespace) -> int:
     if args.action == "list":
         rows = store.read(dead_letters.list_dead, prefix)
         print(json.dumps(rows, indent=2) if args.json else _dead_table(rows))
+        if not args.json:  # spans and evaluation requests the API refused: counted, retried with --all
+            from galtea_local.status import store_status
+
+            status = store_status(store)
+            if status["spans_dead"] or status["evaluations_dead"]:
+                print(f"also dead: {status['spans_dead']} span(s), {status['evaluations_dead']} evaluation "
+                      "request(s) (reasons in the store; `galtea-local dead retry --all` queues them again)")
         return EXIT_OK
     if not args.ids and not args.all:
         raise GaltealocalError(f"dead {args.action}: name record or session ids, or pass --all")
@@ -166,6 +175,11 @@ def cmd_dead(args: argparse.Namespace) -> int:
     if args.action == "retry":
         count = store.transaction(dead_letters.retry_dead, records, sessions)
         print(f"{count} operation(s) queued again")
+        if args.all:  # spans and evaluation requests refused by the API: queued again too
+            from galtea_local.outbox import evaluations, spans
+
+            print(f"{store.transaction(spans.retry_dead)} span(s), "
+                  f"{store.transaction(evaluations.retry_dead)} evaluation request(s) queued again")
     else:
         count = store.transaction(dead_letters.drop_dead, time.time(), records, sessions)
         print(f"{count} operation(s) dropped")
@@ -223,6 +237,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "emulator": cmd_emulator,
     "demo": cmd_demo,
     **cli_bundle.COMMANDS,
+    **cli_throttle.COMMANDS,
     **cli_verify.COMMANDS,
 }
 

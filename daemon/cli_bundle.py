@@ -128,7 +128,8 @@ def cmd_import(args: argparse.Namespace) -> int:
                            progress=_progress(args, "import"))
     print(f"imported {args.file} from store {result.origin_store_id}: records {result.records_added} added, "
           f"{result.records_updated} updated, {result.records_unchanged} already here; sessions "
-          f"{result.sessions_added} added, {result.sessions_updated} updated, {result.sessions_unchanged} already here")
+          f"{result.sessions_added} added, {result.sessions_updated} updated, {result.sessions_unchanged} already here;"
+          f" spans {result.spans_added} added")
     return EXIT_OK
 
 

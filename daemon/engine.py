@@ -20,15 +20,16 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
-from galtea_local.errors import AuthError, RejectedError, UpstreamError
+from galtea_local.errors import AuthError, RejectedError, StoreError, UpstreamError
 from galtea_local.outbox import attempts as ob
-from galtea_local.outbox import drift, health
+from galtea_local.outbox import drift, health, leased
 from galtea_local.outbox import stamps as outbox_stamps
 from galtea_local.outbox.kinds import OpKind
 from galtea_local.store import Store
-from galtea_local_daemon import poison, reconcile, wire
+from galtea_local_daemon import evaluations_push, poison, reconcile, spans_push, wire
 from galtea_local_daemon.backoff import Backoff, retry_after_of
 from galtea_local_daemon.bodies import build_body, decoded_fields
+from galtea_local_daemon.concurrency import AdaptiveLimit, LimitedClient, ThrottleGate
 from galtea_local_daemon.maybe_sent import MaybeSent
 from galtea_local_daemon.ratelimit import RateLimitedLog, error_key
 from galtea_local_daemon.stamps import Stamper, send_session_stamp, send_stamp
@@ -39,6 +40,7 @@ __all__ = ["EngineSettings", "PassReport", "SyncEngine", "build_body"]
 
 log = logging.getLogger("galtea_local.sync")
 _limited = RateLimitedLog(log)  # an error that repeats every pass is logged once a minute, with a count
+WORKERS_PER_REQUEST_SLOT = 2
 
 
 class SyncEngine:
@@ -61,12 +63,21 @@ class SyncEngine:
         self.clock = clock
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._halt = threading.Event()  # auth failure or throttle: stop claiming for this pass
-        self._throttled_until = 0.0
-        self._lock = threading.Lock()
+        # Requests in flight follow what the API accepts (concurrency.py); a Retry-After pauses
+        # everything only when it clearly applies to everything, and never past the cap.
+        self.limit = AdaptiveLimit(self.settings.concurrency)
+        self._sending = threading.local()  # the attempt whose request is queued for a slot, if any
+        self.client = LimitedClient(client, self.limit, self.backoff.stop_event, wait_gate=self._fresh_or_drop,
+                                    on_throttled=self._on_throttled)
+        self.gate = ThrottleGate(self.settings.max_retry_after_s, clock)
         self._pool: ThreadPoolExecutor | None = None
-        self.stamper = Stamper(store, client, self.settings.concurrency, clock,
+        self._lock = threading.Lock()  # guards _stranded and _released
+        self._stranded: set[str] = set()  # lanes whose release failed (a store fault): released at the next claim
+        self._released: dict[str, float] = {}  # lane -> when this pusher last gave it back (see _released_since)
+        # Stamps (createdAt PATCHes) go through the same adaptive limit as everything else.
+        self.stamper = Stamper(store, self.client, self.settings.concurrency, clock,
                                wait_for_throttle=self._wait_for_throttle, on_error=self._stamp_failed)
-        self.maybe_sent = MaybeSent(store, client, self.clock, clock_skew_s=self.settings.clock_skew_s,
+        self.maybe_sent = MaybeSent(store, self.client, self.clock, clock_skew_s=self.settings.clock_skew_s,
                                     commit_grace_s=self.settings.commit_grace_s)
 
     # -- control -------------------------------------------------------------
@@ -82,7 +93,7 @@ class SyncEngine:
     def release_stale_leases(self) -> int:
         """For a pusher holding the store's exclusive lock: every existing lease is a dead pusher's."""
         self.store.transaction(outbox_stamps.release_stale_stamps)  # and so is every side path
-        return self.store.transaction(ob.release_all_leases)
+        return self.store.transaction(ob.release_all_leases) + self.store.transaction(leased.release_all)
 
     # -- one pass ------------------------------------------------------------
 
@@ -91,18 +102,24 @@ class SyncEngine:
         now = self.clock() if now is None else now
         report = PassReport()
         self._halt.clear()
-        self._throttled_until = max(self._throttled_until, self.store.read(_throttle_of))
-        if self._throttled_until > now:
-            report.throttled_until = self._throttled_until
+        capped = self.gate.sync_from(self.store.read(_throttle_of))
+        if capped is not None:
+            self.store.transaction(health.put, health.THROTTLED_UNTIL, capped)
+        if self.gate.until > now:
+            report.throttled_until = self.gate.until
             return report
         self.store.transaction(ob.deactivate_drained_lanes)
         auth_was_failing = self.store.read(health.get, health.AUTH_FAILING) is not None
-        concurrency = 1 if auth_was_failing else self.settings.concurrency  # probe with one lane
+        concurrency = 1 if auth_was_failing else self._workers_wanted()  # probe with one lane
         self._drain(now, concurrency, report)
+        # Spans and evaluations go after the lanes, so a trace created in this pass takes them along.
+        spans_push.SpanPusher(self).push_due(report, time.monotonic() + self.settings.pass_budget_s)
+        evaluations_push.EvaluationPusher(self).push_due(report, time.monotonic() + self.settings.pass_budget_s)
         self._record_health(report, auth_was_failing)
         # A pass that settled nothing (every lane hit an unexpected error) does not ask to run
         # again at once: the scheduler's interval paces it, and `sync` ends.
-        progressed = report.pushed or report.adopted or report.dead or report.retried
+        progressed = (report.pushed or report.adopted or report.dead or report.retried or report.spans_pushed
+                      or report.spans_dead or report.evaluations_pushed)
         report.more_due = not self.stopping and not self._halt.is_set() and bool(progressed) and self._has_due()
         return report
 
@@ -113,10 +130,18 @@ class SyncEngine:
         pool = self._workers()
         while True:
             free = concurrency - len(active)
+            if self._stranded:
+                self._release(*sorted(self._stranded))
             if free and not self._should_stop_claiming(deadline):
-                lanes = self.store.transaction(
-                    ob.claim_lanes, self.owner, at, self.settings.lease_s, free, frozenset(active.values())
-                )
+                try:
+                    lanes = self.store.transaction(
+                        ob.claim_lanes, self.owner, at, self.settings.lease_s, free,
+                        frozenset(active.values()) | self._released_since(at),
+                    )
+                except StoreError as error:  # a store fault: finish the lanes in flight, claim next pass
+                    _limited.warning("claim", "claiming lanes failed: %s", error)
+                    report.errors.append(str(error))
+                    lanes, deadline = [], float("-inf")
                 at = self.clock()
                 for lane in lanes:
                     active[pool.submit(self._drain_lane, lane)] = lane
@@ -128,10 +153,16 @@ class SyncEngine:
                 del active[future]
                 report.merge(future.result())
 
+    def _workers_wanted(self) -> int:
+        # More lanes in progress than requests in flight: a lane waiting out a retry in place
+        # holds its thread, and under a few percent of failures those waits took every thread.
+        # The adaptive limit (self.limit) keeps the requests in flight within `concurrency`.
+        return self.settings.concurrency * WORKERS_PER_REQUEST_SLOT
+
     def _workers(self) -> ThreadPoolExecutor:
         # Kept across passes: each push thread keeps its own HTTP connections alive between passes.
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="push")
+            self._pool = ThreadPoolExecutor(max_workers=self._workers_wanted(), thread_name_prefix="push")
         return self._pool
 
     def close(self) -> None:
@@ -146,7 +177,8 @@ class SyncEngine:
 
     def _has_due(self) -> bool:
         lanes = self.store.read(lambda conn: ob.due_lanes(conn, self.clock(), 1))
-        return bool(lanes)
+        now = self.clock()
+        return bool(lanes) or spans_push.spans_due(self.store, now) or evaluations_push.evaluations_due(self.store, now)
 
     # -- one lane ------------------------------------------------------------
 
@@ -161,12 +193,40 @@ class SyncEngine:
                 if not outcome.goes_on:
                     break
                 ahead = _Taken(outcome.ahead, time.monotonic()) if outcome.ahead else None
+        except StoreError as error:  # a store fault: the lane's state is durable; the next pass goes on
+            _limited.warning(type(error).__name__, "lane %s: %s", lane, error)
+            report.errors.append(str(error))
         except Exception as error:  # a bug must not kill the pass: log it, keep the lane's state durable
             _limited.exception(error_key(error), "unexpected error while pushing lane %s", lane)
             report.errors.append(f"internal error on lane {lane}")
         finally:
-            self.store.transaction(ob.release_lane, lane, self.owner, self.clock())
+            self._release(lane)
         return report
+
+    def _release(self, lane: str, *more: str) -> None:
+        """Give lanes back; a store fault keeps them for the next claim to release, not for ``lease_s``."""
+        lanes = [lane, *more]
+        try:
+            self.store.transaction(ob.release_lanes, lanes, self.owner)
+        except StoreError as error:
+            _limited.warning("release", "could not release lane(s) %s (%s); retried at the next claim",
+                             ", ".join(lanes), error)
+            with self._lock:
+                self._stranded.update(lanes)
+            return
+        released = self.clock()
+        with self._lock:
+            self._stranded.difference_update(lanes)
+            self._released.update(dict.fromkeys(lanes, released))
+
+    def _released_since(self, at: float) -> frozenset[str]:
+        """Lanes this pusher gave back after ``at``. A released lane is claimable at once by any
+        pusher, but this one takes it again only at a later claim: one lane whose every attempt
+        fails at once must not spin a pass (the round robin's order, as before releases freed
+        lanes at once)."""
+        with self._lock:
+            self._released = {lane: when for lane, when in self._released.items() if when > at}
+            return frozenset(self._released)
 
     def _step_with_retries(self, lane: str, report: PassReport, ahead: _Taken | None,
                            take_more: bool) -> StepOutcome:
@@ -218,7 +278,13 @@ class SyncEngine:
             body, taken = prepared, _Taken(attempt, time.monotonic())
         if not self._lease_fresh(taken):
             return IDLE  # another pusher may hold the lane: it reconciles what we marked
-        answer = self._send(attempt, body)
+        self._sending.taken = taken  # the adaptive limit may hold the request: re-checked after (_fresh_or_drop)
+        try:
+            answer = self._send(attempt, body)
+        except LeaseLost:
+            return IDLE
+        finally:
+            self._sending.taken = None
         return self._settle_success(attempt, report, answer, take_more)
 
     def _prepare(self, attempt: ob.Attempt, report: PassReport) -> StepOutcome | dict[str, Any]:
@@ -310,7 +376,7 @@ class SyncEngine:
         return held
 
     def _stamp_failed(self, error: UpstreamError) -> None:
-        retry_after = retry_after_of(error)
+        retry_after = self.gate.capped(retry_after_of(error))
         if retry_after is not None:
             self._throttle(retry_after)
 
@@ -320,7 +386,7 @@ class SyncEngine:
             stamp = outbox_stamps.stamp_body(attempt.record, remote)
             if stamp is None:
                 return
-            if self._throttled_until > self.clock():  # the API asked us to slow down: the lane waits, in line
+            if self.gate.until > self.clock():  # the API asked us to slow down: the lane waits, in line
                 self.store.transaction(outbox_stamps.hand_to_lane, attempt.lane, attempt.record["seq"])
                 return
             self.stamper.submit(attempt.lane, attempt.record["seq"], remote["id"], stamp)
@@ -370,7 +436,7 @@ class SyncEngine:
             ob.settle_done(conn, attempt, now, remote)
             if attempt.kind == OpKind.SESSION_CREATE and remote is not None:  # created by us, not joined
                 outbox_stamps.enqueue_session_stamp(conn, attempt.record, attempt.lane, remote, now)
-            if not take_more or self._halted() or self._throttled_until > now:
+            if not take_more or self._halted() or self.gate.until > now:
                 return None  # throttled: the next mark waits for the throttle first
             try:
                 return ob.take_next(conn, attempt.lane, self.owner, now, self.settings.lease_s, build_body,
@@ -404,7 +470,7 @@ class SyncEngine:
 
     def _retry(self, attempt: ob.Attempt, error: UpstreamError, report: PassReport, *,
                maybe_sent: bool) -> StepOutcome:
-        retry_after = retry_after_of(error)
+        retry_after = self.gate.capped(retry_after_of(error))
         if retry_after is not None:
             self._throttle(retry_after)
         delay = self.backoff.delay(attempt.attempts + 1, retry_after)
@@ -429,30 +495,53 @@ class SyncEngine:
 
     # -- throttling ------------------------------------------------------------
 
+    def _fresh_or_drop(self) -> None:
+        """Once a request has its slot: wait out a pause, then make sure the lane is still ours. A
+        wait for the slot can outlast the lease; the marked operation is then left "maybe sent"
+        for the pusher that holds the lane (it reconciles), and this request never leaves."""
+        self._wait_for_throttle()
+        taken = getattr(self._sending, "taken", None)
+        if taken is not None and not self._lease_fresh(taken):
+            raise LeaseLost()
+
+    def _on_throttled(self, error: BaseException) -> None:
+        retry_after = self.gate.capped(retry_after_of(error))
+        if retry_after is not None:
+            self._throttle(retry_after)
+
     def _throttle(self, retry_after: float) -> None:
-        until = self.clock() + retry_after
-        with self._lock:
-            if until <= self._throttled_until:
-                return
-            self._throttled_until = until
-        self.store.transaction(health.put, health.THROTTLED_UNTIL, until)
+        """A 429 or 503 with Retry-After: the operation it answered waits for it (its ``not_before``).
+
+        Everything waits only when the refusal clearly applies to everything (see
+        :meth:`AdaptiveLimit.refused_by_all`); a sporadic 429 lowers the limit instead.
+        """
+        if self.limit.refused_by_all():
+            self._pause_all(retry_after)
+
+    def _pause_all(self, retry_after: float) -> None:
+        until = self.gate.pause(retry_after)
+        if until is not None:
+            self.store.transaction(health.put, health.THROTTLED_UNTIL, until)
+            log.warning("the API refuses every request: pausing all pushing for %.1fs (Retry-After, at most"
+                        " sync.max_retry_after_s)", until - self.clock())
 
     def _wait_for_throttle(self) -> None:
-        """No request leaves before a Retry-After has passed, whichever lane got it.
+        """No request leaves during a pause of all sending, whichever lane caused it.
 
-        Checked again after each sleep: a request in flight on another lane may
-        come back with a later Retry-After while this one waits.
+        Checked again every second: a request in flight on another lane may bring a
+        later pause, and an operator may end it (``galtea-local throttle clear``).
         """
         while not self.stopping:
-            remaining = self._throttled_until - self.clock()
+            remaining = self.gate.remaining()
             if remaining <= 0:
                 return
-            self.backoff.sleep(remaining)
+            self.backoff.sleep(min(remaining, 1.0))
+            self.gate.sync_from(self.store.read(_throttle_of))
 
     def _record_health(self, report: PassReport, auth_was_failing: bool) -> None:
         def write(conn: Any) -> None:
             now = self.clock()
-            if report.pushed or report.adopted:
+            if report.pushed or report.adopted or report.spans_pushed:
                 health.put(conn, health.LAST_SUCCESS, now)
             if report.errors:
                 health.put(conn, health.LAST_ERROR, report.errors[-1][:500])
@@ -470,6 +559,10 @@ class SyncEngine:
         self.store.transaction(write)
 
 
+class LeaseLost(Exception):
+    """The lane passed to another pusher while a marked request waited for a slot: not sent."""
+
+
 # While less than this share of the lease has passed since the mark, the lease is surely ours.
 _LEASE_TRUSTED = 0.5
 
@@ -482,5 +575,5 @@ class _Taken:
     marked_at: float
 
 
-def _throttle_of(conn: Any) -> float:
-    return health.get_float(conn, health.THROTTLED_UNTIL) or 0.0
+def _throttle_of(conn: Any) -> float | None:
+    return health.get_float(conn, health.THROTTLED_UNTIL)

@@ -14,10 +14,11 @@ Policy (``[retention]``; docs/daemon.md has the operator's view):
   ``checkpoint_idle_s``. Under a steady load SQLite's own automatic
   checkpoints can starve (some reader always holds an older snapshot, so the
   WAL never restarts and keeps growing); :meth:`Housekeeper.bound_wal`, run by
-  the daemon's scheduler every :data:`WAL_CHECK_EVERY_S`, then forces a ``TRUNCATE`` as soon as the file
-  passes :data:`WAL_LIMIT_BYTES`. Such a checkpoint makes writers wait at most
-  :data:`CHECKPOINT_BUSY_MS` (readers and writers here hold transactions for
-  milliseconds), which bounds the WAL without stalling the apps.
+  the daemon's scheduler every :data:`WAL_CHECK_EVERY_S`, then runs a ``PASSIVE``
+  checkpoint (it never blocks a writer) as soon as the file passes
+  :data:`WAL_LIMIT_BYTES`, and forces a ``TRUNCATE`` (writers wait for it, at most
+  :data:`CHECKPOINT_BUSY_MS` plus the copy) only when that one could not copy every
+  frame, or past :data:`WAL_FORCE_BYTES`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from galtea_local import retention
+from galtea_local import retention, span_retention
 from galtea_local.config import RetentionSettings
 from galtea_local.outbox import ownership
 from galtea_local.store import Store
@@ -37,6 +38,7 @@ log = logging.getLogger("galtea_local.housekeeping")
 
 DAY_S = 86_400.0
 WAL_LIMIT_BYTES = 8 * 1024 * 1024  # 2x SQLite's auto-checkpoint size: past it, readers starved the checkpoints
+WAL_FORCE_BYTES = 2 * WAL_LIMIT_BYTES  # passive checkpoints did not keep up: block writers to truncate
 RETENTION_EVERY_S = 60.0  # an age limit in days needs no finer clock
 CHECKPOINT_BUSY_MS = 200  # wait this long for readers, then give up until the next try
 CHECKPOINT_TRIES = 5
@@ -89,6 +91,7 @@ class Housekeeper:
     def expire(self, now: float) -> int:
         """Delete synced records older than ``synced_days``; return how many."""
         total = self._delete_settled(now - self.settings.synced_days * DAY_S)
+        span_retention.delete_settled(self.store, now - self.settings.synced_days * DAY_S)  # spans, evaluations
         self._forget_owned(now)
         if total:
             log.info("retention: deleted %d synced record(s) older than %g day(s)", total, self.settings.synced_days)
@@ -135,7 +138,9 @@ class Housekeeper:
         used = self.store.read(retention.used_bytes)
         if used > cap and self.settings.when_full == "drop_synced":
             while used > cap:
-                deleted = self._delete_settled(float("inf"), self._drop_batch(used - cap))
+                batch = self._drop_batch(used - cap)
+                deleted = self._delete_settled(float("inf"), batch)
+                deleted += span_retention.delete_settled(self.store, float("inf"), batch)
                 if not deleted:
                     break  # only unsynced records left: those are never dropped
                 dropped += deleted
@@ -190,12 +195,22 @@ class Housekeeper:
         """Checkpoint now if the WAL passed its limit (cheap when it has not: one ``stat``).
 
         Run every :data:`WAL_CHECK_EVERY_S` alongside the passes, not after them: one
-        pass can last many seconds under load.
+        pass can last many seconds under load. A ``PASSIVE`` checkpoint first: it never
+        blocks a writer, and once it has copied every frame the next write starts the
+        WAL over and cuts the file to ``journal_size_limit``. ``TRUNCATE`` holds the
+        write lock while it waits for readers and copies, so the apps' ``create()`` waits
+        with it: only when a passive one could not copy every frame (readers held older
+        snapshots), or past :data:`WAL_FORCE_BYTES`.
         """
-        return self.wal_bytes() > WAL_LIMIT_BYTES and self.checkpoint()
+        size = self.wal_bytes()
+        if size <= WAL_LIMIT_BYTES:
+            return False
+        if size <= WAL_FORCE_BYTES and self.checkpoint(mode="PASSIVE"):
+            return True
+        return self.checkpoint()  # readers starved the passive one, or it is far past the limit
 
-    def checkpoint(self, tries: int = CHECKPOINT_TRIES) -> bool:
-        """``wal_checkpoint(TRUNCATE)`` on a private connection; True when the WAL was emptied."""
+    def checkpoint(self, tries: int = CHECKPOINT_TRIES, mode: str = "TRUNCATE") -> bool:
+        """``wal_checkpoint(mode)`` on a private connection; True when every frame was copied."""
         if self.store.dialect != "sqlite":
             return False  # PostgreSQL checkpoints by itself
         conn = sqlite3.connect(self.store.path, timeout=CHECKPOINT_BUSY_MS / 1000, isolation_level=None)
@@ -203,7 +218,10 @@ class Housekeeper:
             # A short busy wait: a checkpoint is worth less than a writer's progress.
             conn.execute(f"PRAGMA busy_timeout={CHECKPOINT_BUSY_MS}")
             for _ in range(tries):
-                busy, frames, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                began = time.perf_counter()
+                busy, frames, done = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+                if mode != "PASSIVE":  # it held the write lock: count it with the daemon's writes
+                    self._note_write(time.perf_counter() - began, f"wal_checkpoint({mode})")
                 if frames != -1:
                     break
                 # -1: another connection's automatic checkpoint holds the checkpointer
@@ -215,4 +233,9 @@ class Housekeeper:
         finally:
             conn.close()
         log.debug("WAL checkpoint: busy=%s frames=%s checkpointed=%s", busy, frames, done)
-        return not busy
+        return not busy and frames == done
+
+    def _note_write(self, seconds: float, name: str) -> None:
+        stats = getattr(self.store, "write_stats", None)
+        if stats is not None:
+            stats.note(seconds, name)

@@ -15,6 +15,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server, write_to_textfile
 
 from galtea_local.config import MetricsSettings
+from galtea_local.outbox.leased import STATES
 from galtea_local.status import store_status
 from galtea_local.store import Store
 
@@ -36,6 +37,10 @@ class DaemonMetrics:
         ns = "galtea_local"
         self.records = Gauge("records", "Records in the store by sync state", ["state"],
                              namespace=ns, registry=self.registry)
+        self.spans = Gauge("spans", "Spans in the store by sync state", ["state"], namespace=ns,
+                           registry=self.registry)
+        self.evaluations = Gauge("evaluation_requests", "Queued evaluation requests by sync state", ["state"],
+                                 namespace=ns, registry=self.registry)
         self.in_flight = Gauge("in_flight_records", "Records with a push in flight", namespace=ns,
                                registry=self.registry)
         self.oldest_age = Gauge("oldest_queued_age_seconds", "Age of the oldest queued operation (0: none)",
@@ -96,6 +101,9 @@ class DaemonMetrics:
         status = store_status(self.store) if status is None else status
         for state in RECORD_STATES:
             self.records.labels(state=state).set(status[state])
+        for state in STATES:  # queued, synced, dead, cancelled
+            self.spans.labels(state=state).set(status[f"spans_{state}"])
+            self.evaluations.labels(state=state).set(status[f"evaluations_{state}"])
         self.in_flight.set(status["in_flight"])
         self.oldest_age.set(status["oldest_queued_age_s"] or 0)
         self.last_success.set(status["last_success_at"] or 0)

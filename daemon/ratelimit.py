@@ -45,6 +45,14 @@ class RateLimitedLog:
         self._log.error(msg + suffix, *args, exc_info=True)
 
 
+    def warning(self, key: str, msg: str, *args: object) -> None:
+        """A warning without traceback (an expected fault, such as the store being unreachable)."""
+        held = self._admit(key)
+        if held is not None:
+            suffix = f" ({held} more like it in the last {self._interval_s:.0f} s were not logged)" if held else ""
+            self._log.warning(msg + suffix, *args)
+
+
 def error_key(error: BaseException) -> str:
     """Errors of one type with one message are 'the same' error."""
     return f"{type(error).__name__}: {str(error)[:200]}"

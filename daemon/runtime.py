@@ -51,6 +51,7 @@ def make_engine(settings: Settings, store: Store, client: UpstreamClient,
         batch_size=sync.batch_size,
         lease_s=sync.lease_s,
         clock_skew_s=sync.clock_skew_s,
+        max_retry_after_s=sync.max_retry_after_s,
         commit_grace_s=sync.commit_grace_s,
     )
     return SyncEngine(store, client, engine_settings, backoff=backoff)

@@ -59,6 +59,7 @@ class EngineSettings:
     # Attempts at one operation within a pass. Without a bound, a backoff capped below the
     # in-pass wait limit retries an unreachable API forever and `sync` never exits.
     in_pass_tries: int = 5
+    max_retry_after_s: float = 300.0  # a longer Retry-After is cut to this (see concurrency.py)
 
 
 @dataclass
@@ -72,6 +73,9 @@ class PassReport:
     resent: int = 0  # maybe-sent creates not found upstream after the grace, sent again
     dead: int = 0
     auth_failing: bool = False
+    spans_pushed: int = 0  # the spans and evaluations steps (spans_push.py, evaluations_push.py)
+    spans_dead: int = 0
+    evaluations_pushed: int = 0
     throttled_until: float | None = None
     more_due: bool = False
     errors: list[str] = field(default_factory=list)
@@ -83,5 +87,8 @@ class PassReport:
         self.waiting += other.waiting
         self.resent += other.resent
         self.dead += other.dead
+        self.spans_pushed += other.spans_pushed
+        self.spans_dead += other.spans_dead
+        self.evaluations_pushed += other.evaluations_pushed
         self.auth_failing = self.auth_failing or other.auth_failing
         self.errors.extend(other.errors)

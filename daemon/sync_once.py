@@ -1,7 +1,7 @@
 """``galtea-local sync``: push everything that is due, once, then exit.
 
-Exit 0 when no record is left waiting (dead letters may remain; they are
-reported), 2 when some still wait (backoff, auth failure, offline).
+Exit 0 when no record, span or evaluation is left waiting (dead letters may remain;
+they are reported), 2 when some still wait (backoff, auth failure, offline).
 """
 
 from __future__ import annotations
@@ -48,7 +48,11 @@ def sync_once(settings: Settings) -> int:
     status = store_status(store)
     print(
         f"queued {status['queued']}, synced {status['synced']}, dead {status['dead']}"
+        + f"; spans queued {status['spans_queued']}, synced {status['spans_synced']}, dead {status['spans_dead']}"
+        + f"; evaluations queued {status['evaluations_queued']}, synced {status['evaluations_synced']},"
+        f" dead {status['evaluations_dead']}"
         + ("; AUTH FAILING" if status["auth_failing"] else ""),
         file=sys.stderr,
     )
-    return 0 if status["queued"] == 0 else 2
+    waiting = status["queued"] + status["spans_queued"] + status["evaluations_queued"]
+    return 0 if waiting == 0 else 2

@@ -46,6 +46,7 @@ from galtea_local.errors import (
     UpstreamError,
 )
 from galtea_local_daemon.servertime import ServerClock
+from galtea_local_daemon.upstream_spans import SpanAndEvaluationCalls
 from galtea_local_daemon.wire import (
     DEFAULT_BASE_URL,
     EXTRA_HEADERS_ENV,
@@ -171,7 +172,7 @@ def _check_body(response: httpx.Response, expect: type | None, what: str) -> May
     if isinstance(body, expect):
         return None
     return MaybeSentError(
-        f"{what}: {response.status_code} with a body that is not a JSON {expect.__name__}; "
+        f"{what}: {response.status_code} with a body that is not a JSON {getattr(expect, '__name__', 'value')}; "
         "the server applied it but the result cannot be read",
         status=response.status_code,
     )
@@ -198,7 +199,7 @@ def api_message(response: httpx.Response) -> str:
     return text or "(no message)"
 
 
-class UpstreamClient:
+class UpstreamClient(SpanAndEvaluationCalls):
     """A thread-safe, synchronous client for the Galtea API inference-result calls.
 
     One instance may be shared by many threads: each thread gets its own

@@ -16,10 +16,14 @@ from galtea_local.errors import (
     InvalidTypeError,
     NotAStoreError,
     NotFoundError,
+    OutcomeUnknownError,
     RecordTooLargeError,
     StoreError,
     StoreFullError,
     StoreOpenError,
+    StoreReadOnlyError,
+    StoreTimeoutError,
+    StoreUnavailableError,
 )
 from galtea_local.read_model import (
     AttachedFile,
@@ -41,6 +45,7 @@ __all__ = [
     "EntityNotFoundException",
     "EntityNotFoundHTTPError",
     "Galtea",
+    "GalteaSpan",
     "GaltealocalError",
     "InferenceResult",
     "InferenceResultStatus",
@@ -48,13 +53,35 @@ __all__ = [
     "InvalidTypeError",
     "NotAStoreError",
     "NotFoundError",
+    "OutcomeUnknownError",
     "RecordTooLargeError",
     "Session",
     "SessionStatus",
+    "Span",
     "StoreError",
     "StoreFullError",
     "StoreOpenError",
+    "StoreReadOnlyError",
+    "StoreTimeoutError",
+    "StoreUnavailableError",
     "SyncState",
     "Trace",
     "TraceStatus",
+    "clear_context",
+    "get_trace_id",
+    "set_context",
+    "start_span",
+    "traced",
 ]
+
+# The tracing names load galtea_local.spans on first use: `import galtea_local` stays fast.
+_SPAN_NAMES = frozenset({"GalteaSpan", "Span", "clear_context", "get_trace_id", "set_context", "start_span", "traced",
+                         "get_inference_result_id", "start_trace", "trace"})  # the last three: deprecated
+
+
+def __getattr__(name: str) -> object:
+    if name in _SPAN_NAMES:
+        from galtea_local import spans
+
+        return getattr(spans, name)
+    raise AttributeError(f"module 'galtea_local' has no attribute {name!r}")

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import os
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
 from galtea_local.config import load_settings
 from galtea_local.service import InferenceResultService
 from galtea_local.sessions import SessionService
+from galtea_local.spans import provider
 from galtea_local.store import open_configured
+
+if TYPE_CHECKING:
+    from galtea_local.evaluations import EvaluationService
+    from galtea_local.spans.service import SpanService
 
 
 class Galtea:
@@ -37,6 +44,24 @@ class Galtea:
         self.inference_results = InferenceResultService(self._store, settings.max_record_bytes)
         self.traces = self.inference_results  # the official SDK's new name for the same service
         self.sessions = SessionService(self._store)
+        provider.use_store(self._store)  # spans that end from now on land in this store (no OTel import)
+        if "opentelemetry.sdk.trace" in sys.modules:
+            # Loaded already (by the official SDK, Langfuse...): spans of their helpers land here too.
+            provider.ensure_installed()
+
+    @functools.cached_property
+    def spans(self) -> SpanService:
+        """The official ``galtea.spans`` calls, on this store (loaded on first use)."""
+        from galtea_local.spans.service import SpanService
+
+        return SpanService(self._store)
+
+    @functools.cached_property
+    def evaluations(self) -> EvaluationService:
+        """Evaluations queued offline, sent after their trace or session (loaded on first use)."""
+        from galtea_local.evaluations import EvaluationService
+
+        return EvaluationService(self._store, self.inference_results, self.sessions)
 
     @property
     def store_path(self) -> str:
@@ -47,7 +72,8 @@ class Galtea:
         return self._store.store_id
 
     def close(self) -> None:
-        """Close this object's connections. Every returned record is already durable."""
+        """Close this object's connections. Every returned record and ended span is already durable."""
+        provider.forget_store(self._store)
         self._store.close()
 
     def flush(self) -> None:

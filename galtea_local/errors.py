@@ -10,7 +10,11 @@
     ├── StoreError                              the store cannot be used
     │   ├── StoreOpenError                      the path cannot be opened or created
     │   ├── NotAStoreError                      the file is not a galtea-local store
-    │   └── StoreFullError                      the size cap is reached and the policy refuses
+    │   ├── StoreFullError                      the size cap is reached and the policy refuses
+    │   ├── StoreUnavailableError               the database server cannot be reached or dropped us; nothing written
+    │   ├── StoreReadOnlyError                  the database refuses writes (failover, maintenance); nothing written
+    │   ├── StoreTimeoutError                   a lock or statement outlasted ``store.busy_timeout_s``; nothing written
+    │   └── OutcomeUnknownError                 the COMMIT's answer was lost and its outcome cannot be told
     ├── ConfigError (also ValueError)           a bad setting: names the file, the key, what is allowed
     ├── MissingExtraError                       a feature needs an optional extra: names the pip command
     ├── BundleError                             an air-gap bundle or receipt refused: names the file and the fix
@@ -23,7 +27,7 @@
         ├── AuthError                           401/403: pause all pushing, dead-letter nothing
         └── RejectedError                       any other 4xx: dead-letter the operation with ``message``
 
-Third-party errors (sqlite3, SQLAlchemy, httpx) are translated where they are
+Third-party errors (sqlite3, psycopg, SQLAlchemy, httpx) are translated where they are
 caught; nothing above the store or the upstream client sees them.
 """
 
@@ -83,6 +87,46 @@ class NotFoundError(EntityNotFoundHTTPError, KeyError):
 
 class StoreError(GaltealocalError):
     """The store cannot be used."""
+
+
+class StoreUnavailableError(StoreError):
+    """The database server refused the connection, dropped it, or is shutting down.
+
+    Raised only when nothing was written (a lost COMMIT raises
+    :class:`OutcomeUnknownError` instead): retrying the call is safe.
+    """
+
+
+class StoreReadOnlyError(StoreError):
+    """The database accepts reads but refuses writes (a standby after a failover,
+    ``default_transaction_read_only``). Nothing was written; retry once it is writable."""
+
+
+class StoreTimeoutError(StoreError):
+    """A lock wait or a statement took longer than ``store.busy_timeout_s`` (a lock held by
+    another session, an overloaded server). Nothing was written; retry, or find the holder."""
+
+
+class OutcomeUnknownError(StoreError):
+    """The connection broke while COMMIT was in flight, and the store could not find out
+    whether it landed. ``record_id`` names the record (or session) the call wrote, when known:
+    look it up with ``get()`` once the database answers again, rather than creating it twice.
+    ``transaction`` is the PostgreSQL transaction id, for ``pg_xact_status()``.
+    """
+
+    def __init__(self, message: str, *, transaction: str | None = None, record_id: str | None = None,
+                 result: object = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.transaction = transaction
+        self.record_id = record_id
+        # What the transaction function returned (e.g. the new row's seq): lets the caller name the record.
+        self.result = result
+
+    def naming(self, record_id: str) -> OutcomeUnknownError:
+        """The same error, with the id of the record the call wrote in its message."""
+        return OutcomeUnknownError(f"{self.message}; the record is {record_id}: get() it before writing it again",
+                                   transaction=self.transaction, record_id=record_id, result=self.result)
 
 
 class StoreOpenError(StoreError):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from sqlalchemy import Index, text
+from sqlalchemy import BigInteger, Index, text
 from sqlmodel import Field, SQLModel
 
 from galtea_local.outbox.kinds import OPEN
@@ -37,6 +37,11 @@ def _origin_index(name: str) -> Index:
         sqlite_where=text("origin_store_id IS NOT NULL"),
         postgresql_where=text("origin_store_id IS NOT NULL"),
     )
+
+
+def _partial_index(name: str, column: str, where: str) -> Index:
+    """An index over the rows matching ``where`` only, on both dialects."""
+    return Index(name, column, sqlite_where=text(where), postgresql_where=text(where))
 
 
 class Meta(SQLModel, table=True):
@@ -240,6 +245,89 @@ class Lane(SQLModel, table=True):
     remote_session_id: Optional[str] = None  # learned for session_custom_id lanes
 
 
+class SpanRow(SQLModel, table=True):
+    """A span, written when it ends (migration 0008a). ``sync_state`` is ``queued`` until the
+    span is upstream (or its upstream delete is), ``synced``, ``dead`` (refused for good) or
+    ``cancelled`` (deleted before it left). Only :mod:`galtea_local.outbox.spans` changes it."""
+
+    __tablename__ = "spans"
+    __table_args__ = (
+        Index("ix_spans_span_id", "span_id", unique=True),
+        _partial_index("ix_spans_record", "record_seq", "record_seq IS NOT NULL"),
+        _partial_index("ix_spans_remote_trace", "trace_ref", "record_seq IS NULL"),
+        _partial_index("ix_spans_queued", "seq", "sync_state = 'queued'"),
+    )
+
+    seq: Optional[int] = Field(default=None, primary_key=True)
+    span_id: str  # trace_<16 hex>: the upstream id, generated here, so a re-send is recognised
+    trace_ref: str  # the trace id the app gave (local loc_... or remote)
+    record_seq: Optional[int] = None  # the local trace, when trace_ref is one of ours
+    name: str
+    type: Optional[str] = None
+    description: Optional[str] = None
+    input_data: Optional[str] = None  # JSON text, or a raw attribute string (read as {"value": ...})
+    output_data: Optional[str] = None
+    error: Optional[str] = None
+    metadata_json: Optional[str] = None
+    parent_span_id: Optional[str] = None
+    start_ns: Optional[int] = Field(default=None, sa_type=BigInteger)  # OTel spans: exact nanoseconds
+    end_ns: Optional[int] = Field(default=None, sa_type=BigInteger)
+    start_time: Optional[str] = None  # spans.create(): the ISO text given
+    end_time: Optional[str] = None
+    latency_ms: Optional[float] = None
+    sync_state: str = "queued"
+    pushed: int = 0  # 1 once upstream has it: a later delete must be sent
+    deleted: int = 0
+    attempts: int = 0
+    not_before: float = 0.0
+    lease_owner: Optional[str] = None
+    lease_until: Optional[float] = None
+    last_error: Optional[str] = None
+    remote_trace_id: Optional[str] = None
+    created_at: float
+    settled_at: Optional[float] = None
+
+
+class EvaluationRow(SQLModel, table=True):
+    """Evaluations asked for offline (migration 0008b): one row per ``evaluations.create()``.
+    ``sync_state`` is ``queued`` until the API answered (``synced``, its evaluations in
+    ``remote_json``) or refused (``dead``). Only :mod:`galtea_local.outbox.evaluations` changes it."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (
+        _partial_index("ix_evaluations_queued", "seq", "sync_state = 'queued'"),
+        _partial_index("ix_evaluations_waiting", "record_seq", "sync_state = 'queued'"),
+    )
+
+    seq: Optional[int] = Field(default=None, primary_key=True)
+    trace_ref: Optional[str] = None  # exactly one of trace_ref / session_ref
+    record_seq: Optional[int] = None  # the local trace, when trace_ref is one of ours
+    session_ref: Optional[str] = None
+    session_seq: Optional[int] = None  # the local session, when session_ref is one of ours
+    metrics_json: Optional[str] = None  # the wire metrics: [{"name"|"id", "score"?}, ...]
+    specification_ids_json: Optional[str] = None
+    run_id: Optional[str] = None
+    sync_state: str = "queued"
+    attempts: int = 0
+    not_before: float = 0.0
+    sending_since: Optional[float] = None  # write-ahead mark: "maybe sent" after a crash
+    lease_owner: Optional[str] = None
+    lease_until: Optional[float] = None
+    last_error: Optional[str] = None
+    remote_json: Optional[str] = None
+    created_at: float
+    settled_at: Optional[float] = None
+
+
+class EvaluationIdRow(SQLModel, table=True):
+    """An upstream evaluation id and the local row (and metric position) it answers."""
+
+    __tablename__ = "evaluation_ids"
+    remote_id: str = Field(primary_key=True)
+    evaluation_seq: int
+    position: int
+
+
 class BundleExported(SQLModel, table=True):
     """Which export carried which row (origin side): a receipt may confirm only rows exported in a
     bundle its writer imported. Forgotten once a receipt confirms the row."""
@@ -268,6 +356,9 @@ TABLES = [
     SessionRow.__table__,
     OutboxOperation.__table__,
     Lane.__table__,
+    SpanRow.__table__,
+    EvaluationRow.__table__,
+    EvaluationIdRow.__table__,
     OwnedRemoteId.__table__,
     BundleExported.__table__,
     BundleImport.__table__,

@@ -22,8 +22,16 @@ from dataclasses import dataclass
 from galtea_local.outbox import probes
 from galtea_local.store import dialects
 from galtea_local.errors import StoreFullError
+from galtea_local.store.contract import StoreConnection
 
 STORE_FULL = "store_full"  # meta key: present (with the reason) while new records are refused
+
+# A span or evaluation still waiting needs its trace's remote id, read from the record row
+# (one lookup each: ix_spans_record, ix_evaluations_waiting).
+HELD_BY_SPANS = (
+    " AND NOT EXISTS (SELECT 1 FROM spans s WHERE s.record_seq = r.seq AND s.sync_state = 'queued')"
+    " AND NOT EXISTS (SELECT 1 FROM evaluations e WHERE e.record_seq = r.seq AND e.sync_state = 'queued')"
+)
 
 PAGE_ROWS = 2000  # candidates examined per read transaction
 DELETE_BATCH = 200  # records deleted per write transaction: a few milliseconds of write lock
@@ -38,6 +46,7 @@ _DELETABLE = (
     "   AND o.settled_at > :cutoff)"
     " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.record_seq = r.seq AND o.state = 'dead')"
     f" AND NOT EXISTS (SELECT 1 FROM outbox o WHERE {probes.open_of_record('r.seq')})"
+    + HELD_BY_SPANS
 )
 # Candidates come from the sync-state index, in seq order: queued records are never read.
 _PAGE = (
@@ -124,7 +133,7 @@ def set_store_full(conn: sqlite3.Connection, reason: str | None) -> None:
         )
 
 
-def refuse_if_full(conn: sqlite3.Connection) -> None:
+def refuse_if_full(conn: StoreConnection) -> None:
     """Raise :class:`StoreFullError` while the daemon says the store is at its cap."""
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (STORE_FULL,)).fetchone()
     if row is not None:

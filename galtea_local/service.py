@@ -18,7 +18,7 @@ from galtea_local.errors import InvalidInputError, NotFoundError
 from galtea_local.outbox import batch as batch_queue
 from galtea_local.outbox import sessions as sessions_queue
 from galtea_local.read_model import Trace, build, from_row
-from galtea_local.store import Store
+from galtea_local.store import StorageBackend, named_outcome
 from galtea_local.validation import (
     COST_KEYS,
     USAGE_KEYS,
@@ -96,7 +96,7 @@ def _new_row(fields: dict[str, Any], now: float) -> dict[str, Any]:
 class InferenceResultService:
     """The ``inference_results`` (alias ``traces``) service of :class:`galtea_local.Galtea`."""
 
-    def __init__(self, store: Store, max_record_bytes: int) -> None:
+    def __init__(self, store: StorageBackend, max_record_bytes: int) -> None:
         self._store = store
         self._max_record_bytes = max_record_bytes
         self._prefix = store.store_id[:8]
@@ -130,8 +130,30 @@ class InferenceResultService:
         row = _new_row(create_fields(locals(), self._max_record_bytes), time.time())
         # Only a local session id or a custom id can name a session created offline.
         local = session_custom_id is not None or session_id.startswith("ses_")
-        seq = self._store.transaction(_insert, row, self._prefix if local else None)
+        with named_outcome(lambda seq: outbox.local_id(self._prefix, seq)):  # a lost COMMIT answer
+            seq = self._store.transaction(_insert, row, self._prefix if local else None)
         return build({**_READ_DEFAULTS, **row}, outbox.local_id(self._prefix, seq), input, output)
+
+    def create_and_evaluate(
+        self, session_id: str | None = None, output: str | dict[str, Any] | None = None, metrics: Any = None,
+        specification_ids: builtins.list[str] | None = None, input: str | dict[str, Any] | None = None,
+        retrieval_context: str | None = None, latency: float | None = None, usage_info: dict[str, int] | None = None,
+        cost_info: dict[str, float] | None = None, conversation_simulator_version: str | None = None,
+        session_custom_id: str | None = None, version_id: str | None = None, product_id: str | None = None,
+        run_id: str | None = None,
+    ) -> tuple[Trace, builtins.list[Any]]:
+        """Queue a turn and its evaluation: ``(trace, evaluations reporting "queued")``. The
+        evaluation goes upstream after the trace (see :mod:`galtea_local.evaluations`)."""
+        from galtea_local.evaluations import EvaluationService, check_metrics
+
+        check_metrics(metrics, specification_ids)  # bad metrics write nothing, not even the trace
+        trace = self.create(session_id=session_id, input=input, output=output, retrieval_context=retrieval_context,
+                            latency=latency, usage_info=usage_info, cost_info=cost_info,
+                            conversation_simulator_version=conversation_simulator_version,
+                            session_custom_id=session_custom_id, version_id=version_id, product_id=product_id)
+        evaluations = EvaluationService(self._store, self, None).create(
+            trace_id=trace.id, metrics=metrics, specification_ids=specification_ids, run_id=run_id)
+        return trace, evaluations
 
     def create_batch(
         self,
@@ -160,7 +182,8 @@ class InferenceResultService:
             rows.append({**_new_row(fields, now), "create_sent": 1})  # nothing folds into a batch body
         body = batch_api.wire_body(conversation_turns, *(rows[0][k] for k in (
             "session_id", "session_custom_id", "version_id", "product_id", "conversation_simulator_version")))
-        seqs = self._store.transaction(_insert_batch, rows, body, self._prefix, now)
+        with named_outcome(lambda seqs: ", ".join(outbox.local_id(self._prefix, seq) for seq in seqs)):
+            seqs = self._store.transaction(_insert_batch, rows, body, self._prefix, now)
         return [self._result({**_READ_DEFAULTS, **row, "seq": seq}) for row, seq in zip(rows, seqs)]
 
     def update(
@@ -199,7 +222,8 @@ class InferenceResultService:
         if not passed:
             return self.get(record_id)
         changes = update_fields(passed, self._max_record_bytes)
-        row = self._store.transaction(_apply_update, self._prefix, record_id, changes, time.time())
+        with named_outcome(lambda _: record_id):
+            row = self._store.transaction(_apply_update, self._prefix, record_id, changes, time.time())
         return self._result(row)
 
     def get(self, trace_id: str | None = None, *, inference_result_id: str | None = None) -> Trace:
@@ -210,7 +234,8 @@ class InferenceResultService:
     def delete(self, trace_id: str | None = None, *, inference_result_id: str | None = None) -> None:
         """Delete a turn locally at once, and upstream once it is there."""
         record_id = _one_id(inference_result_id, trace_id)
-        self._store.transaction(_apply_delete, self._prefix, record_id, time.time())
+        with named_outcome(lambda _: record_id):
+            self._store.transaction(_apply_delete, self._prefix, record_id, time.time())
 
     def list(
         self,

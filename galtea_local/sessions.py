@@ -20,7 +20,7 @@ from galtea_local.errors import InvalidInputError, NotFoundError
 from galtea_local.outbox import sessions as queue
 from galtea_local.read_model import Session, iso_utc, session_status, stored_json
 from galtea_local.session_list import list_query
-from galtea_local.store import Store
+from galtea_local.store import StorageBackend, named_outcome
 from galtea_local.validation import (
     check_count,
     check_encodable,
@@ -129,7 +129,7 @@ def _insert(conn: sqlite3.Connection, values: dict[str, Any], now: float) -> int
 class SessionService:
     """The ``sessions`` service of :class:`galtea_local.Galtea`: local at once, upstream later."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StorageBackend) -> None:
         self._store = store
         self._prefix = store.store_id[:8]
 
@@ -152,7 +152,8 @@ class SessionService:
         version_id, product_id = _check_anchor(version_id, product_id)
         values = _row_values(custom_id, version_id, product_id, test_case_id=test_case_id, context=context,
                              is_production=is_production, metadata=metadata, run_id=run_id)
-        return self._read(self._store.transaction(_insert, values, time.time()))
+        with named_outcome(lambda seq: queue.local_session_id(self._prefix, seq)):  # a lost COMMIT answer
+            return self._read(self._store.transaction(_insert, values, time.time()))
 
     def get_or_create(self, custom_id: str, version_id: str | None = None, test_case_id: str | None = None,
                       context: str | None = None, is_production: bool | None = False,
@@ -171,7 +172,8 @@ class SessionService:
             existing = queue.find_by_custom_id(conn, custom_id, version_id, product_id)
             return existing["seq"] if existing is not None else _insert(conn, values, time.time())
 
-        return self._read(self._store.transaction(get_or_insert))
+        with named_outcome(lambda seq: queue.local_session_id(self._prefix, seq)):
+            return self._read(self._store.transaction(get_or_insert))
 
     def get(self, session_id: str) -> Session:
         """The session with this local or remote id; ``NotFoundError`` if this store has none."""
@@ -245,7 +247,8 @@ class SessionService:
             conn.execute("UPDATE sessions SET deleted = 1, updated_at = ?, sync_state = 'queued' WHERE seq = ?",
                          (time.time(), row["seq"]))
 
-        self._store.transaction(apply)
+        with named_outcome(lambda _: session_id):
+            self._store.transaction(apply)
 
     def _change(self, session_id: str, kind: str, changes: dict[str, Any]) -> Session:
         check_id("session_id", session_id)
@@ -261,7 +264,8 @@ class SessionService:
                          (*changes.values(), time.time(), state, row["seq"]))
             return row["seq"]
 
-        return self._read(self._store.transaction(apply))
+        with named_outcome(lambda _: session_id):
+            return self._read(self._store.transaction(apply))
 
 
 def _refuse_taken(conn: sqlite3.Connection, custom_id: str, row: Any) -> None:

@@ -7,6 +7,8 @@ import time
 from typing import Any
 
 from galtea_local.outbox import custody, health
+from galtea_local.outbox import evaluations as evaluation_queue
+from galtea_local.outbox import spans as span_queue
 from galtea_local.store import Store
 
 _STATES = ("queued", "synced", "dead", "dropped", "cancelled")
@@ -54,6 +56,8 @@ def _health(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
         "auth_failing": auth_since is not None,
         "auth_failing_since": auth_since,
         "throttled_until": throttled if throttled and throttled > now else None,
+        # Seconds left; a value past any cap (an older release stored any Retry-After) still prints.
+        "throttled_for_s": round(min(throttled - now, 1e12), 3) if throttled and throttled > now else None,
         "server_clock_offset_s": health.get_float(conn, health.SERVER_CLOCK_OFFSET),
         "resent_unconfirmed": int(health.get_float(conn, health.RESENT_UNCONFIRMED) or 0),
         "handed_over": int(health.get_float(conn, custody.HANDED_OVER_COUNT) or 0),
@@ -70,6 +74,9 @@ def _load(conn: sqlite3.Connection) -> dict[str, Any]:
         "longest_write_ms": _ms(health.get_float(conn, health.LONGEST_WRITE)),
         "longest_write_name": health.get(conn, health.LONGEST_WRITE_NAME),
         "longest_write_recent_ms": _ms(health.get_float(conn, health.LONGEST_WRITE_RECENT)),
+        "longest_write_cpu_ms": _ms(health.get_float(conn, health.LONGEST_WRITE_CPU)),
+        "send_rate_per_s": health.get_float(conn, health.SEND_RATE),
+        "send_limit": health.get_float(conn, health.SEND_LIMIT),
     }
 
 
@@ -82,16 +89,17 @@ def store_status(store: Store, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
 
     def read(conn: sqlite3.Connection) -> dict[str, Any]:
-        return {**_counts(conn), **_queue_facts(conn, now), **_health(conn, now), **_load(conn)}
+        spans = {f"spans_{state}": count for state, count in span_queue.counts(conn).items()}
+        evaluations = {f"evaluations_{state}": count for state, count in evaluation_queue.counts(conn).items()}
+        return {**_counts(conn), **_queue_facts(conn, now), **spans, **evaluations, **_health(conn, now),
+                **_load(conn)}
 
     return {"store_id": store.store_id, "store": str(store.path), **store.read(read)}
 
 
 def format_status(status: dict[str, Any]) -> str:
     """The human view: one fact per line."""
-    def when(epoch: float | None) -> str:
-        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch)) if epoch else "never"
-
+    when = _when
     lines = [
         f"store       {status['store']} (id {status['store_id']})",
         f"queued      {status['queued']} (in flight {status['in_flight']})",
@@ -99,13 +107,20 @@ def format_status(status: dict[str, Any]) -> str:
         f"dead        {status['dead']} records ({status['dead_operations']} operations; see `galtea-local dead list`)",
         f"sessions    {status['sessions_queued']} queued, {status['sessions_synced']} synced,"
         f" {status['sessions_dead']} dead (a dead session holds its turns)",
+        f"spans       {status['spans_queued']} queued, {status['spans_synced']} synced, {status['spans_dead']} dead",
+        f"evaluations {status['evaluations_queued']} queued, {status['evaluations_synced']} synced,"
+        f" {status['evaluations_dead']} dead",
         f"oldest      {status['oldest_queued_age_s'] if status['oldest_queued_age_s'] is not None else '-'} s",
         f"last push   {when(status['last_success_at'])}",
         f"last error  {status['last_error'] or '-'}",
     ]
     if status.get("longest_write_ms") is not None:
         lines.append(f"writes      daemon's longest write transaction {status['longest_write_ms']:g} ms"
-                     f" ({status['longest_write_name'] or '?'}), last minute {status['longest_write_recent_ms']:g} ms")
+                     f" ({status['longest_write_name'] or '?'}), last minute {status['longest_write_recent_ms']:g} ms,"
+                     f" most CPU in one {status['longest_write_cpu_ms']:g} ms")
+    if status.get("send_rate_per_s") is not None:
+        lines.append(f"sending     at most {status['send_rate_per_s']:g} requests/s, {status['send_limit']:g} in flight"
+                     " (adaptive: follows what the API accepts)")
     if status["auth_failing"]:
         lines.append(f"AUTH FAILING since {when(status['auth_failing_since'])}: pushing is paused; fix the API key")
     offset = status.get("server_clock_offset_s")
@@ -116,6 +131,24 @@ def format_status(status: dict[str, Any]) -> str:
     if status.get("resent_unconfirmed"):
         lines.append(f"UNCONFIRMED RE-SENDS {status['resent_unconfirmed']}: creates re-sent after their first attempt"
                      " was not found within sync.commit_grace_s; run `galtea-local verify` to check for duplicates")
-    if status["throttled_until"]:
-        lines.append(f"throttled   until {when(status['throttled_until'])} (the API asked us to slow down)")
+    throttled = throttle_line(status)
+    if throttled:
+        lines.append(throttled)
     return "\n".join(lines)
+
+
+def _when(epoch: float | None) -> str:
+    if not epoch:
+        return "never"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+    except (OverflowError, ValueError, OSError):  # a stored Retry-After can be absurd: never crash on it
+        return "the far future"
+
+
+def throttle_line(status: dict[str, Any]) -> str | None:
+    """The pause of all pushing, if any, as one line of ``status``."""
+    if not status.get("throttled_until"):
+        return None
+    return (f"throttled   until {_when(status['throttled_until'])} ({status['throttled_for_s']:g} s left: the API"
+            " refused every request; `galtea-local throttle clear` ends it)")

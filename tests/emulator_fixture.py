@@ -40,7 +40,8 @@ class EmulatorHandle:
 
     def set_faults(self, **settings: Any) -> dict[str, Any]:
         """Change fault settings live: fail_rate, throttle_rate, ambiguous_rate, latency_ms,
-        retry_after_s, retry_after_http_date, api_key, seed. Returns the settings now in force."""
+        retry_after_s, retry_after_http_date, api_key, rate_limit_rps, rate_limit_burst, seed.
+        Returns the settings now in force."""
         response = self._control.post("/_emulator/faults", json=settings)
         response.raise_for_status()
         return response.json()
@@ -95,7 +96,8 @@ def emulator_command(api_key: str | None, seed: int | None, faults: dict[str, An
     if seed is not None:
         command += ["--seed", str(seed)]
     for name, value in faults.items():
-        flag = {"retry_after_s": "--retry-after"}.get(name, "--" + name.replace("_", "-"))
+        flag = {"retry_after_s": "--retry-after", "rate_limit_rps": "--rate-limit",
+                "rate_limit_burst": "--rate-burst"}.get(name, "--" + name.replace("_", "-"))
         command += [flag, str(value)]
     return command
 

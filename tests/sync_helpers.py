@@ -4,11 +4,13 @@ a bounded drain loop, upstream views for field-by-field comparison, and the CLI 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +125,23 @@ def galtea_local_popen(*args: str, env: dict[str, str]) -> subprocess.Popen[str]
         [sys.executable, "-m", "galtea_local_daemon.cli", *args],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
+
+
+def kill_sync_once_sending(env: dict[str, str], sent: Callable[[], int], delay_s: float) -> bool:
+    """Start ``galtea-local sync``, wait until ``sent()`` grows (it has sent something), SIGKILL it
+    ``delay_s`` later. Returns False when the run finished on its own before the kill."""
+    before = sent()
+    proc = galtea_local_popen("sync", env=env)
+    try:
+        while sent() == before and proc.poll() is None:
+            time.sleep(0.005)
+        time.sleep(delay_s)
+        if proc.poll() is not None:
+            return False
+        proc.send_signal(signal.SIGKILL)
+        return proc.wait(10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()  # type: ignore[union-attr]

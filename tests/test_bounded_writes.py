@@ -126,3 +126,17 @@ def test_the_record_probes_use_the_index_by_record(tmp_path: Path) -> None:
         assert "ix_outbox_by_record" in text or "outbox" not in sql, text
         assert "SCAN o" not in text and "SCAN outbox" not in text, text
     assert "SCAN" not in plan(store, "DELETE FROM outbox WHERE record_seq = 1 AND state = 'done'", {})
+
+
+def test_the_daemons_longest_write_is_in_status(tmp_path: Path) -> None:
+    from galtea_local.status import format_status, store_status
+    from galtea_local_daemon.loadwatch import WriteWatch
+
+    store = backlog_store(tmp_path / "store.db", per_lane=5)
+    watch = WriteWatch(store)
+    Housekeeper(store, RetentionSettings(synced_days=0)).expire(time.time())
+    watch.publish()
+    status = store_status(store)
+    assert status["longest_write_ms"] > 0 and status["longest_write_name"] in ("delete_verified", "upgrade")
+    assert status["longest_write_cpu_ms"] > 0 and status["longest_write_recent_ms"] > 0
+    assert "longest write transaction" in format_status(status)

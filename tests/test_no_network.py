@@ -11,23 +11,10 @@ import subprocess
 import sys
 import textwrap
 
-PROBE = textwrap.dedent(
+from tests.helpers import NETWORK_TRAP
+
+PROBE = NETWORK_TRAP + textwrap.dedent(
     """
-    import socket, sys
-
-    calls = []
-
-    def trap(name):
-        def refuse(*args, **kwargs):
-            calls.append(name)
-            raise AssertionError(f"galtea_local used the network: {name}")
-        return refuse
-
-    socket.socket.__init__ = trap("socket.socket")
-    socket.socket.connect = trap("socket.connect")
-    socket.create_connection = trap("socket.create_connection")
-    socket.getaddrinfo = trap("socket.getaddrinfo")
-
     from galtea_local import Galtea
 
     with Galtea(api_key="gsk_not_used", store=sys.argv[1]) as galtea:

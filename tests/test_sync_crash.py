@@ -7,8 +7,6 @@ run must reconcile it against the server's list instead of sending it again.
 from __future__ import annotations
 
 import random
-import signal
-import time
 from contextlib import closing
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from tests.emulator_fixture import EmulatorHandle
 from tests.sync_helpers import (
     cli_env,
     galtea_local,
-    galtea_local_popen,
+    kill_sync_once_sending,
     new_session,
     open_store,
     queued,
@@ -37,21 +35,7 @@ def kill_while_pushing(emulator: EmulatorHandle, env: dict[str, str], rng: rando
 
     Returns False when the run finished on its own before the kill.
     """
-    before = creates_seen(emulator)
-    proc = galtea_local_popen("sync", env=env)
-    try:
-        while creates_seen(emulator) == before and proc.poll() is None:
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.25))
-        if proc.poll() is not None:
-            return False
-        proc.send_signal(signal.SIGKILL)
-        return proc.wait(10) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()  # type: ignore[union-attr]
+    return kill_sync_once_sending(env, lambda: creates_seen(emulator), rng.uniform(0.0, 0.25))
 
 
 def test_sigkill_while_pushing_loses_and_duplicates_nothing(emulator: EmulatorHandle, tmp_path: Path) -> None:

@@ -116,13 +116,13 @@ def test_a_throttle_extended_during_the_wait_is_waited_out(tmp_path: Path, emula
         def sleep(self, seconds: float) -> None:  # time passes; halfway, another lane is told "wait 2 s"
             clock.now += seconds / 2
             if clock.now < 1002.0:
-                engine[0]._throttle(2.0)
+                engine[0]._pause_all(2.0)
             clock.now += seconds / 2
 
     with closing(open_store(tmp_path / "store.db")) as store:
         client = UpstreamClient(emulator.url, emulator.api_key)
         engine.append(SyncEngine(store, client, backoff=HalfwayRetryAfter(), clock=clock))
-        engine[0]._throttle(2.0)  # until 1002; the other lane's pushes it to 1003
+        engine[0]._pause_all(2.0)  # until 1002; the other lane's pushes it to 1003
         engine[0]._wait_for_throttle()
         client.close()
     assert clock.now >= 1003.0

@@ -3,6 +3,7 @@ and a Retry-After is honoured to the second by every lane."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from galtea_local import Galtea
+from galtea_local_daemon.emulator.rules import parse_timestamp
 from tests.emulator_fixture import EmulatorHandle
 from tests.sync_helpers import drain, make_engine, new_session, open_store, upstream_by_session
 
@@ -99,8 +101,10 @@ def test_faults_lose_and_duplicate_nothing(emulator: EmulatorHandle, tmp_path: P
     assert 0 < dump["requests"]["PATCH /inferenceResults/{id}"]
 
 
-def drain_while_throttled(emulator: EmulatorHandle, tmp_path: Path, lanes: int) -> list[dict[str, Any]]:
-    """Drain with the emulator answering 429 until the first one is seen; the API request log."""
+def drain_while_throttled(emulator: EmulatorHandle, tmp_path: Path, lanes: int,
+                          after_creates: int = 0) -> list[dict[str, Any]]:
+    """Drain with the emulator answering 429 (once ``after_creates`` were served) until the first one
+    is seen; the API request log."""
     sessions = [new_session(emulator) for _ in range(lanes)]
     store_path = tmp_path / "store.db"
     with Galtea(store=store_path) as local, closing(open_store(store_path)) as store:
@@ -108,9 +112,14 @@ def drain_while_throttled(emulator: EmulatorHandle, tmp_path: Path, lanes: int) 
             for session_id in sessions:
                 local.traces.create(session_id=session_id, input=f"turn {turn}")
         started = time.time()
-        emulator.set_faults(throttle_rate=1.0)
+        if not after_creates:
+            emulator.set_faults(throttle_rate=1.0)
         worker = threading.Thread(target=drain, args=(make_engine(store, emulator, concurrency=lanes),))
         worker.start()
+        while after_creates and sum(entry["status"] == 201 for entry in emulator.dump()["log"]) < after_creates:
+            time.sleep(0.005)
+        if after_creates:
+            emulator.set_faults(throttle_next=1)  # exactly one sporadic 429, amid answers
         while not any(entry["status"] == 429 for entry in emulator.dump()["log"]):
             time.sleep(0.005)
         emulator.set_faults(throttle_rate=0.0)
@@ -133,8 +142,21 @@ def assert_quiet_after_each_429(log: list[dict[str, Any]], retry_after_s: float)
 def test_retry_after_is_honoured(
     emulator_factory: Callable[..., EmulatorHandle], tmp_path: Path, http_date: bool, lanes: int
 ) -> None:
+    """The request a 429 answered waits out its Retry-After; other sessions do not (issue 17)."""
     emulator = emulator_factory(retry_after_s=2, retry_after_http_date=http_date)
-    log = drain_while_throttled(emulator, tmp_path, lanes)
-    assert_quiet_after_each_429(log, 2.0)
+    # Several lanes: a 429 amid answers (a 429 for everything from the start pauses everything).
+    log = drain_while_throttled(emulator, tmp_path, lanes, after_creates=0 if lanes == 1 else lanes)
     creates = [e for e in log if e["route"] == "/inferenceResults" and e["status"] == 201]
     assert len(creates) == 3 * lanes
+    if lanes == 1:
+        assert_quiet_after_each_429(log, 2.0)
+        return
+    first_429 = min(entry["t"] for entry in log if entry["status"] == 429)
+    # The throttled session's next create came after the Retry-After; the others' did not wait.
+    nexts = [min((parse_timestamp("createdAt", r["createdAt"]) for r in records
+                  if parse_timestamp("createdAt", r["createdAt"]) > first_429), default=math.inf)
+             for records in upstream_by_session(emulator).values()]
+    later = [t for t in nexts if t < math.inf]  # sessions with creates left after the 429
+    waited = [t for t in later if t >= first_429 + 2.0 - TOLERANCE_S]
+    assert waited, "the throttled session sent again before its Retry-After"
+    assert len(waited) < len(later), "every session waited: a sporadic 429 stopped the world"

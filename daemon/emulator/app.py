@@ -1,13 +1,15 @@
 """The emulator's HTTP surface: the Galtea API routes the SDK calls, plus control endpoints.
 
 API routes (camelCase JSON, as the official SDK 5.12 sends and reads them):
-``/inferenceResults[/{id}|/batch]``, ``/sessions[/{id}[/finish]]`` and
+``/inferenceResults[/{id}|/batch]``, ``/sessions[/{id}[/finish]]``, ``/traces[/{id}|/batch]`` (spans), ``/evaluations[/{id}|/fromInferenceResult|/fromSession|/singleTurn]`` and
 ``GET /minimum-sdk-version``. Control routes live under ``/_emulator/`` and are
 never delayed, faulted or authenticated:
 
-- ``GET /_emulator/dump[?log=0]``: everything stored plus the counters.
+- ``GET /_emulator/dump[?log=0][&store=0]``: everything stored plus the counters
+  (``store=0``: only how many results and sessions are stored).
 - ``GET|POST /_emulator/faults``: read or change :class:`FaultConfig` fields
-  (``{"fail_rate": 0.5, ...}``; ``"seed"`` restarts the random sequence).
+  (``{"fail_rate": 0.5, ...}``; ``"seed"`` restarts the random sequence;
+  ``"throttle_next": N`` answers exactly the next N API requests 429).
 - ``POST /_emulator/reset``: forget everything stored and zero the counters.
 """
 
@@ -28,6 +30,8 @@ from galtea_local_daemon.emulator import rules
 from galtea_local_daemon.emulator.faults import FaultConfig, FaultInjector
 from galtea_local_daemon.emulator.layer import FaultLayer
 from galtea_local_daemon.emulator.rules import ApiError
+from galtea_local_daemon.emulator.evaluations import EvaluationStore
+from galtea_local_daemon.emulator.spans import SpanStore
 from galtea_local_daemon.emulator.state import RESULT_FILTERS, SESSION_FILTERS, Store, as_read
 
 # Far ahead of any real release, and no higher minimum than the SDK we test with:
@@ -61,6 +65,8 @@ class EmulatorApp:
     def __init__(self, store: Store, injector: FaultInjector) -> None:
         self.store = store
         self.injector = injector
+        self.spans = SpanStore(store)
+        self.evaluations = EvaluationStore(store)
 
     def routes(self) -> list[Route]:
         return [
@@ -76,6 +82,17 @@ class EmulatorApp:
             Route("/sessions/{id}", self.update_session, methods=["PATCH"]),
             Route("/sessions/{id}", self.delete_session, methods=["DELETE"]),
             Route("/sessions/{id}/finish", self.finish_session, methods=["PATCH"]),
+            Route("/traces", self.create_span, methods=["POST"]),
+            Route("/traces", self.list_spans, methods=["GET"]),
+            Route("/traces/batch", self.create_spans, methods=["POST"]),
+            Route("/traces/{id}", self.get_span, methods=["GET"]),
+            Route("/traces/{id}", self.delete_span, methods=["DELETE"]),
+            Route("/evaluations/fromInferenceResult", self.evaluate_trace, methods=["POST"]),
+            Route("/evaluations/fromSession", self.evaluate_session, methods=["POST"]),
+            Route("/evaluations/singleTurn", self.evaluate_single_turn, methods=["POST"]),
+            Route("/evaluations", self.list_evaluations, methods=["GET"]),
+            Route("/evaluations/{id}", self.get_evaluation, methods=["GET"]),
+            Route("/evaluations/{id}", self.delete_evaluation, methods=["DELETE"]),
             Route("/minimum-sdk-version", self.sdk_versions, methods=["GET"]),
             Route("/_emulator/dump", self.dump, methods=["GET"]),
             Route("/_emulator/faults", self.get_faults, methods=["GET"]),
@@ -144,6 +161,47 @@ class EmulatorApp:
         self.store.delete_session(request.path_params["id"])
         return Response(status_code=204)
 
+    # --- spans (the API's /traces route; see emulator/spans.py) ------------------------
+
+    async def create_span(self, request: Request) -> Response:
+        return JSONResponse(self.spans.create(await read_object(request)), status_code=201)
+
+    async def create_spans(self, request: Request) -> Response:
+        include_rejected = request.query_params.get("includeRejected") == "true"
+        answer = self.spans.create_batch(await read_object(request), include_rejected)
+        return JSONResponse(answer, status_code=201)
+
+    async def list_spans(self, request: Request) -> Response:
+        return JSONResponse(self.spans.list(request.query_params.multi_items()))
+
+    async def get_span(self, request: Request) -> Response:
+        return JSONResponse(self.spans.get(request.path_params["id"]))
+
+    async def delete_span(self, request: Request) -> Response:
+        self.spans.delete(request.path_params["id"])
+        return Response(status_code=204)
+
+    # --- evaluations (see emulator/evaluations.py) --------------------------------------
+
+    async def evaluate_trace(self, request: Request) -> Response:
+        return JSONResponse(self.evaluations.from_trace(await read_object(request)), status_code=201)
+
+    async def evaluate_session(self, request: Request) -> Response:
+        return JSONResponse(self.evaluations.from_session(await read_object(request)), status_code=201)
+
+    async def evaluate_single_turn(self, request: Request) -> Response:
+        return JSONResponse(self.evaluations.single_turn(await read_object(request)), status_code=201)
+
+    async def list_evaluations(self, request: Request) -> Response:
+        return JSONResponse(self.evaluations.list(request.query_params.multi_items()))
+
+    async def get_evaluation(self, request: Request) -> Response:
+        return JSONResponse(self.evaluations.get(request.path_params["id"]))
+
+    async def delete_evaluation(self, request: Request) -> Response:
+        self.evaluations.delete(request.path_params["id"])
+        return Response(status_code=204)
+
     async def sdk_versions(self, request: Request) -> Response:
         return JSONResponse(SDK_VERSIONS)
 
@@ -151,7 +209,13 @@ class EmulatorApp:
 
     async def dump(self, request: Request) -> Response:
         with_log = request.query_params.get("log", "1") not in ("0", "false")
-        return JSONResponse({**self.store.snapshot(), **self.injector.snapshot(with_log)})
+        if request.query_params.get("store", "1") in ("0", "false"):  # counters only: cheap for a long benchmark
+            counts = {"inferenceResultCount": len(self.store.results), "sessionCount": len(self.store.sessions)}
+            return JSONResponse({**counts, **self.injector.snapshot(with_log)})
+        spans = {"spans": list(self.spans.spans.values()), "deletedSpans": list(self.spans.deleted.values()),
+                 "refusedDuplicateSpans": self.spans.refused_duplicates,
+                 "evaluations": list(self.evaluations.evaluations.values())}
+        return JSONResponse({**self.store.snapshot(), **spans, **self.injector.snapshot(with_log)})
 
     async def get_faults(self, request: Request) -> Response:
         return JSONResponse({**self.injector.config.as_dict(), "seed": self.injector.seed})
@@ -159,12 +223,15 @@ class EmulatorApp:
     async def set_faults(self, request: Request) -> Response:
         changes = await read_object(request)
         seed = changes.pop("seed", None)
+        throttle_next = changes.pop("throttle_next", None)
         try:
             self.injector.config = self.injector.config.changed(changes)
         except ValueError as exc:
             raise rules.bad_request(str(exc)) from None
         if seed is not None:
             self.injector.reseed(seed)
+        if throttle_next is not None:
+            self.injector.throttle_next(int(throttle_next))
         return await self.get_faults(request)
 
     async def set_versions(self, request: Request) -> Response:
@@ -177,6 +244,8 @@ class EmulatorApp:
 
     async def reset(self, request: Request) -> Response:
         self.store.reset()
+        self.spans.reset()
+        self.evaluations.reset()
         self.injector.reset()
         return JSONResponse({"reset": True})
 

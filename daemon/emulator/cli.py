@@ -33,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ambiguous-rate", type=_rate, default=0.0, help="share of API writes performed, then left unanswered"
     )
     parser.add_argument("--retry-after", type=int, default=1, help="Retry-After seconds sent with a 429 (default 1)")
+    parser.add_argument("--rate-limit", type=float, default=0.0,
+                        help="token bucket per API key: requests/s allowed, then 429 (default 0: off)")
+    parser.add_argument("--rate-burst", type=float, default=0.0,
+                        help="the bucket's size in requests (default: one second's worth)")
     parser.add_argument("--late-rate", type=_rate, default=0.0,
                         help="share of API writes held inside the server and applied --late-commit-s later")
     parser.add_argument("--late-commit-s", type=float, default=0.0, help="how long a late write is held (seconds)")
@@ -53,6 +57,8 @@ def config_from_args(args: argparse.Namespace) -> FaultConfig:
         latency_ms=args.latency_ms,
         retry_after_s=args.retry_after,
         api_key=args.api_key,
+        rate_limit_rps=args.rate_limit,
+        rate_limit_burst=args.rate_burst,
         late_rate=args.late_rate,
         late_commit_s=args.late_commit_s,
         applied_error_rate=args.applied_error_rate,

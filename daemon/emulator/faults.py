@@ -25,6 +25,7 @@ from typing import Any
 FAIL = "fail"
 THROTTLE = "throttle"
 AMBIGUOUS = "ambiguous"
+RATE_LIMIT = "rate_limit"  # the token bucket was empty: answered 429 (see FaultConfig.rate_limit_rps)
 LATE = "late"  # a write held inside the server, applied (and answered) only after ``late_commit_s``
 APPLIED_ERROR = "applied_error"  # a write applied, then answered 502/503/504 by a proxy
 GATEWAY_STATUSES = frozenset({500, 502, 503, 504})
@@ -41,6 +42,11 @@ class FaultConfig:
     ``api_key=None`` accepts any non-empty Bearer key. ``retry_after_http_date``
     sends ``Retry-After`` as an HTTP date instead of seconds. ``page_cap`` 0 means
     no cap. ``applied_error_status`` is the status a proxy answers after the API applied a write.
+
+    ``rate_limit_rps`` (0: off) is a token bucket per API key, as real rate
+    limiters are: it refills at that many requests per second and holds up to
+    ``rate_limit_burst`` (0: one second's worth). A request that finds it empty
+    is answered 429 at once with ``Retry-After`` (whole seconds, at least 1).
     """
 
     fail_rate: float = 0.0
@@ -50,6 +56,8 @@ class FaultConfig:
     retry_after_s: int = 1
     retry_after_http_date: bool = False
     api_key: str | None = None
+    rate_limit_rps: float = 0.0
+    rate_limit_burst: float = 0.0
     late_rate: float = 0.0
     late_commit_s: float = 0.0
     applied_error_rate: float = 0.0
@@ -68,6 +76,12 @@ class FaultConfig:
             raise ValueError("latency_ms, retry_after_s, late_commit_s and page_cap must not be negative")
         if self.applied_error_status not in GATEWAY_STATUSES:
             raise ValueError(f"applied_error_status must be one of {sorted(GATEWAY_STATUSES)}")
+        if self.rate_limit_rps < 0 or self.rate_limit_burst < 0:
+            raise ValueError("rate_limit_rps and rate_limit_burst must not be negative")
+
+    @property
+    def burst(self) -> float:
+        return self.rate_limit_burst or max(1.0, self.rate_limit_rps)
 
     def rates(self) -> tuple[float, ...]:
         """The drawn fault rates, in the order they split [0, 1)."""
@@ -107,7 +121,9 @@ class FaultInjector:
         if seed is not None:
             self.seed = seed
         self._rng = random.Random(self.seed)
-        self.faults: Counter[str] = Counter(dict.fromkeys(_DRAWN, 0))
+        self.faults: Counter[str] = Counter(dict.fromkeys(_DRAWN, 0))  # + RATE_LIMIT once one happens
+        self._buckets: dict[str | None, tuple[float, float]] = {}  # API key -> (tokens, when counted)
+        self._throttle_left = 0
         self.requests: Counter[str] = Counter()
         self.log: deque[dict[str, Any]] = deque(maxlen=LOG_LIMIT)
         self.in_flight = 0
@@ -118,8 +134,15 @@ class FaultInjector:
         self.seed = seed
         self._rng = random.Random(seed)
 
+    def throttle_next(self, count: int) -> None:
+        """Answer exactly the next ``count`` API requests 429, whatever the rates (a deterministic 429)."""
+        self._throttle_left = count
+
     def draw(self, method: str) -> str | None:
         """The fault for this request, or ``None`` to serve it normally."""
+        if self._throttle_left > 0:
+            self._throttle_left -= 1
+            return THROTTLE
         rates = self.config.rates()
         if not any(rates):
             return None
@@ -129,6 +152,20 @@ class FaultInjector:
             if roll < bound:
                 return name if name in _ANY_METHOD or method in WRITE_METHODS else None
         return None
+
+    def rate_limited(self, key: str | None, now: float | None = None) -> float | None:
+        """Take a token from ``key``'s bucket: None if there was one, else seconds until the next."""
+        cfg = self.config
+        if not cfg.rate_limit_rps:
+            return None
+        now = time.monotonic() if now is None else now
+        tokens, then = self._buckets.get(key, (cfg.burst, now))
+        tokens = min(cfg.burst, tokens + (now - then) * cfg.rate_limit_rps)
+        if tokens >= 1.0:
+            self._buckets[key] = (tokens - 1.0, now)
+            return None
+        self._buckets[key] = (tokens, now)
+        return (1.0 - tokens) / cfg.rate_limit_rps
 
     def begin(self, method: str, path: str, route: str) -> dict[str, Any]:
         """Count a request in; the returned log entry is completed by :meth:`end`."""

@@ -11,19 +11,28 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
 import time
 from typing import Any
 
-from galtea_local_daemon.emulator.faults import AMBIGUOUS, APPLIED_ERROR, FAIL, LATE, THROTTLE, FaultInjector
+from galtea_local_daemon.emulator.faults import (
+    AMBIGUOUS,
+    APPLIED_ERROR,
+    FAIL,
+    LATE,
+    RATE_LIMIT,
+    THROTTLE,
+    FaultInjector,
+)
 
 Scope = dict[str, Any]
-API_PREFIXES = ("/inferenceResults", "/sessions")
+API_PREFIXES = ("/inferenceResults", "/sessions", "/traces", "/evaluations")
 
 
 def route_of(path: str) -> str:
     """``/inferenceResults/abc`` -> ``/inferenceResults/{id}``: a stable name to count requests by."""
     parts = path.rstrip("/").split("/")
-    if len(parts) >= 3 and parts[2] != "batch":
+    if len(parts) >= 3 and parts[2] not in ("batch", "fromInferenceResult", "fromSession", "singleTurn"):
         parts[2] = "{id}"
     return "/".join(parts)
 
@@ -69,8 +78,14 @@ class FaultLayer:
 
     async def _serve(self, scope: Scope, receive: Any, send: Any, entry: dict[str, Any]) -> None:
         config = self.injector.config
+        wait = self.injector.rate_limited(_bearer_key(scope))  # counted on arrival, as a real limiter does
         if config.latency_ms:
             await asyncio.sleep(config.latency_ms / 1000)
+        if wait is not None:
+            entry["fault"], entry["status"] = RATE_LIMIT, 429
+            retry_after = (b"retry-after", str(max(1, math.ceil(wait))).encode())
+            await send_json(send, 429, {"message": "Too Many Requests (rate limit)"}, [retry_after])
+            return
         fault = entry["fault"] = self.injector.draw(scope["method"])
         if fault == FAIL:
             entry["status"] = 503

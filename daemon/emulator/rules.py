@@ -191,8 +191,8 @@ def _sort_descending(values: list[str]) -> bool:
     return values[1].lower() == "desc"
 
 
-def parse_list_query(items: Iterable[tuple[str, str]], filter_fields: Mapping[str, str]) -> ListQuery:
-    """Read ``key[]=value`` filters (named in ``filter_fields``: parameter -> field) and paging."""
+def split_query(items: Iterable[tuple[str, str]]) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Query parameters: ``key[]=value`` ones as lists (by key without the brackets), the rest single."""
     lists: dict[str, list[str]] = {}
     single: dict[str, str] = {}
     for key, value in items:
@@ -200,6 +200,12 @@ def parse_list_query(items: Iterable[tuple[str, str]], filter_fields: Mapping[st
             lists.setdefault(key[:-2], []).append(value)
         else:
             single[key] = value
+    return lists, single
+
+
+def parse_list_query(items: Iterable[tuple[str, str]], filter_fields: Mapping[str, str]) -> ListQuery:
+    """Read ``key[]=value`` filters (named in ``filter_fields``: parameter -> field) and paging."""
+    lists, single = split_query(items)
     filters = {field: frozenset(lists[param]) for param, field in filter_fields.items() if param in lists}
     from_text, to_text = single.get("fromCreatedAt"), single.get("toCreatedAt")
     return ListQuery(

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from galtea_local.bundle import ledger
+from galtea_local.bundle import spans as bundle_spans
 from galtea_local.bundle.format import BundleWriter
 from galtea_local.bundle.signing import Signing
 from galtea_local.errors import BundleError
@@ -185,6 +186,8 @@ def export_bundle(store: Store, out: Path | str, *, signing: Signing, since_last
                 carried["record"].append(row["seq"])
                 if bar is not None:
                     bar.update(1)
+            for entry in bundle_spans.entries(conn, start, end, since):  # after their records
+                writer.write(entry)
         finally:
             if bar is not None:
                 bar.close()

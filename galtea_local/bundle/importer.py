@@ -24,6 +24,7 @@ from typing import Any
 
 from galtea_local import outbox, retention
 from galtea_local.bundle import checks, ledger
+from galtea_local.bundle import spans as bundle_spans
 from galtea_local.bundle.export import RECORD_FIELDS, SESSION_FIELDS, Progress
 from galtea_local.bundle.format import BundleReader
 from galtea_local.bundle.signing import Signing
@@ -50,6 +51,7 @@ class ImportResult:
     sessions_added: int = 0
     sessions_updated: int = 0
     sessions_unchanged: int = 0
+    spans_added: int = 0
 
 
 def _require(path: Path, entry: dict[str, Any], fields: tuple[str, ...]) -> None:
@@ -243,6 +245,8 @@ def _apply_chunk(conn: sqlite3.Connection, run: _Import, reader: BundleReader, c
         entry = chunk[at]
         if entry["type"] == "session":
             run.session(entry)
+        elif entry["type"] == "span":
+            run.result.spans_added += bundle_spans.import_span(conn, entry, run.origin, run.prefix)
         else:
             run.record(entry)
         at += 1
@@ -311,6 +315,8 @@ def _check_entry(path: Path, max_record_bytes: int, entry: dict[str, Any]) -> No
     elif entry["type"] == "session":
         _require(path, entry, SESSION_FIELDS)
         checks.check_session(entry)
+    elif entry["type"] == "span":
+        bundle_spans.check_span(path, entry)
     else:
         raise BundleError(f"{path}: unknown entry type {show(entry['type'])} in a version-1 bundle; "
                           "upgrade galtea-local on this machine")

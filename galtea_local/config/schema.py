@@ -303,6 +303,8 @@ class StoreSettings:
     path: str | None = key(None, optional_text, path=True)  # file path or sqlite:/// URL; None: default
     durability: str = key("process", choice("process", "power"))
     busy_timeout_s: float = key(30.0, number(0, above=True))
+    pool_size: int = key(4, integer(1, 1000))  # PostgreSQL: connections per process, at most
+    pool_idle_s: float = key(10.0, number(0, above=True))  # PostgreSQL: an unused connection closes after this
     max_record_bytes: int = key(1_048_576, integer(1, 1_000_000_000))
     file_mode: int = key(0o600, mode(0o600))
     dir_mode: int = key(0o700, mode(0o700))
@@ -361,6 +363,7 @@ class SyncSettings:
     lease_s: float = key(60.0, number(0, above=True))
     shutdown_timeout_s: float = key(10.0, number(0, above=False))
     clock_skew_s: float = key(120.0, number(0, above=False))
+    max_retry_after_s: float = key(300.0, number(0, above=True))
     commit_grace_s: float = key(120.0, number(0, above=False))
 
 

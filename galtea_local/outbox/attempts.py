@@ -10,7 +10,6 @@ means "maybe sent", never "not sent".
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -19,6 +18,7 @@ from typing import Any, TypeVar
 from galtea_local.outbox import batch, lanes, probes, stamps
 from galtea_local.outbox.kinds import OPEN, OpKind, OpState, held_behind_session, held_behind_session_sql, open_in
 from galtea_local.store import dialects
+from galtea_local.store.contract import StoreConnection
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,7 +56,7 @@ class Attempt:
     sent_offset_s: float | None = None
 
 
-def deactivate_drained_lanes(conn: sqlite3.Connection) -> int:
+def deactivate_drained_lanes(conn: StoreConnection) -> int:
     """Mark lanes with no open operation inactive, so claiming skips them."""
     return conn.execute(
         "UPDATE lanes SET active = 0 WHERE active = 1 AND NOT EXISTS ("
@@ -64,30 +64,33 @@ def deactivate_drained_lanes(conn: sqlite3.Connection) -> int:
     ).rowcount
 
 
-def due_lanes(conn: sqlite3.Connection, now: float, limit: int) -> list[str]:
+def due_lanes(conn: StoreConnection, now: float, limit: int) -> list[str]:
     """Unleased lanes whose head operation is due at ``now``, least recently served first.
 
     Round robin, not oldest head first: a lane that just gave back its claim
     after ``batch_size`` operations goes behind the lanes that waited, so a
     backlog drains across every session at once instead of a few at a time.
+    A lane without an owner is claimable whatever its ``lease_until`` says
+    (that is only the "last served" mark); an owned one once its lease is past.
     """
+    clock, clock_now = dialects.lease_clock(conn, now)
     rows = conn.execute(
         "SELECT key FROM ("
         f" SELECT l.key, (SELECT o.seq FROM outbox o WHERE o.lane = l.key AND {open_in('o')}"
         "   ORDER BY o.seq LIMIT 1) AS head"
         "   , l.remote_session_id, COALESCE(l.lease_until, 0) AS served"
-        " FROM lanes l WHERE l.active = 1 AND (l.lease_until IS NULL OR l.lease_until < ?)) AS heads"
+        f" FROM lanes l WHERE l.active = 1 AND (l.lease_owner IS NULL OR l.lease_until < {clock})) AS heads"
         " JOIN outbox h ON h.seq = heads.head WHERE h.not_before <= ?"
         # A session created offline whose create is dead holds its turns: nothing to claim there.
         f" AND NOT {held_behind_session_sql('heads.key', 'heads.remote_session_id', 'h.kind')}"
         " ORDER BY heads.served, heads.head LIMIT ?",
-        (now, now, limit),
+        (clock_now, now, limit),
     ).fetchall()
     return [row[0] for row in rows]
 
 
 @dialects.read_committed
-def claim_lanes(conn: sqlite3.Connection, owner: str, now: float, lease_s: float, limit: int,
+def claim_lanes(conn: StoreConnection, owner: str, now: float, lease_s: float, limit: int,
                 skip: frozenset[str] = frozenset()) -> list[str]:
     """Lease up to ``limit`` due lanes (not in ``skip``), least recently served first.
 
@@ -95,34 +98,52 @@ def claim_lanes(conn: sqlite3.Connection, owner: str, now: float, lease_s: float
     read and locked ones skipped (:data:`dialects.PG_CLAIM_LANES`), so each lane
     gets one lease holder. SQLite has one pusher per store, holding the write lock.
     """
+    clock, clock_now = dialects.lease_clock(conn, now)
     if dialects.of(conn) == dialects.POSTGRESQL:
-        due = [row[0] for row in conn.execute(dialects.PG_CLAIM_LANES, (now, now, limit + len(skip)))]
+        due = [row[0] for row in conn.execute(dialects.PG_CLAIM_LANES, (clock_now, now, limit + len(skip)))]
     else:
         due = due_lanes(conn, now, limit + len(skip))
     keys = [key for key in due if key not in skip][:limit]
     conn.executemany(
-        "UPDATE lanes SET lease_owner = ?, lease_until = ? WHERE key = ?",
-        [(owner, now + lease_s, key) for key in keys],
+        f"UPDATE lanes SET lease_owner = ?, lease_until = {clock} + ? WHERE key = ?",
+        [(owner, clock_now, lease_s, key) for key in keys],
     )
     return keys
 
 
 @lease_protected
-def release_lane(conn: sqlite3.Connection, lane: str, owner: str, now: float | None = None) -> None:
-    """Give the lane back. ``lease_until`` keeps the release time: the round robin's "last served"."""
+def release_lane(conn: StoreConnection, lane: str, owner: str, now: float | None = None) -> None:
+    """Give the lane back: claimable at once by anyone (no owner). ``lease_until`` keeps the
+    release time, on the lease clock: the round robin's "last served" mark."""
+    clock, clock_now = dialects.lease_clock(conn, time.time() if now is None else now)
     conn.execute(
-        "UPDATE lanes SET lease_owner = NULL, lease_until = ? WHERE key = ? AND lease_owner = ?",
-        (time.time() if now is None else now, lane, owner),
+        f"UPDATE lanes SET lease_owner = NULL, lease_until = {clock} WHERE key = ? AND lease_owner = ?",
+        (clock_now, lane, owner),
     )
 
 
-def release_all_leases(conn: sqlite3.Connection) -> int:
+@lease_protected
+def release_lanes(conn: StoreConnection, lanes: list[str], owner: str) -> None:
+    """Give back lanes whose release failed earlier (a store fault), so they do not wait out the lease."""
+    for lane in lanes:
+        release_lane(conn, lane, owner)
+
+
+@lease_protected
+def release_owned(conn: StoreConnection, owner: str) -> int:
+    """Give back every lane ``owner`` holds (a daemon stopping past its deadline): claimable at once."""
+    clock, clock_now = dialects.lease_clock(conn, time.time())
+    return conn.execute(f"UPDATE lanes SET lease_owner = NULL, lease_until = {clock} WHERE lease_owner = ?",
+                        (clock_now, owner)).rowcount
+
+
+def release_all_leases(conn: StoreConnection) -> int:
     """Forget every lease: for a pusher that holds the store's exclusive lock, all are stale."""
     return conn.execute("UPDATE lanes SET lease_owner = NULL, lease_until = NULL WHERE lease_owner IS NOT NULL").rowcount
 
 
 @lease_protected
-def still_holds(conn: sqlite3.Connection, lane: str, owner: str, now: float, lease_s: float) -> bool:
+def still_holds(conn: StoreConnection, lane: str, owner: str, now: float, lease_s: float) -> bool:
     """Does this pusher still hold the lane's lease? Renews it when it does.
 
     The one check the engine makes right before a request leaves (when time has
@@ -132,17 +153,18 @@ def still_holds(conn: sqlite3.Connection, lane: str, owner: str, now: float, lea
     return _holds(conn, lane, owner, now, lease_s) is not None
 
 
-def _holds(conn: sqlite3.Connection, lane: str, owner: str, now: float, lease_s: float) -> sqlite3.Row | None:
+def _holds(conn: StoreConnection, lane: str, owner: str, now: float, lease_s: float) -> Any | None:
     """Renew our lease on the lane: its row (for ``remote_session_id``), or None when another pusher took it."""
+    clock, clock_now = dialects.lease_clock(conn, now)
     rows = conn.execute(
-        "UPDATE lanes SET lease_until = ? WHERE key = ? AND lease_owner = ? RETURNING remote_session_id",
-        (now + lease_s, lane, owner),
+        f"UPDATE lanes SET lease_until = {clock} + ? WHERE key = ? AND lease_owner = ? RETURNING remote_session_id",
+        (clock_now, lease_s, lane, owner),
     ).fetchall()
     return rows[0] if rows else None
 
 
 @lease_protected
-def next_attempt(conn: sqlite3.Connection, lane: str, owner: str, now: float, lease_s: float) -> Attempt | None:
+def next_attempt(conn: StoreConnection, lane: str, owner: str, now: float, lease_s: float) -> Attempt | None:
     """The lane's head operation if it is due and the lease is still ours, else None."""
     lane_row = _holds(conn, lane, owner, now, lease_s)
     if lane_row is None:
@@ -171,7 +193,7 @@ def next_attempt(conn: sqlite3.Connection, lane: str, owner: str, now: float, le
 
 @lease_protected
 def begin_attempt(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     attempt: Attempt,
     owner: str,
     now: float,
@@ -199,7 +221,7 @@ _CLOSE_FOLDING = {
 }
 
 
-def _mark(conn: sqlite3.Connection, attempt: Attempt, target: dict[str, Any], now: float,
+def _mark(conn: StoreConnection, attempt: Attempt, target: dict[str, Any], now: float,
           build_body: Callable[[dict[str, Any], Attempt], dict[str, Any]],
           offset_s: float | None = None) -> dict[str, Any] | None:
     """Mark the op ``sending`` with the body it will carry; None if it is no longer open.
@@ -234,7 +256,7 @@ def _needs_care(attempt: Attempt) -> bool:
 
 @lease_protected
 def take_next(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     lane: str,
     owner: str,
     now: float,
@@ -255,7 +277,7 @@ def take_next(
     return None if body is None else replace(attempt, body=body)
 
 
-def _target(conn: sqlite3.Connection, op: sqlite3.Row) -> dict[str, Any]:
+def _target(conn: StoreConnection, op: Any) -> dict[str, Any]:
     if op["session_seq"] is not None:
         return dict(conn.execute("SELECT * FROM sessions WHERE seq = ?", (op["session_seq"],)).fetchone())
     return dict(conn.execute("SELECT * FROM inference_results WHERE seq = ?", (op["record_seq"],)).fetchone())
@@ -282,14 +304,14 @@ def _state_sql(attempt: Attempt) -> str:
     )
 
 
-def _set_sync_state(conn: sqlite3.Connection, attempt: Attempt, state: str | None = None) -> None:
+def _set_sync_state(conn: StoreConnection, attempt: Attempt, state: str | None = None) -> None:
     table = "sessions" if _is_session(attempt) else "inference_results"
     value = ":state" if state is not None else _state_sql(attempt)
     conn.execute(f"UPDATE {table} SET sync_state = {value} WHERE seq = :target",
                  {"state": state, "target": attempt.record["seq"], "lane": attempt.lane})
 
 
-def _adopt_session(conn: sqlite3.Connection, attempt: Attempt, remote: dict[str, Any]) -> None:
+def _adopt_session(conn: StoreConnection, attempt: Attempt, remote: dict[str, Any]) -> None:
     conn.execute(
         "UPDATE sessions SET remote_id = ?, remote_version_id = ? WHERE seq = ?",
         (remote.get("id"), remote.get("versionId"), attempt.record["seq"]),
@@ -298,7 +320,7 @@ def _adopt_session(conn: sqlite3.Connection, attempt: Attempt, remote: dict[str,
     conn.execute("UPDATE lanes SET remote_session_id = ? WHERE key = ?", (remote.get("id"), attempt.lane))
 
 
-def _adopt_record(conn: sqlite3.Connection, attempt: Attempt, remote: dict[str, Any]) -> None:
+def _adopt_record(conn: StoreConnection, attempt: Attempt, remote: dict[str, Any]) -> None:
     conn.execute(
         "UPDATE inference_results SET remote_id = :id, remote_index = :index, remote_session_id = :session,"
         f" remote_created_at = :created, sync_state = {_state_sql(attempt)} WHERE seq = :target",
@@ -313,7 +335,7 @@ def _adopt_record(conn: sqlite3.Connection, attempt: Attempt, remote: dict[str, 
 
 
 @lease_protected
-def settle_done(conn: sqlite3.Connection, attempt: Attempt, now: float, remote: dict[str, Any] | None) -> None:
+def settle_done(conn: StoreConnection, attempt: Attempt, now: float, remote: dict[str, Any] | None) -> None:
     """The operation is applied upstream; for a create, record what the server assigned."""
     conn.execute(
         "UPDATE outbox SET state = 'done', settled_at = ?, sent_body = NULL, last_error = NULL WHERE seq = ?",
@@ -333,7 +355,7 @@ def settle_done(conn: sqlite3.Connection, attempt: Attempt, now: float, remote: 
 
 @lease_protected
 def settle_retry(
-    conn: sqlite3.Connection, attempt: Attempt, not_before: float, error: str, status: int | None, *, maybe_sent: bool
+    conn: StoreConnection, attempt: Attempt, not_before: float, error: str, status: int | None, *, maybe_sent: bool
 ) -> None:
     """Try again later. A maybe-sent operation stays ``sending``: the next attempt reconciles."""
     if maybe_sent:
@@ -350,7 +372,7 @@ def settle_retry(
 
 
 @lease_protected
-def settle_dead(conn: sqlite3.Connection, attempt: Attempt, now: float, error: str, status: int | None) -> None:
+def settle_dead(conn: StoreConnection, attempt: Attempt, now: float, error: str, status: int | None) -> None:
     """The upstream refused the operation for good: keep it, with the API's message, for the operator.
 
     The refusal answers the request itself, so it was not applied: the mark is cleared and
@@ -367,7 +389,7 @@ def settle_dead(conn: sqlite3.Connection, attempt: Attempt, now: float, error: s
 
 
 @lease_protected
-def cancel_with_record(conn: sqlite3.Connection, attempt: Attempt, now: float, reason: str) -> None:
+def cancel_with_record(conn: StoreConnection, attempt: Attempt, now: float, reason: str) -> None:
     """A delete of a record that never reached upstream: nothing to send, and nothing left to hold."""
     conn.execute(
         "UPDATE outbox SET state = 'done', settled_at = ?, last_error = ? WHERE record_seq = ? AND state = 'dead'",
@@ -376,7 +398,7 @@ def cancel_with_record(conn: sqlite3.Connection, attempt: Attempt, now: float, r
     settle_done(conn, attempt, now, None)
 
 
-def owners_of(conn: sqlite3.Connection, remote_ids: list[str]) -> set[str]:
+def owners_of(conn: StoreConnection, remote_ids: list[str]) -> set[str]:
     """Which of these remote ids a local record owns or ever owned (reconciliation must not adopt them).
 
     ``owned_remote_ids`` outlives the rows (retention) and holds every id set by

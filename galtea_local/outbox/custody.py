@@ -11,12 +11,12 @@ them (``import-receipt``); ``galtea-local reclaim`` takes them back explicitly
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
 
 from galtea_local.outbox import health
 from galtea_local.outbox.kinds import OPEN
 from galtea_local.store import Store
+from galtea_local.store.contract import StoreConnection
 
 HANDED_OVER = 1e18  # not_before of an exported operation: never due
 HANDED_OVER_COUNT = "handed_over_operations"  # meta: how many wait for a receipt (status shows it)
@@ -34,7 +34,7 @@ def _batches(seqs: Iterable[int], size: int = 500) -> Iterable[list[int]]:
         yield chunk
 
 
-def _mark(conn: sqlite3.Connection, column: str, seqs: Iterable[int], not_before: float, where: str) -> int:
+def _mark(conn: StoreConnection, column: str, seqs: Iterable[int], not_before: float, where: str) -> int:
     count = 0
     for chunk in _batches(seqs):
         marks = ", ".join("?" * len(chunk))
@@ -43,7 +43,7 @@ def _mark(conn: sqlite3.Connection, column: str, seqs: Iterable[int], not_before
     return count
 
 
-def hand_over(conn: sqlite3.Connection, record_seqs: Iterable[int], session_seqs: Iterable[int]) -> int:
+def hand_over(conn: StoreConnection, record_seqs: Iterable[int], session_seqs: Iterable[int]) -> int:
     """Hold the open operations of these exported records and sessions until a receipt or a reclaim."""
     return (_mark(conn, "record_seq", record_seqs, HANDED_OVER, OPEN)
             + _mark(conn, "session_seq", session_seqs, HANDED_OVER, OPEN))
@@ -57,7 +57,7 @@ def hand_over_all(store: Store, record_seqs: Iterable[int], session_seqs: Iterab
     return count
 
 
-def reclaim(conn: sqlite3.Connection, record_seqs: list[int] | None = None,
+def reclaim(conn: StoreConnection, record_seqs: list[int] | None = None,
             session_seqs: list[int] | None = None) -> int:
     """Take handed-over operations back (all when both are None): the daemon pushes them again.
     The caller then runs :func:`recount`."""
@@ -68,7 +68,7 @@ def reclaim(conn: sqlite3.Connection, record_seqs: list[int] | None = None,
             + _mark(conn, "session_seq", session_seqs or [], 0.0, held))
 
 
-def count_held(conn: sqlite3.Connection) -> int:
+def count_held(conn: StoreConnection) -> int:
     return conn.execute(f"SELECT COUNT(*) FROM outbox WHERE {OPEN} AND not_before >= ?", (HANDED_OVER,)).fetchone()[0]
 
 

@@ -9,7 +9,6 @@ session releases them.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,11 +17,12 @@ from galtea_local.outbox.attempts import Attempt, settle_dead
 from galtea_local.outbox.enqueue import ACTIVATE_LANE, local_id
 from galtea_local.outbox.kinds import OPEN
 from galtea_local.outbox.sessions import local_session_id, session_lane
+from galtea_local.store.contract import StoreConnection
 
 _TARGETS = (("record_seq", "inference_results"), ("session_seq", "sessions"))
 
 
-def list_dead(conn: sqlite3.Connection, prefix: str, limit: int = 1000) -> list[dict[str, Any]]:
+def list_dead(conn: StoreConnection, prefix: str, limit: int = 1000) -> list[dict[str, Any]]:
     rows = conn.execute(
         "SELECT o.seq, o.record_seq, o.session_seq, o.lane, o.kind, o.attempts, o.last_status, o.last_error,"
         " o.settled_at, COALESCE(r.session_id, r.session_custom_id, s.custom_id) AS session"
@@ -43,14 +43,14 @@ def list_dead(conn: sqlite3.Connection, prefix: str, limit: int = 1000) -> list[
     ]
 
 
-def _dead_targets(conn: sqlite3.Connection, column: str, seqs: Iterable[int] | None) -> list[int]:
+def _dead_targets(conn: StoreConnection, column: str, seqs: Iterable[int] | None) -> list[int]:
     if seqs is not None:
         return list(seqs)
     return [row[0] for row in conn.execute(f"SELECT DISTINCT {column} FROM outbox WHERE state = 'dead'"
                                            f" AND {column} IS NOT NULL")]
 
 
-def settle_unencodable(conn: sqlite3.Connection, attempt: Attempt, now: float, error: str) -> None:
+def settle_unencodable(conn: StoreConnection, attempt: Attempt, now: float, error: str) -> None:
     """Dead-letter an operation whose request could not be built from its row (a poison row).
 
     Nothing left: the build failed before the write-ahead mark. So unless an
@@ -63,7 +63,7 @@ def settle_unencodable(conn: sqlite3.Connection, attempt: Attempt, now: float, e
         conn.execute(f"UPDATE {table} SET create_sent = 0 WHERE seq = ?", (attempt.record["seq"],))
 
 
-def retry_dead(conn: sqlite3.Connection, record_seqs: list[int] | None = None,
+def retry_dead(conn: StoreConnection, record_seqs: list[int] | None = None,
                session_seqs: list[int] | None = None) -> int:
     """Queue the dead operations of these records/sessions (all when both are None) again."""
     every = record_seqs is None and session_seqs is None
@@ -86,7 +86,7 @@ def retry_dead(conn: sqlite3.Connection, record_seqs: list[int] | None = None,
     return count
 
 
-def drop_dead(conn: sqlite3.Connection, now: float, record_seqs: list[int] | None = None,
+def drop_dead(conn: StoreConnection, now: float, record_seqs: list[int] | None = None,
               session_seqs: list[int] | None = None) -> int:
     """Give up on the dead operations of these records/sessions (all when both are None)."""
     every = record_seqs is None and session_seqs is None
@@ -108,7 +108,7 @@ def drop_dead(conn: sqlite3.Connection, now: float, record_seqs: list[int] | Non
     return count
 
 
-def _drop_held_turns(conn: sqlite3.Connection, now: float, session_seq: int) -> int:
+def _drop_held_turns(conn: StoreConnection, now: float, session_seq: int) -> int:
     """A dropped session's turns can never go upstream: they are dropped with it, not left waiting."""
     lane = session_lane(session_seq)
     conn.execute(

@@ -11,13 +11,13 @@ while both stores say synced. Then one PATCH of every field goes after it.
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from galtea_local.outbox import attempts as ob
 from galtea_local.outbox.enqueue import ACTIVATE_LANE
 from galtea_local.outbox.imports import full_patch
 from galtea_local.outbox.kinds import OPEN
+from galtea_local.store.contract import StoreConnection
 
 _HAS_OPEN_UPDATE = f"SELECT 1 FROM outbox WHERE record_seq = ? AND kind = 'update' AND {OPEN} LIMIT 1"
 _INSERT_PATCH = (
@@ -27,7 +27,7 @@ _INSERT_PATCH = (
 
 
 @ob.lease_protected
-def settle_adopted(conn: sqlite3.Connection, attempt: ob.Attempt, now: float, remote: dict[str, Any],
+def settle_adopted(conn: StoreConnection, attempt: ob.Attempt, now: float, remote: dict[str, Any],
                    drifted: bool) -> bool:
     """Settle an adopted create; when the record ``drifted`` from the adopted copy and no update of
     it is queued, queue a PATCH of every field (before settling, so its state reads queued).

@@ -7,12 +7,12 @@ upstream in ``seq`` order.
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from galtea_local import retention
 from galtea_local.outbox import probes
 from galtea_local.errors import NotFoundError
+from galtea_local.store.contract import StoreConnection
 
 _INSERT_OP = (
     "INSERT INTO outbox (record_seq, lane, kind, payload, state, attempts, not_before, created_at)"
@@ -42,21 +42,21 @@ _INSERT_CREATE = (
 )
 
 
-def open_lane(conn: sqlite3.Connection, lane: str) -> None:
+def open_lane(conn: StoreConnection, lane: str) -> None:
     """Activate the lane *before* inserting the record: on PostgreSQL the upsert locks the
     lane row (even when it changes nothing) until commit, so two processes creating in one
     session take their ``seq`` in commit order and the session's order upstream is theirs."""
     conn.execute(ACTIVATE_LANE, (lane,))
 
 
-def enqueue_create(conn: sqlite3.Connection, record_seq: int, lane: str, now: float) -> None:
+def enqueue_create(conn: StoreConnection, record_seq: int, lane: str, now: float) -> None:
     """Queue a record's create (after :func:`open_lane`); :class:`StoreFullError` while the
     store is at its cap (policy "refuse")."""
     if conn.execute(_INSERT_CREATE, (record_seq, lane, now)).rowcount == 0:
         retention.refuse_if_full(conn)  # raises, with the daemon's reason; the caller's transaction rolls back
 
 
-def enqueue_update(conn: sqlite3.Connection, record: sqlite3.Row, changes: dict[str, Any], now: float) -> bool:
+def enqueue_update(conn: StoreConnection, record: Any, changes: dict[str, Any], now: float) -> bool:
     """Queue a PATCH unless the create never left; return True if the change folded.
 
     ``changes`` maps column names to plain values (``input``/``actual_output``
@@ -72,7 +72,7 @@ def enqueue_update(conn: sqlite3.Connection, record: sqlite3.Row, changes: dict[
     return False
 
 
-def enqueue_delete(conn: sqlite3.Connection, record: sqlite3.Row, now: float) -> bool:
+def enqueue_delete(conn: StoreConnection, record: Any, now: float) -> bool:
     """Queue a DELETE; a record whose create never left is cancelled instead.
 
     Returns True when the record will never reach upstream (cancelled locally).
@@ -114,7 +114,7 @@ def parse_local_id(prefix: str, any_id: str) -> int | None:
     return parse_id("loc", prefix, any_id)
 
 
-def require_record(conn: sqlite3.Connection, prefix: str, any_id: str) -> sqlite3.Row:
+def require_record(conn: StoreConnection, prefix: str, any_id: str) -> Any:
     """The live record with this local or remote id, else :class:`NotFoundError`."""
     seq = parse_local_id(prefix, any_id)
     if seq is not None:

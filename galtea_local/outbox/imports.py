@@ -17,12 +17,12 @@ Two sides, both inside the caller's transaction:
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from galtea_local.outbox.enqueue import ACTIVATE_LANE
 from galtea_local.outbox.sessions import session_lane
 from galtea_local.validation import COST_KEYS, USAGE_KEYS
+from galtea_local.store.contract import StoreConnection
 
 # What a PATCH may carry for a record (the session is fixed at create time).
 PATCH_COLUMNS = (
@@ -53,7 +53,7 @@ def session_patch(row: Any) -> dict[str, Any]:
     return {k: v for k, v in patch.items() if v is not None or k in ("context", "metadata_json")}
 
 
-def _op(conn: sqlite3.Connection, lane: str, kind: str, now: float, *, record: int | None = None,
+def _op(conn: StoreConnection, lane: str, kind: str, now: float, *, record: int | None = None,
         session: int | None = None, payload: dict[str, Any] | None = None,
         maybe_sent: dict[str, Any] | None = None, activate: bool = True) -> None:
     state, since, body = "pending", None, None
@@ -67,7 +67,7 @@ def _op(conn: sqlite3.Connection, lane: str, kind: str, now: float, *, record: i
         conn.execute(ACTIVATE_LANE, (lane,))
 
 
-def enqueue_imported_record(conn: sqlite3.Connection, row: sqlite3.Row, now: float,
+def enqueue_imported_record(conn: StoreConnection, row: Any, now: float,
                             maybe_sent: dict[str, Any] | None = None, *, activate: bool = True) -> None:
     """Queue what an imported record needs upstream: its create, or a PATCH/DELETE of a known remote id.
 
@@ -81,7 +81,7 @@ def enqueue_imported_record(conn: sqlite3.Connection, row: sqlite3.Row, now: flo
         _op(conn, row["lane"], "update", now, record=row["seq"], payload=full_patch(row), activate=activate)
 
 
-def enqueue_imported_session(conn: sqlite3.Connection, seq: int, remote_id: str | None, now: float,
+def enqueue_imported_session(conn: StoreConnection, seq: int, remote_id: str | None, now: float,
                              maybe_sent: dict[str, Any] | None = None) -> None:
     """Queue an imported session's create; one already upstream only lends its remote id to its lane."""
     if remote_id is None:
@@ -90,7 +90,7 @@ def enqueue_imported_session(conn: sqlite3.Connection, seq: int, remote_id: str 
         conn.execute(_REMOTE_LANE, (session_lane(seq), remote_id))
 
 
-def _settle_all(conn: sqlite3.Connection, column: str, seq: int, now: float) -> None:
+def _settle_all(conn: StoreConnection, column: str, seq: int, now: float) -> None:
     conn.execute(
         "UPDATE outbox SET state = 'done', settled_at = ?, sent_body = NULL, last_error = 'confirmed by receipt'"
         f" WHERE {column} = ? AND state != 'done'",
@@ -98,7 +98,7 @@ def _settle_all(conn: sqlite3.Connection, column: str, seq: int, now: float) -> 
     )
 
 
-def confirm_record(conn: sqlite3.Connection, row: sqlite3.Row, remote: dict[str, Any], changed: bool,
+def confirm_record(conn: StoreConnection, row: Any, remote: dict[str, Any], changed: bool,
                    now: float) -> str:
     """Settle a record a receipt says is upstream; return its new ``sync_state``.
 
@@ -125,7 +125,7 @@ def confirm_record(conn: sqlite3.Connection, row: sqlite3.Row, remote: dict[str,
     return state
 
 
-def confirm_session(conn: sqlite3.Connection, row: sqlite3.Row, remote: dict[str, Any], changed: bool,
+def confirm_session(conn: StoreConnection, row: Any, remote: dict[str, Any], changed: bool,
                     now: float) -> str:
     """Settle an offline session a receipt says is upstream; its lane's turns now carry its remote id."""
     _settle_all(conn, "session_seq", row["seq"], now)

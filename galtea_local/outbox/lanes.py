@@ -14,10 +14,9 @@ are one session went up in push order (docs/delivery.md).
 
 from __future__ import annotations
 
-import sqlite3
-
 from galtea_local.outbox.kinds import OPEN
 from galtea_local.store import dialects
+from galtea_local.store.contract import StoreConnection
 
 # The other lanes of the same upstream session: ``s:<id>`` by its key, the others by the session
 # they learned (primary key and ix_lanes_remote_session: two index probes, usually finding none).
@@ -29,7 +28,7 @@ _HEAD_SEQ = f"SELECT MIN(seq) FROM outbox WHERE lane = ? AND {OPEN}"
 _OLDER_IN = f"SELECT 1 FROM outbox WHERE lane = ? AND {OPEN} AND seq < ? LIMIT 1"
 
 
-def fold_siblings(conn: sqlite3.Connection, lane: str, remote_session_id: str | None, now: float) -> bool:
+def fold_siblings(conn: StoreConnection, lane: str, remote_session_id: str | None, now: float) -> bool:
     """Gather the session's open operations into ``lane`` (whose lease the caller holds) before its head goes.
 
     The open operations of the session's other lanes that no pusher holds move in, and wait in

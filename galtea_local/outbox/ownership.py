@@ -11,10 +11,9 @@ record's ``createdAt`` upstream, up to the clock offset the margin covers.
 
 from __future__ import annotations
 
-import sqlite3
-
 from galtea_local.outbox.kinds import OPEN
 from galtea_local.store import dialects
+from galtea_local.store.contract import StoreConnection
 
 # Far beyond any clock offset or commit grace the engine tolerates (minutes): a week of ids
 # costs about 100 bytes each.
@@ -23,13 +22,13 @@ BATCH = 1000  # ids forgotten per write transaction: the write lock stays short
 _OLDEST_MAYBE_SENT = f"SELECT MIN(sending_since) FROM outbox WHERE kind IN ('create', 'session_create') AND {OPEN}"
 
 
-def forget_before(conn: sqlite3.Connection, now: float, margin_s: float = MARGIN_S) -> float:
+def forget_before(conn: StoreConnection, now: float, margin_s: float = MARGIN_S) -> float:
     """The time before which an owned id can be forgotten: no reconciliation still possible looks that far."""
     oldest = conn.execute(_OLDEST_MAYBE_SENT).fetchone()[0]
     return min(now, oldest if oldest is not None else now) - margin_s
 
 
-def _order(conn: sqlite3.Connection) -> str:
+def _order(conn: StoreConnection) -> str:
     """Oldest first. SQLite: ids are learned in time order, so the oldest sit at the start of the
     rowid order and both statements below stop within the first rows they read, with no index on
     ``owned_at`` to keep up on every push (one b-tree less written per record). PostgreSQL has no
@@ -37,19 +36,19 @@ def _order(conn: sqlite3.Connection) -> str:
     return "owned_at" if dialects.of(conn) == dialects.POSTGRESQL else "rowid"
 
 
-def any_before(conn: sqlite3.Connection, cutoff: float) -> bool:
+def any_before(conn: StoreConnection, cutoff: float) -> bool:
     oldest = conn.execute(f"SELECT owned_at FROM owned_remote_ids ORDER BY {_order(conn)} LIMIT 1").fetchone()
     return oldest is not None and oldest[0] < cutoff
 
 
-def prune(conn: sqlite3.Connection, cutoff: float, batch: int = BATCH) -> int:
+def prune(conn: StoreConnection, cutoff: float, batch: int = BATCH) -> int:
     """Forget up to ``batch`` of the oldest ids owned before ``cutoff`` (see :func:`forget_before`)."""
     return conn.execute(
         "DELETE FROM owned_remote_ids WHERE remote_id IN (SELECT remote_id FROM owned_remote_ids"
         f" WHERE owned_at < ? ORDER BY {_order(conn)} LIMIT ?)", (cutoff, batch)).rowcount
 
 
-def owned_elsewhere(conn: sqlite3.Connection, table: str, remote_id: str) -> bool:
+def owned_elsewhere(conn: StoreConnection, table: str, remote_id: str) -> bool:
     """Does a local record (``inference_results``, ever, retention included) or session already own it?"""
     if table == "inference_results":
         sql = "SELECT 1 FROM owned_remote_ids WHERE remote_id = ?"

@@ -9,11 +9,11 @@ fold into it; later ones are queued as PATCHes after it.
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from galtea_local.errors import NotFoundError
 from galtea_local.outbox.enqueue import ACTIVATE_LANE, format_id, parse_id
+from galtea_local.store.contract import StoreConnection
 
 _INSERT_OP = (
     "INSERT INTO outbox (session_seq, lane, kind, payload, state, attempts, not_before, created_at)"
@@ -36,14 +36,14 @@ def parse_session_id(prefix: str, any_id: str) -> int | None:
     return parse_id("ses", prefix, any_id)
 
 
-def enqueue_session_create(conn: sqlite3.Connection, seq: int, now: float) -> None:
+def enqueue_session_create(conn: StoreConnection, seq: int, now: float) -> None:
     lane = session_lane(seq)
     conn.execute(_INSERT_OP, (seq, lane, "session_create", None, now))
     conn.execute(ACTIVATE_LANE, (lane,))
 
 
 def enqueue_session_change(
-    conn: sqlite3.Connection, session: sqlite3.Row, kind: str, changes: dict[str, Any], now: float
+    conn: StoreConnection, session: Any, kind: str, changes: dict[str, Any], now: float
 ) -> bool:
     """Queue a session PATCH (``session_update``/``session_finish``) unless it folds; True if folded.
 
@@ -58,7 +58,7 @@ def enqueue_session_change(
     return False
 
 
-def require_session(conn: sqlite3.Connection, prefix: str, any_id: str) -> sqlite3.Row:
+def require_session(conn: StoreConnection, prefix: str, any_id: str) -> Any:
     """The local session with this local or remote id, else :class:`NotFoundError`."""
     seq = parse_session_id(prefix, any_id)
     if seq is not None:
@@ -71,8 +71,8 @@ def require_session(conn: sqlite3.Connection, prefix: str, any_id: str) -> sqlit
 
 
 def find_by_custom_id(
-    conn: sqlite3.Connection, custom_id: str, version_id: str | None, product_id: str | None
-) -> sqlite3.Row | None:
+    conn: StoreConnection, custom_id: str, version_id: str | None, product_id: str | None
+) -> Any | None:
     """The local session with this custom id on this anchor (custom ids are unique per version)."""
     if version_id is not None:
         return conn.execute(

@@ -17,6 +17,7 @@ or the PostgreSQL adapter; :func:`of` tells which.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -38,6 +39,24 @@ def of(conn: Any) -> str:
     return getattr(conn, "dialect", SQLITE)
 
 
+# The database's clock, in epoch seconds, plus a shift (see lease_clock).
+_PG_CLOCK = "(EXTRACT(EPOCH FROM clock_timestamp())::DOUBLE PRECISION + ?)"
+
+
+def lease_clock(conn: Any, now: float) -> tuple[str, float]:
+    """``(SQL expression, its parameter)`` for "now" in lease arithmetic.
+
+    SQLite: the caller's ``now`` (one host, one clock). PostgreSQL: the
+    database's clock, so daemons on hosts whose clocks disagree still agree
+    on when a lease ends. The caller's ``now`` is read as an offset from its
+    own clock (zero in production), so a test that passes a future ``now`` to
+    expire a lease still can.
+    """
+    if of(conn) == POSTGRESQL:
+        return _PG_CLOCK, now - time.time()
+    return "?", now
+
+
 def read_committed(fn: F) -> F:
     """Mark a transaction function to run at READ COMMITTED on PostgreSQL (SQLite ignores it).
 
@@ -48,7 +67,8 @@ def read_committed(fn: F) -> F:
     return fn
 
 
-# Unleased lanes whose head operation is due, least recently served first, locked as they are read.
+# Unleased lanes (no owner, or a lease past on the database's clock) whose head operation is
+# due, least recently served first, locked as they are read.
 # Runs at READ COMMITTED (see read_committed): a lane another daemon locked is skipped, and
 # one it leased and committed meanwhile is re-checked by PostgreSQL against its newest row
 # (the lease condition is in the WHERE), so two daemons never lease the same lane. The head
@@ -57,7 +77,7 @@ PG_CLAIM_LANES = (
     "SELECT l.key FROM lanes l"
     " CROSS JOIN LATERAL (SELECT o.seq, o.kind, o.not_before FROM outbox o"
     "   WHERE o.lane = l.key AND o.state IN ('pending', 'sending') ORDER BY o.seq LIMIT 1) h"
-    " WHERE l.active = 1 AND (l.lease_until IS NULL OR l.lease_until < ?) AND h.not_before <= ?"
+    f" WHERE l.active = 1 AND (l.lease_owner IS NULL OR l.lease_until < {_PG_CLOCK}) AND h.not_before <= ?"
     " AND NOT (l.key LIKE 'ls:%' AND l.remote_session_id IS NULL AND h.kind != 'session_create')"
     " ORDER BY COALESCE(l.lease_until, 0), h.seq LIMIT ?"  # round robin, as due_lanes
     " FOR UPDATE OF l SKIP LOCKED"

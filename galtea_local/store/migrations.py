@@ -281,6 +281,99 @@ def _session_parity(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+# Spans (issue 15): one row per span, written when the span ends. ``span_id`` is the
+# client-generated upstream id (``trace_<16 hex>``) and so the span's idempotency key;
+# ``record_seq`` points at the local trace when ``trace_ref`` is one of this store's local
+# ids (no foreign key: retention deletes a synced trace and its synced spans separately).
+# The queued index is what the daemon scans; settled spans leave it.
+SPANS = (
+    """CREATE TABLE spans (
+    seq INTEGER NOT NULL,
+    span_id VARCHAR NOT NULL,
+    trace_ref VARCHAR NOT NULL,
+    record_seq INTEGER,
+    name VARCHAR NOT NULL,
+    type VARCHAR,
+    description VARCHAR,
+    input_data VARCHAR,
+    output_data VARCHAR,
+    error VARCHAR,
+    metadata_json VARCHAR,
+    parent_span_id VARCHAR,
+    start_ns BIGINT,
+    end_ns BIGINT,
+    start_time VARCHAR,
+    end_time VARCHAR,
+    latency_ms FLOAT,
+    sync_state VARCHAR NOT NULL,
+    pushed INTEGER NOT NULL,
+    deleted INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    not_before FLOAT NOT NULL,
+    lease_owner VARCHAR,
+    lease_until FLOAT,
+    last_error VARCHAR,
+    remote_trace_id VARCHAR,
+    created_at FLOAT NOT NULL,
+    settled_at FLOAT,
+    PRIMARY KEY (seq)
+)""",
+    """CREATE UNIQUE INDEX ix_spans_span_id ON spans (span_id)""",
+    # Spans of a local trace are found by its seq (appended in order: cheap on the hot path);
+    # only spans recorded under a remote trace id need the text index.
+    """CREATE INDEX ix_spans_record ON spans (record_seq) WHERE record_seq IS NOT NULL""",
+    """CREATE INDEX ix_spans_remote_trace ON spans (trace_ref) WHERE record_seq IS NULL""",
+    """CREATE INDEX ix_spans_queued ON spans (seq) WHERE sync_state = 'queued'""",
+)
+
+
+def _spans(conn: sqlite3.Connection) -> None:
+    for statement in SPANS:
+        conn.execute(statement)
+
+
+# Evaluations queued offline (issue 15): one row per evaluations.create() call, sent after the
+# trace (or session) it names is upstream. ``remote_json`` keeps the API's answer (one
+# evaluation per metric); ``evaluation_ids`` maps each upstream id back to its row.
+EVALUATIONS = (
+    """CREATE TABLE evaluations (
+    seq INTEGER NOT NULL,
+    trace_ref VARCHAR,
+    record_seq INTEGER,
+    session_ref VARCHAR,
+    session_seq INTEGER,
+    metrics_json VARCHAR,
+    specification_ids_json VARCHAR,
+    run_id VARCHAR,
+    sync_state VARCHAR NOT NULL,
+    attempts INTEGER NOT NULL,
+    not_before FLOAT NOT NULL,
+    sending_since FLOAT,
+    lease_owner VARCHAR,
+    lease_until FLOAT,
+    last_error VARCHAR,
+    remote_json VARCHAR,
+    created_at FLOAT NOT NULL,
+    settled_at FLOAT,
+    PRIMARY KEY (seq)
+)""",
+    """CREATE INDEX ix_evaluations_queued ON evaluations (seq) WHERE sync_state = 'queued'""",
+    # Retention asks "does a waiting evaluation need this record?" in one lookup.
+    """CREATE INDEX ix_evaluations_waiting ON evaluations (record_seq) WHERE sync_state = 'queued'""",
+    """CREATE TABLE evaluation_ids (
+    remote_id VARCHAR NOT NULL,
+    evaluation_seq INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    PRIMARY KEY (remote_id)
+)""",
+)
+
+
+def _evaluations(conn: sqlite3.Connection) -> None:
+    for statement in EVALUATIONS:
+        conn.execute(statement)
+
+
 # Bundle bookkeeping for signed receipts: which export carried which row (origin), which exports
 # were imported (connected side). The same SQL on both backends (PostgreSQL: seq as BIGINT).
 BUNDLE_LEDGER = (
@@ -312,6 +405,8 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0005_delivery_exactness", _delivery),
     ("0006a_bounded_probes", _bounded_probes),
     ("0007_session_parity", _session_parity),
+    ("0008a_spans", _spans),
+    ("0008b_evaluations", _evaluations),
     ("0009_bundle_ledger", _bundle_ledger),
 ]
 

@@ -79,6 +79,20 @@ _ORIGIN = tuple(
 )
 
 
+# As SQLite's 0008a, with a BIGINT identity for seq and DOUBLE PRECISION for epoch seconds.
+_SPANS = (
+    migrations.SPANS[0].replace("seq INTEGER NOT NULL,", _SEQ + ",", 1).replace("    PRIMARY KEY (seq)\n", "")
+    .replace("record_seq INTEGER", "record_seq BIGINT").replace("FLOAT", "DOUBLE PRECISION").replace(",\n)", "\n)"),
+    *migrations.SPANS[1:],
+)
+
+_EVALUATIONS = (
+    migrations.EVALUATIONS[0].replace("seq INTEGER NOT NULL,", _SEQ + ",", 1).replace("    PRIMARY KEY (seq)\n", "")
+    .replace("_seq INTEGER", "_seq BIGINT").replace("FLOAT", "DOUBLE PRECISION").replace(",\n)", "\n)"),
+    *migrations.EVALUATIONS[1:3],
+    migrations.EVALUATIONS[3].replace("evaluation_seq INTEGER", "evaluation_seq BIGINT"),
+)
+
 _DELIVERY = (
     "CREATE INDEX ix_lanes_remote_session ON lanes (remote_session_id) WHERE remote_session_id IS NOT NULL",
     "ALTER TABLE outbox ADD COLUMN sending_offset_s DOUBLE PRECISION",
@@ -114,7 +128,9 @@ MIGRATIONS: list[tuple[str, Callable[[Any], None]]] = [
     ("0004_lighter_outbox_index", _statements(migrations.LIGHTER_OUTBOX_INDEX)),  # the same SQL on both
     ("0005_delivery_exactness", _statements(_DELIVERY)),
     ("0006a_bounded_probes", _statements(migrations.BOUNDED_PROBES)),  # the same SQL on both
-    ("0007_session_parity", _statements(migrations.SESSION_PARITY)),
+    ("0007_session_parity", _statements(migrations.SESSION_PARITY)),  # the same SQL on both
+    ("0008a_spans", _statements(_SPANS)),
+    ("0008b_evaluations", _statements(_EVALUATIONS)),
     ("0009_bundle_ledger", _statements(tuple(sql.format(int="BIGINT") for sql in migrations.BUNDLE_LEDGER))),
 ]
 assert [name for name, _ in MIGRATIONS] == [name for name, _ in migrations.MIGRATIONS], "one list of names"
@@ -123,6 +139,9 @@ assert [name for name, _ in MIGRATIONS] == [name for name, _ in migrations.MIGRA
 @read_committed
 def upgrade(conn: Any, where: str) -> list[str]:
     """Apply every migration the schema lacks, under the schema's advisory lock; return their names."""
+    # A migration may rewrite a large table: no statement_timeout for it (busy_timeout_s still
+    # bounds the lock waits, so a stuck holder is reported, not waited for).
+    conn.execute("SET LOCAL statement_timeout = 0")
     # Serialises first opens; the lock ends with the transaction. Taken before anything is read
     # (at READ COMMITTED each later statement sees what a previous holder committed).
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('galtea-local:' || current_schema(), 0))")

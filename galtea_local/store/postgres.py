@@ -19,37 +19,64 @@ SQLITE_BUSY. Two exceptions, each argued where it is marked: claiming lanes
 and migrations (an advisory lock at READ COMMITTED). Reads run REPEATABLE READ
 READ ONLY: one consistent snapshot, never aborted.
 
-Connections come from a small pool, not one per thread: the daemon starts new
-worker threads every pass, and PostgreSQL counts connections. A connection is
-held only for the length of one transaction.
+Connections come from a small bounded pool (:mod:`.pgpool`), not one per
+thread: the daemon starts new worker threads every pass, and PostgreSQL counts
+connections. A connection is held only for the length of one transaction, and
+closed after ``pool_idle_s`` unused.
+
+Faults (docs/postgres.md). Every psycopg error is translated into a project
+error (:mod:`.pgerrors`). A connection that failed before COMMIT was sent had
+nothing committed, so the whole function runs again on a fresh connection
+(a killed backend, a session left read-only by a failover); if that fails too,
+the caller gets the project error. A connection lost *during* COMMIT is
+resolved, not guessed: each transaction learns its id at BEGIN (same round
+trip), and a fresh connection asks ``pg_xact_status()``: committed returns the
+result, aborted runs the function again, and when the server cannot be asked
+the caller gets :class:`~galtea_local.errors.OutcomeUnknownError`.
+Every session gets ``lock_timeout`` and ``statement_timeout`` from
+``busy_timeout_s``, and TCP keepalives, so neither a lock held for ever nor a
+dead server makes a call hang.
 """
 
 from __future__ import annotations
 
-import os
+import logging
+import math
 import random
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
 
-from galtea_local.store import migrations, pg_migrations
+from galtea_local.errors import OutcomeUnknownError, StoreError, StoreOpenError, StoreUnavailableError
+from galtea_local.store import migrations, pg_migrations, pgerrors
 from galtea_local.store.dialects import POSTGRESQL
-from galtea_local.errors import StoreError, StoreOpenError
 from galtea_local.store.pgadapter import Connection, row_factory
+from galtea_local.store.pgpool import Pool
 
 T = TypeVar("T")
+log = logging.getLogger("galtea_local.store")
 
-_RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 _BEGIN = {
     "SERIALIZABLE": "BEGIN ISOLATION LEVEL SERIALIZABLE",
     "READ COMMITTED": "BEGIN ISOLATION LEVEL READ COMMITTED",
 }
-MAX_IDLE = 16  # idle connections kept per store object; more are closed when given back
+# Sent with BEGIN in one round trip: the id a lost COMMIT is later looked up by.
+_XID = "; SELECT pg_current_xact_id()::text"
+FRESH_TRIES = 2  # fresh connections tried after one failed before COMMIT (a killed backend, a read-only session)
+OUTCOME_WAIT_S = 5.0  # how long a transaction whose COMMIT was cut off may stay "in progress" before we give up
+KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+
+
+class _NotCommitted(Exception):
+    """Internal: the transaction surely did not commit; ``cause`` says why. The caller may run it again."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def conninfo_from(location: str) -> str:
@@ -70,18 +97,42 @@ def display_location(location: str) -> str:
         return location.split("@")[-1]
 
 
+def session_settings(conninfo: str, busy_timeout_s: float) -> dict[str, Any]:
+    """Connect arguments: timeouts from ``busy_timeout_s`` (added to any ``options`` the URL has), keepalives.
+
+    Set at connection start, so they hold whatever the database's defaults say
+    (an ``ALTER DATABASE ... SET statement_timeout = '1ms'`` does not reach us).
+    ``idle_in_transaction_session_timeout``: a frozen process (SIGSTOP, a VM pause) must not hold
+    row locks for long; our transactions last milliseconds, and a read that pages through a large
+    export idles far less than twice ``busy_timeout_s`` between fetches.
+    """
+    ms = max(1, int(busy_timeout_s * 1000))
+    ours = (f"-c lock_timeout={ms} -c statement_timeout={ms}"
+            f" -c idle_in_transaction_session_timeout={max(5_000, 2 * ms)}")
+    given = conninfo_to_dict(conninfo).get("options")
+    return {
+        "options": f"{given} {ours}" if given else ours,
+        "connect_timeout": max(2, min(10, math.ceil(busy_timeout_s))),
+        "tcp_user_timeout": max(1000, min(30_000, ms)),  # unacknowledged data: give up on a dead peer
+        "fallback_application_name": "galtea-local",  # how pg_stat_activity names us, unless the URL does
+        **KEEPALIVE,
+    }
+
+
 class PostgresStore:
     """An open PostgreSQL store: its URL, settings and a pool of connections.
 
     ``durability``: ``"power"`` forces ``synchronous_commit = on`` (a commit is
     on disk before it returns); ``"process"`` keeps the server's setting, which
-    the operator chooses (``on`` by default).
+    the operator chooses (``on`` by default). ``pool_size``: the most
+    connections this object opens at once; ``pool_idle_s``: an unused one
+    closes after that long.
     """
 
     dialect = POSTGRESQL
 
     def __init__(self, location: str, *, durability: str = "process", busy_timeout_s: float = 30.0,
-                 **_file_modes: Any) -> None:
+                 pool_size: int = 4, pool_idle_s: float = 10.0, **_file_modes: Any) -> None:
         if durability not in ("process", "power"):
             raise StoreOpenError(f"durability {durability!r}: use 'process' or 'power'")
         self.location = location
@@ -89,9 +140,9 @@ class PostgresStore:
         self.durability = durability
         self.busy_timeout_s = busy_timeout_s
         self._conninfo = conninfo_from(location)
-        self._lock = threading.Lock()
-        self._idle: list[psycopg.Connection[Any]] = []
-        self._pid = os.getpid()
+        self._connect_args = session_settings(self._conninfo, busy_timeout_s)
+        self._lock_timeout_ms = str(max(1, int(busy_timeout_s * 1000)))  # as pg_settings shows it
+        self._pool = Pool(self._open, size=pool_size, idle_s=pool_idle_s, wait_s=busy_timeout_s, where=self.path)
         self.transaction(pg_migrations.upgrade, self.path)
         self.store_id: str = self.read(migrations.read_store_id)
 
@@ -100,95 +151,188 @@ class PostgresStore:
     def _open(self) -> psycopg.Connection[Any]:
         try:
             # autocommit: the store sends BEGIN/COMMIT itself, with the isolation it chose.
-            raw = psycopg.connect(self._conninfo, autocommit=True, row_factory=row_factory,
-                                  connect_timeout=max(1, int(self.busy_timeout_s)))
+            raw = psycopg.connect(self._conninfo, autocommit=True, row_factory=row_factory, **self._connect_args)
+            if self.durability == "power":
+                raw.execute("SET synchronous_commit = on")
+            applied = raw.execute("SELECT setting FROM pg_settings WHERE name = 'lock_timeout'").fetchone()
         except psycopg.Error as exc:
-            raise StoreOpenError(f"store {self.path}: cannot connect ({str(exc).strip()})") from None
-        if self.durability == "power":
-            raw.execute("SET synchronous_commit = on")
+            raise pgerrors.cannot_connect(exc, self.path) from None
+        if applied is None or applied[0] != self._lock_timeout_ms:
+            raw.close()
+            # Seen with PgBouncer's ignore_startup_parameters: no timeouts, and the URL's search_path
+            # gone too, so the store would have put its tables in another schema.
+            raise StoreOpenError(
+                f"store {self.path}: the connection's startup options were dropped (lock_timeout is "
+                f"{applied[0] if applied else None!r} ms, not {self._lock_timeout_ms}); a pooler in between "
+                "(PgBouncer?) ignores them. Connect to PostgreSQL directly (docs/postgres.md)")
         return raw
-
-    @contextmanager
-    def _checkout(self) -> Iterator[psycopg.Connection[Any]]:
-        with self._lock:
-            if self._pid != os.getpid():  # a forked child never shares its parent's sockets
-                self._idle, self._pid = [], os.getpid()
-            raw = self._idle.pop() if self._idle else None
-        if raw is None or raw.closed:
-            raw = self._open()
-        try:
-            yield raw
-        finally:
-            self._give_back(raw)
-
-    def _give_back(self, raw: psycopg.Connection[Any]) -> None:
-        healthy = not raw.closed and raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-        with self._lock:
-            if healthy and len(self._idle) < MAX_IDLE and self._pid == os.getpid():
-                self._idle.append(raw)
-                return
-        raw.close()
 
     def connection(self) -> Connection:
         """An autocommit connection of its own, for ad-hoc statements (tests, tools); close ``.raw`` after."""
         return Connection(self._open())
 
     def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for raw in idle:
-            raw.close()
+        self._pool.close()
 
     # -- transactions ------------------------------------------------------
 
     def transaction(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(conn, *args, **kwargs)`` in one transaction and commit; re-run it whole on 40001/40P01."""
+        """Run ``fn(conn, *args, **kwargs)`` in one transaction and commit.
+
+        Runs ``fn`` again, whole, on a serialization failure or deadlock (until
+        ``busy_timeout_s``) and on a connection that failed before COMMIT (up to
+        :data:`FRESH_TRIES` fresh ones). Raises only project errors; a lost
+        COMMIT answer is resolved (see the module docstring).
+        """
         begin = _BEGIN[getattr(fn, "pg_isolation", "SERIALIZABLE")]
         deadline = time.monotonic() + self.busy_timeout_s
-        pause = 0.002
+        pause, fresh = 0.002, 0
         while True:
             try:
                 return self._run(begin, fn, args, kwargs)
-            except _RETRYABLE as exc:
-                if time.monotonic() > deadline:
-                    raise StoreError(f"store {self.path}: {str(exc).strip()} (still after {self.busy_timeout_s}s)")
-            time.sleep(random.uniform(0, pause))  # jitter: the colliding transactions must not meet again
-            pause = min(pause * 2, 0.1)
+            except _NotCommitted as again:
+                cause = again.cause
+                if isinstance(cause, pgerrors.RETRYABLE):
+                    if time.monotonic() > deadline:
+                        raise pgerrors.translate(cause, self.path, self.busy_timeout_s) from cause
+                    time.sleep(random.uniform(0, pause))  # jitter: the colliding transactions must not meet again
+                    pause = min(pause * 2, 0.1)
+                    continue
+                fresh += 1
+                if fresh > FRESH_TRIES:
+                    raise pgerrors.translate(cause, self.path, self.busy_timeout_s) from cause
+                log.debug("store %s: retrying on a fresh connection after %s", self.path, cause)
 
     def _run(self, begin: str, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
-        with self._checkout() as raw:
+        raw = self._pool.get()
+        reusable = False
+        try:
             try:
-                raw.execute(begin)
-                result = fn(Connection(raw), *args, **kwargs)
-                raw.execute("COMMIT")
-                return result
-            except BaseException as exc:
-                _rollback(raw)
-                if isinstance(exc, psycopg.OperationalError) and not isinstance(exc, _RETRYABLE):
-                    # Connection lost: whether a COMMIT in flight landed is unknown, so no retry here.
-                    raise StoreError(f"store {self.path}: {str(exc).strip()}") from exc
+                xid, result = self._body(raw, begin, fn, args, kwargs)
+            except _NotCommitted as again:
+                reusable = not pgerrors.poisons(again.cause) and _idle(raw)
                 raise
+            except BaseException:  # fn's own error (a NotFoundError ...) or a translated one: rolled back
+                reusable = _idle(raw)
+                raise
+            try:
+                raw.execute("COMMIT")
+            except psycopg.Error as exc:
+                if not pgerrors.is_connection_loss(exc):  # the server answered: it did not commit
+                    reusable = _rollback(raw)
+                    if isinstance(exc, pgerrors.RETRYABLE):  # SERIALIZABLE may refuse at COMMIT
+                        raise _NotCommitted(exc) from exc
+                    raise pgerrors.translate(exc, self.path, self.busy_timeout_s) from exc
+                return self._resolve(xid, result, exc)
+            reusable = True
+            return result
+        finally:
+            self._pool.put(raw, reusable=reusable)
+
+    def _body(self, raw: psycopg.Connection[Any], begin: str, fn: Callable[..., T], args: tuple[Any, ...],
+              kwargs: dict[str, Any]) -> tuple[str, T]:
+        """BEGIN (learning the transaction id) and ``fn``; any failure here means nothing committed."""
+        try:
+            cursor = raw.execute(begin + _XID)
+            cursor.nextset()
+            xid: str = cursor.fetchone()[0]  # type: ignore[index]  # the SELECT always returns one row
+            return xid, fn(Connection(raw), *args, **kwargs)
+        except psycopg.Error as exc:
+            _rollback(raw)
+            if isinstance(exc, pgerrors.RETRYABLE) or pgerrors.poisons(exc):
+                raise _NotCommitted(exc) from exc
+            raise pgerrors.translate(exc, self.path, self.busy_timeout_s) from exc
+        except BaseException:
+            _rollback(raw)
+            raise
+
+    def _resolve(self, xid: str, result: T, lost: BaseException) -> T:
+        """The connection broke during COMMIT: ask a fresh one whether transaction ``xid`` committed."""
+        deadline = time.monotonic() + min(OUTCOME_WAIT_S, self.busy_timeout_s)
+        while True:
+            try:
+                status = self._xact_status(xid)
+            except (psycopg.Error, StoreError) as exc:
+                raise self._unknown(xid, result, lost, "and the server could not be reached to ask") from exc
+            if status == "committed":
+                log.info("store %s: the COMMIT answer was lost, but transaction %s committed", self.path, xid)
+                return result
+            if status != "in progress":  # aborted, or (NULL) never reached the server's commit log
+                raise _NotCommitted(lost)
+            if time.monotonic() > deadline:
+                raise self._unknown(xid, result, lost, "and it is still in progress on the server")
+            time.sleep(0.05)
+
+    def _xact_status(self, xid: str) -> str | None:
+        raw = self._open()
+        try:
+            row = raw.execute("SELECT pg_xact_status(%s::xid8)", (xid,)).fetchone()
+            return None if row is None else row[0]
+        finally:
+            raw.close()
+
+    def _unknown(self, xid: str, result: Any, lost: BaseException, why: str) -> OutcomeUnknownError:
+        detail = pgerrors.first_line(lost)
+        return OutcomeUnknownError(
+            f"store {self.path}: the connection broke while COMMIT was in flight ({detail}), {why}: transaction "
+            f"{xid} may or may not have committed. Once the database answers, look the record up "
+            "before writing it again", transaction=xid, result=result)
 
     def read(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(conn, *args)`` on one consistent snapshot (REPEATABLE READ, READ ONLY)."""
-        with self.reading() as conn:
-            return fn(conn, *args)
+        """Run ``fn(conn, *args)`` on one consistent snapshot (REPEATABLE READ, READ ONLY).
+
+        A read is idempotent: after a lost connection it runs once more on a fresh one.
+        """
+        for attempt in range(FRESH_TRIES + 1):
+            try:
+                with self.reading() as conn:
+                    return fn(conn, *args)
+            except StoreUnavailableError:
+                if attempt == FRESH_TRIES:
+                    raise
+        raise AssertionError("unreachable")
 
     @contextmanager
     def reading(self) -> Iterator[Connection]:
-        with self._checkout() as raw:
-            raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        """A read snapshot; psycopg errors inside the block come out as project errors."""
+        raw = self._begin_read()
+        poisoned = False
+        try:
+            yield Connection(raw)
+        except psycopg.Error as exc:
+            poisoned = pgerrors.poisons(exc)
+            raise pgerrors.translate(exc, self.path, self.busy_timeout_s) from exc
+        finally:
+            # Nothing to keep: ending the snapshot is all a read needs.
+            self._pool.put(raw, reusable=not poisoned and _rollback(raw))
+
+    def _begin_read(self) -> psycopg.Connection[Any]:
+        """A pooled connection inside a read snapshot; a connection that fails at BEGIN (nothing sent
+        yet) is replaced by a fresh one."""
+        for attempt in range(FRESH_TRIES + 1):
+            raw = self._pool.get()
             try:
-                yield Connection(raw)
-            finally:
-                _rollback(raw)  # nothing to keep: ending the snapshot is all a read needs
+                raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                return raw
+            except psycopg.Error as exc:
+                self._pool.put(raw, reusable=False)
+                if not pgerrors.is_connection_loss(exc) or attempt == FRESH_TRIES:
+                    raise pgerrors.translate(exc, self.path, self.busy_timeout_s) from exc
+        raise AssertionError("unreachable")
 
 
-def _rollback(raw: psycopg.Connection[Any]) -> None:
-    if raw.closed:
-        return
+def _idle(raw: psycopg.Connection[Any]) -> bool:
+    """Open, not broken, outside any transaction: fit to go back to the pool."""
+    return not raw.closed and not raw.broken and raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def _rollback(raw: psycopg.Connection[Any]) -> bool:
+    """End any open transaction; False when the connection is broken and must not be pooled."""
+    if raw.closed or raw.broken:
+        return False
     try:
         if raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             raw.execute("ROLLBACK")
+        return True
     except psycopg.Error:
-        raw.close()  # a broken connection is not given back to the pool
+        return False

@@ -27,11 +27,12 @@ from typing import Any, TypeVar
 
 from galtea_local.store import dialects, migrations
 from galtea_local.store.writestats import WriteStats
-from galtea_local.errors import NotAStoreError, StoreError, StoreOpenError
+from galtea_local.errors import NotAStoreError, StoreError, StoreOpenError, StoreTimeoutError
 
 T = TypeVar("T")
 
 DURABILITY_SYNCHRONOUS = {"process": "NORMAL", "power": "FULL"}
+JOURNAL_SIZE_LIMIT = 8 * 1024 * 1024
 
 
 def sqlite_path_from(location: str) -> str:
@@ -156,6 +157,9 @@ class Store:
         conn.execute(f"PRAGMA synchronous={DURABILITY_SYNCHRONOUS[self.durability]}")
         conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
         conn.execute("PRAGMA foreign_keys=ON")
+        # When a checkpoint lets the WAL start over, cut the file back to this: passive
+        # checkpoints then bound it without the write lock a TRUNCATE takes (housekeeping.py).
+        conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
         conn.row_factory = sqlite3.Row
         with self._lock:
             self._connections.add(conn)
@@ -194,18 +198,21 @@ class Store:
             try:
                 with self._writer:
                     return self._run(conn, fn, args, kwargs)
-            except sqlite3.OperationalError as exc:
+            except sqlite3.Error as exc:
                 if not _is_busy(exc) or time.monotonic() > deadline:
-                    raise StoreError(f"store {self.path}: {exc}") from exc
+                    raise _translate(exc, self.path, self.busy_timeout_s) from exc
                 time.sleep(random.uniform(0.001, 0.01))
 
     def _run(self, conn: sqlite3.Connection, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
         conn.execute("BEGIN IMMEDIATE")
         locked = time.perf_counter()  # the write lock is ours from here to COMMIT
+        stats = self.write_stats
+        cpu = time.thread_time() if stats.track_cpu else 0.0
         try:
             result = fn(conn, *args, **kwargs)
             conn.execute("COMMIT")
-            self.write_stats.note(time.perf_counter() - locked, getattr(fn, "__name__", "?"))
+            cpu = time.thread_time() - cpu if stats.track_cpu else 0.0
+            stats.note(time.perf_counter() - locked, getattr(fn, "__name__", "?"), cpu)
             return result
         except BaseException:
             if conn.in_transaction:
@@ -221,17 +228,28 @@ class Store:
     def reading(self) -> Iterator[sqlite3.Connection]:
         """A read transaction: one consistent snapshot, ended as soon as the block is."""
         conn = self.connection()
-        conn.execute("BEGIN")
         try:
-            yield conn
-        finally:
-            # Ending the read promptly matters: open readers stop WAL checkpoints.
-            conn.execute("COMMIT")
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                # Ending the read promptly matters: open readers stop WAL checkpoints.
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path, self.busy_timeout_s) from exc
 
 
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
+def _is_busy(exc: sqlite3.Error) -> bool:
     message = str(exc).lower()
-    return "locked" in message or "busy" in message
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in message or "busy" in message)
+
+
+def _translate(exc: sqlite3.Error, path: Path, busy_timeout_s: float) -> StoreError:
+    """The project error for an sqlite3 error; nothing was written (the transaction rolled back)."""
+    if _is_busy(exc):
+        return StoreTimeoutError(f"store {path}: {exc} (still after store.busy_timeout_s = {busy_timeout_s:g}s); "
+                                 "nothing was written. Another process holds the write lock: retry")
+    return StoreError(f"store {path}: {exc}; nothing was written")
 
 
 class _Connection(sqlite3.Connection):

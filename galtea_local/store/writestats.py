@@ -20,16 +20,25 @@ class Longest:
 
 
 class WriteStats:
-    """The longest write transaction since start, and since the last :meth:`take_window`."""
+    """The longest write transaction since start, and since the last :meth:`take_window`.
+
+    With ``track_cpu`` (the daemon sets it) it also keeps the most CPU time one
+    transaction used: on a starved box the wall time is mostly waiting for a CPU,
+    and this tells the two apart. Off by default: the thread clock is a system call.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.count = 0
         self.longest = Longest(0.0, "")
         self._window = Longest(0.0, "")
+        self.track_cpu = False
+        self.longest_cpu = Longest(0.0, "")
 
-    def note(self, seconds: float, name: str) -> None:
+    def note(self, seconds: float, name: str, cpu_s: float = 0.0) -> None:
         self.count += 1  # a lost increment under a race is harmless: only the maximum matters
+        if cpu_s > self.longest_cpu.seconds:
+            self.longest_cpu = Longest(cpu_s, name)
         if seconds > self._window.seconds:
             with self._lock:
                 if seconds > self._window.seconds:

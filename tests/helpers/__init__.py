@@ -7,12 +7,34 @@ disk (committed), not what the library's connection happens to cache.
 from __future__ import annotations
 
 import sqlite3
+import textwrap
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 HELPERS = Path(__file__).parent
 WRITER = HELPERS / "writer.py"
+
+# The head of a probe script run in a fresh interpreter: every way to open a socket raises
+# and is recorded in ``calls`` (the probe prints it), before galtea_local is imported.
+NETWORK_TRAP = textwrap.dedent(
+    """
+    import socket, sys
+
+    calls = []
+
+    def trap(name):
+        def refuse(*args, **kwargs):
+            calls.append(name)
+            raise AssertionError(f"galtea_local used the network: {name}")
+        return refuse
+
+    socket.socket.__init__ = trap("socket.socket")
+    socket.socket.connect = trap("socket.connect")
+    socket.create_connection = trap("socket.create_connection")
+    socket.getaddrinfo = trap("socket.getaddrinfo")
+    """
+)
 
 
 def query(path: str | Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

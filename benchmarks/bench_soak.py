@@ -1,0 +1,317 @@
+"""Sustained load: apps write while the daemon drains a large backlog, retains and checkpoints.
+
+Default run (issue 17's soak, shortened for a shared box):
+
+- the emulator in its own process with the soak's fault mix (3% 503, 2% 429, 3% lost
+  answers, 30 ms latency; ``--faults none`` for none, ``--rate-limit R`` for a token bucket);
+- ``--backlog`` records (100,000) already queued across ``--sessions`` sessions;
+- ``galtea-local daemon`` as a subprocess, retention on (``synced_days = 0``: every synced
+  record goes at the next retention pass), WAL bound and checkpoints as shipped;
+- ``--writers`` app processes, each calling ``create()`` ``--rate`` times a second
+  (``--pending-share`` of them PENDING, then updated to GENERATED).
+
+Every ``--every-s`` seconds it prints: drained/min, queued, oldest age, the daemon's RSS
+and open fds, WAL and store size, and the daemon's longest write transaction. At the end:
+the writers' ``create()`` p50/p99/p99.9/max and failed creates, and what the emulator saw.
+
+    python benchmarks/bench_soak.py [--minutes 3] [--backlog 100000] [--writers 3] [--rate 70]
+    python benchmarks/bench_soak.py --short                      # 1 minute, 20k backlog
+    python benchmarks/bench_soak.py --faults none --rate-limit 200 --writers 0 --minutes 1
+    python benchmarks/bench_soak.py --drain-scaling 1000,100000  # drain rate vs queue size, no writers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_drain import API_KEY, emulator, make_sessions, prefill  # noqa: E402
+
+FAULT_MIX = {"fail_rate": 0.03, "throttle_rate": 0.02, "ambiguous_rate": 0.03}
+CONFIG = """
+[sync]
+concurrency = 32
+[retention]
+synced_days = 0
+[log]
+level = "WARNING"
+"""
+
+
+# -- the app side: one writer process ------------------------------------------------------
+
+
+def run_writer(args: argparse.Namespace) -> None:
+    """``--writer``: create() at ``--rate``/s until ``--until`` (epoch s); print latency stats as JSON."""
+    from galtea_local import Galtea
+
+    sessions = json.loads(Path(args.sessions_file).read_text())
+    latencies: list[float] = []
+    failed, pending = 0, []
+    gap = 1 / args.rate if args.rate else 0.0
+    with Galtea(store=args.store) as app:
+        next_at = time.monotonic()
+        while time.time() < args.until:
+            status = "PENDING" if random.random() < args.pending_share else "GENERATED"
+            started = time.perf_counter()
+            try:
+                turn = app.traces.create(session_id=random.choice(sessions), input="What is the capital?",
+                                         output=None if status == "PENDING" else "Paris", status=status)
+                latencies.append(time.perf_counter() - started)
+                if status == "PENDING":
+                    pending.append(turn.id)
+            except Exception as exc:  # counted, never hidden: the promise is 0 failed creates
+                failed += 1
+                print(f"create failed: {exc}", file=sys.stderr)
+            if len(pending) > 5:
+                app.traces.update(pending.pop(0), output="Paris", status="GENERATED")
+            next_at += gap
+            time.sleep(max(0.0, next_at - time.monotonic()))
+    print(json.dumps({"latencies": latencies, "failed": failed}))
+
+
+# -- the daemon's side ---------------------------------------------------------------------------
+
+
+def proc_figures(pid: int) -> tuple[float, int]:
+    """RSS in MB and open fds of a process (0, 0 once it has gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            rss = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+        return rss, len(os.listdir(f"/proc/{pid}/fd"))
+    except (OSError, StopIteration):
+        return 0.0, 0
+
+
+def store_figures(path: Path) -> dict[str, Any]:
+    """What the store says (read by a separate connection, as `galtea-local status` does)."""
+    from galtea_local.status import store_status
+    from galtea_local.store import Store
+
+    store = Store(str(path))
+    try:
+        status = store_status(store)
+        top = store.read(lambda conn: conn.execute("SELECT COALESCE(MAX(seq), 0) FROM inference_results")
+                         .fetchone()[0])
+    finally:
+        store.close()
+    return {**status, "created": top}
+
+
+def start_daemon(url: str, path: Path, folder: Path) -> subprocess.Popen[bytes]:
+    config = folder / "soak.toml"
+    config.write_text(CONFIG)
+    env = {**os.environ, "GALTEA_API_KEY": API_KEY, "GALTEA_API_URL": url, "GALTEA_LOCAL_STORE": str(path),
+           "GALTEA_LOCAL_CONFIG": str(config)}
+    return subprocess.Popen([sys.executable, "-m", "galtea_local_daemon.cli", "daemon"], env=env)
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Monitor:
+    """Samples the daemon and the store every ``every_s`` seconds and prints one line each."""
+
+    HEADER = (f"{'t':>5} {'drained/min':>11} {'queued':>8} {'oldest s':>9} {'RSS MB':>7} {'fds':>4}"
+              f" {'WAL MB':>7} {'store MB':>8} {'longest write ms':>16} {'rate/s':>7}")
+
+    def __init__(self, path: Path, daemon: subprocess.Popen[bytes], every_s: float) -> None:
+        self.path, self.daemon, self.every_s = path, daemon, every_s
+        self.started = time.monotonic()
+        first = store_figures(path)
+        self.last = (self.started, first["created"] - first["queued"])
+        self.rows: list[dict[str, Any]] = []
+        print(self.HEADER)
+
+    def sample(self) -> dict[str, Any]:
+        now, figures = time.monotonic(), store_figures(self.path)
+        drained = figures["created"] - figures["queued"]
+        per_min = (drained - self.last[1]) / (now - self.last[0]) * 60
+        self.last = (now, drained)
+        rss, fds = proc_figures(self.daemon.pid)
+        wal = Path(f"{self.path}-wal")
+        row = {"t": now - self.started, "drained_per_min": per_min, "queued": figures["queued"],
+               "oldest_s": figures["oldest_queued_age_s"] or 0.0, "rss_mb": rss, "fds": fds,
+               "wal_mb": wal.stat().st_size / 2**20 if wal.exists() else 0.0,
+               "store_mb": self.path.stat().st_size / 2**20,
+               "longest_ms": figures.get("longest_write_recent_ms") or 0.0,
+               "send_rate": figures.get("send_rate_per_s") or 0.0}
+        self.rows.append(row)
+        print(f"{row['t']:5.0f} {per_min:11,.0f} {row['queued']:8,} {row['oldest_s']:9.0f} {rss:7.1f} {fds:4}"
+              f" {row['wal_mb']:7.1f} {row['store_mb']:8.1f} {row['longest_ms']:16.1f} {row['send_rate']:7.0f}",
+              flush=True)
+        return row
+
+    def run_until(self, deadline: float) -> None:
+        while time.time() < deadline:
+            time.sleep(max(0.0, min(self.every_s, deadline - time.time())))
+            self.sample()
+
+
+# -- figures --------------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else 0.0
+
+
+def print_writers(results: list[dict[str, Any]]) -> None:
+    latencies = [value for result in results for value in result["latencies"]]
+    failed = sum(result["failed"] for result in results)
+    if not latencies:
+        return
+    ms = [value * 1000 for value in latencies]
+    print(f"create(): {len(ms):,} calls in {len(results)} processes; p50 {statistics.median(ms):.3f} ms,"
+          f" p99 {percentile(ms, 0.99):.2f} ms, p99.9 {percentile(ms, 0.999):.2f} ms, max {max(ms):.1f} ms;"
+          f" failed creates: {failed}")
+
+
+def emulator_counts(url: str) -> dict[str, Any]:
+    return httpx.get(f"{url}/_emulator/dump", params={"log": "0", "store": "0"}, timeout=60).json()
+
+
+def print_upstream(url: str, before: dict[str, Any], seconds: float, rate_limit: float) -> None:
+    after = emulator_counts(url)
+    requests = sum(after["requests"].values()) - sum(before["requests"].values())
+    limited = after["faults"].get("rate_limit", 0) - before["faults"].get("rate_limit", 0)
+    throttled = after["faults"]["throttle"] - before["faults"]["throttle"] + limited
+    stored = after["inferenceResultCount"] - before["inferenceResultCount"]
+    print(f"upstream: {requests:,} requests ({requests / seconds:,.1f}/s), {stored:,} records created"
+          f" ({stored / seconds:,.1f}/s), {throttled:,} answered 429 ({100 * throttled / max(1, requests):.2f}%)")
+    if rate_limit:
+        served = requests - limited
+        print(f"token bucket R = {rate_limit:g}/s: {served / seconds:,.1f} requests/s served ="
+              f" {100 * served / seconds / rate_limit:.0f}% of R, {100 * limited / max(1, requests):.2f}% 429'd")
+
+
+# -- runs ---------------------------------------------------------------------------------------------
+
+
+def start_writers(args: argparse.Namespace, path: Path, sessions_file: Path, until: float
+                  ) -> list[subprocess.Popen[str]]:
+    command = [sys.executable, __file__, "--writer", "--store", str(path), "--sessions-file", str(sessions_file),
+               "--until", str(until), "--rate", str(args.rate), "--pending-share", str(args.pending_share)]
+    return [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(args.writers)]
+
+
+def soak(args: argparse.Namespace) -> None:
+    faults = {} if args.faults == "none" else FAULT_MIX
+    with ExitStack() as stack:
+        url = stack.enter_context(emulator(args.latency_ms))
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=args.dir)))
+        sessions = make_sessions(url, args.sessions)
+        (folder / "sessions.json").write_text(json.dumps(sessions))
+        path = folder / "store.db"
+        print(f"pre-filled {args.backlog:,} queued records in {args.sessions} sessions in"
+              f" {prefill(path, sessions, args.backlog // args.sessions):.1f} s")
+        httpx.post(f"{url}/_emulator/faults", json={**faults, "rate_limit_rps": args.rate_limit}, timeout=10)
+        before = emulator_counts(url)
+        daemon = start_daemon(url, path, folder)
+        stack.callback(stop, daemon)
+        started = time.time()
+        until = started + args.minutes * 60
+        writers = start_writers(args, path, folder / "sessions.json", until)
+        Monitor(path, daemon, args.every_s).run_until(until)
+        results = [json.loads(writer.communicate(timeout=120)[0] or "{}") for writer in writers]
+        print_writers([result for result in results if result])
+        print_upstream(url, before, time.time() - started, args.rate_limit)
+        figures = store_figures(path)
+        print(f"daemon's longest write transaction since start: {figures['longest_write_ms'] or 0:.1f} ms"
+              f" ({figures['longest_write_name']}); the most CPU one used: {figures['longest_write_cpu_ms'] or 0:.2f} ms"
+              f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+
+
+def drain_rate(args: argparse.Namespace, backlog: int) -> float:
+    """Records/s the daemon drains from a queue of ``backlog``: timed from the 10th percent of
+    the queue (at most 2,000 records: start-up left out) to the 90th, at most ``--drain-s`` s."""
+    with ExitStack() as stack:
+        url = stack.enter_context(emulator(args.latency_ms))
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=args.dir)))
+        sessions = make_sessions(url, args.sessions)
+        path = folder / "store.db"
+        prefill(path, sessions, max(1, backlog // args.sessions))
+        base = emulator_counts(url)["inferenceResultCount"]
+        daemon = stack.enter_context(_running(start_daemon(url, path, folder)))
+        first = wait_for_count(url, base + min(2000, backlog // 10), daemon)
+        deadline = first[0] + args.drain_s
+        last = first
+        while last[1] < base + backlog * 9 // 10 and time.monotonic() < deadline:
+            time.sleep(0.25)
+            last = (time.monotonic(), emulator_counts(url)["inferenceResultCount"])
+        return (last[1] - first[1]) / (last[0] - first[0])
+
+
+def wait_for_count(url: str, count: int, daemon: subprocess.Popen[bytes]) -> tuple[float, int]:
+    while daemon.poll() is None:
+        seen = emulator_counts(url)["inferenceResultCount"]
+        if seen >= count:
+            return time.monotonic(), seen
+        time.sleep(0.1)
+    raise RuntimeError("the daemon exited")
+
+
+@contextmanager
+def _running(proc: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    try:
+        yield proc
+    finally:
+        stop(proc)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=3.0)
+    parser.add_argument("--backlog", type=int, default=100_000)
+    parser.add_argument("--sessions", type=int, default=50)
+    parser.add_argument("--writers", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=70.0, help="create() calls per second per writer")
+    parser.add_argument("--pending-share", type=float, default=0.2)
+    parser.add_argument("--latency-ms", type=float, default=30.0)
+    parser.add_argument("--faults", choices=("mix", "none"), default="mix")
+    parser.add_argument("--rate-limit", type=float, default=0.0, help="emulator token bucket, requests/s (0: off)")
+    parser.add_argument("--every-s", type=float, default=60.0)
+    parser.add_argument("--short", action="store_true", help="1 minute, a 20k backlog, a line every 15 s")
+    parser.add_argument("--drain-scaling", help="comma-separated queue sizes: drain rate at each, no writers")
+    parser.add_argument("--drain-s", type=float, default=20.0)
+    parser.add_argument("--dir", default="/var/tmp", help="parent folder of the scratch store: a local disk")
+    parser.add_argument("--writer", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--store", help=argparse.SUPPRESS)
+    parser.add_argument("--sessions-file", help=argparse.SUPPRESS)
+    parser.add_argument("--until", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.writer:
+        return run_writer(args)
+    if args.short:
+        args.minutes, args.backlog, args.every_s = 1.0, 20_000, 15.0
+    if args.drain_scaling:
+        for size in (int(value) for value in args.drain_scaling.split(",")):
+            print(f"queued {size:>9,}: drained {drain_rate(args, size):,.1f} records/s", flush=True)
+        return
+    soak(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,355 @@
+"""Adaptive concurrency: find the request rate the API allows and hold it.
+
+The engine used to stop every session for the Retry-After of any 429. Under a
+real rate limiter (a token bucket per key) a client that does that spends most
+of its time idle: one soak saw the daemon idle 785 s of 899 s at a 2% rate of
+429s. Here a 429 slows the sending rate instead, and only the request it
+answered waits out its Retry-After.
+
+:class:`AdaptiveLimit` paces request starts at a rate it adapts, and caps the
+requests in flight at ``rate x srtt`` (Little's law, with headroom) and at
+``sync.concurrency``. The control law:
+
+- **Slow start.** The rate starts at 20/s and doubles every round trip until 429s
+  make 3% of the answers (``SLOW_START_EXIT``), or latency rises.
+- **Decrease** on a 429 (or the smoothed latency passing ``LATENCY_TOLERANCE``
+  times the lowest seen, a queue building up in front of the API). The new
+  rate is ``BETA`` x the least of the old one and what the API accepted (goodput:
+  answers other than 429 over the last second), and at least half the old one,
+  except when leaving slow start, where the overshoot can be many times the
+  allowed rate. A 429 answering a request sent before the decrease is not
+  counted again.
+- **Increase** (CUBIC's window curve): back to the rate before the decrease
+  along a concave curve over ``RECOVERY_S`` (slow near it, where the last 429
+  came), then beyond it along a convex one, faster the longer no 429 comes, so
+  a raised rate limit is found again within seconds.
+- **Sporadic vs systematic.** While clearly below the rate that drew the last
+  429s, the API has no reason to refuse us: the share of 429s seen there is a
+  *background* of sporadic ones. Above it, a 429 decreases only when the share
+  since the last decrease passes ``BACKGROUND_MARGIN`` x that background (plus
+  a little); many 429s at once (``SYSTEMATIC_*``) decrease at any time. Under a
+  real limiter the background is about 0 and every 429 above the old rate counts.
+  Without this, no fixed law serves both cases: at a rate ``r`` the decrease per
+  round trip from 2% sporadic 429s grows like ``r²``, while any increase small
+  enough to keep a real limiter's 429s under 1% is far smaller.
+
+Retry-After (:class:`ThrottleGate`): the request that got it is not retried
+before it passes (the engine stores it as the operation's ``not_before``). All
+sending pauses for it only when it clearly applies to everything: a run of
+429s and no other answer for a whole second (a limiter lets its rate through;
+only an API that refuses everything answers nothing but 429s). A pause
+is capped at ``sync.max_retry_after_s``, shown in ``status``, and an operator
+can end it (``galtea-local throttle clear``).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from galtea_local.errors import NotSentError, RetryLaterError, UpstreamError
+
+BETA = 0.9  # a decrease keeps at most this share of the rate
+RATE_FLOOR = 1.0  # requests/s: never slower, so a refusing API is still probed
+HEADROOM = 1.5  # in-flight cap = rate x srtt x this (+1): the pacing binds, not the cap
+RECOVERY_S = 2.0  # time to climb back to the rate before a decrease; only systematic 429s cut it short
+SYSTEMATIC_SHARE = 0.05  # more 429s than background + this share of the answers since the last decrease...
+SYSTEMATIC_MIN = 5  # ... and at least this many (a few early 429s are no share): decrease at once
+BACKGROUND_MARGIN = 1.5  # after the hold-off, decrease when the 429 share passes 1.5 x the background...
+BACKGROUND_SLACK = 0.002  # ... plus this
+BACKGROUND_MIN_ANSWERS = 50  # fewer answers seen while recovering say nothing about the background
+BACKGROUND_MAX = 0.05  # more than this is not taken for background, whatever a recovery saw
+BACKGROUND_BELOW = 0.95  # answers count toward the background only below this share of the old rate
+BACKGROUND_DECAY = 0.998  # per answer counted: the background follows the last ~500 of them
+MIN_RTT_WINDOW_S = 10.0  # the lowest round trip is forgotten after this: a slower API is not a queue forever
+LATENCY_TOLERANCE = 4.0
+LATENCY_SLACK_S = 0.25  # plus this: a starved CPU here (GIL, a busy box) is not a queue at the API
+SLOW_START_EXIT = (5, 0.03)  # leave slow start at this many 429s making this share: a limit, not sporadic ones
+PROBE_GROWTH = 0.03  # beyond the old rate: + this share of it RECOVERY_S later, x8 after twice that
+GOODPUT_WINDOW_S = 1.0
+APP_LIMITED = 2.0  # the rate grows to at most this many times what was actually sent over the last second
+INITIAL_RTT_S = 0.05
+BURST = 2.0  # requests a late thread may start back to back (pacing credit)
+
+OK, THROTTLED, FAILED = "ok", "throttled", "failed"
+
+
+class AdaptiveLimit:
+    """The request rate and the requests in flight, moved by the answers (thread-safe).
+
+    The law runs on the rate (requests/s, paced), and the in-flight cap follows it
+    (``rate x srtt``, Little's law): a rate limiter counts requests per second, so a
+    rate is what can be held just under it, where a whole number of requests in
+    flight cannot (at 100/s and 30 ms, 3 in flight is 100/s and 4 is 133/s), and
+    it does not swing with the round trip's noise on a busy box.
+    """
+
+    def __init__(self, max_limit: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_limit = max_limit
+        self.clock = clock
+        self._cond = threading.Condition()
+        self.rate = 1 / INITIAL_RTT_S
+        self.in_flight = 0
+        self.slow_start = True
+        self.srtt: float | None = None
+        self.min_rtt: float | None = None
+        self._min_rtt_since = -math.inf
+        self._w_max = self.rate  # the rate the API accepted just before the last decrease
+        self._r0 = self.rate  # the rate just after it
+        self._decreased_at = -math.inf
+        self._since_decrease = [0, 0]  # answers, 429s since the last decrease
+        self._next_start = -math.inf
+        self._goodput: deque[float] = deque()  # when answers other than 429 came, over the last second
+        self._sent: deque[float] = deque()  # when any answer came (429s too): what we actually sent
+        self._run_of_429 = 0
+        self._recovery = [0.0, 0.0]  # answers, 429s while climbing back after clean decreases (decayed)
+        self._recovery_valid = False  # the last decrease was a clean one (see _note_recovery)
+        self.decreases = 0
+
+    @property
+    def limit(self) -> int:
+        """Requests allowed in flight now."""
+        rtt = self.srtt or INITIAL_RTT_S
+        return max(1, min(self.max_limit, math.ceil(self.rate * rtt * HEADROOM) + 1))
+
+    # -- admission ------------------------------------------------------------
+
+    def acquire(self, stop: threading.Event | None = None) -> None:
+        """Wait for a slot in flight and the pacing gap; :class:`NotSentError` on a stop request
+        (the request never leaves: a stopping daemon must not flush its queue unpaced)."""
+        with self._cond:
+            while True:
+                if stop is not None and stop.is_set():
+                    raise NotSentError("not sent: the daemon is stopping")
+                now = self.clock()
+                wait = 0.05 if self.in_flight >= self.limit else self._next_start - now
+                if wait <= 0:
+                    break
+                self._cond.wait(min(wait, 0.05))  # a release wakes it sooner
+            self.in_flight += 1
+            gap = 1 / self.rate
+            self._next_start = max(self.clock() - BURST * gap, self._next_start) + gap
+
+    def release(self, started: float, outcome: str) -> None:
+        """One answer: ``OK`` (any answer but a 429), ``THROTTLED`` (a 429), ``FAILED`` (no answer)."""
+        self.note(started, outcome)
+        self.free()
+
+    def note(self, started: float, outcome: str) -> None:
+        """Count an answer without freeing its slot yet (see :class:`LimitedClient`)."""
+        with self._cond:
+            now = self.clock()
+            if outcome == OK:
+                self._on_answer(now, now - started)
+            elif outcome == THROTTLED:
+                self._on_throttled(now, started)
+
+    def free(self) -> None:
+        with self._cond:
+            self.in_flight -= 1
+            self._cond.notify_all()
+
+    # -- the control law ------------------------------------------------------------
+
+    def _note_recovery(self, now: float, throttled: bool) -> None:
+        """Count answers while climbing back below the rate that drew the last 429s.
+
+        Down there the API has no reason to refuse us, so the 429s that still come are
+        a background (sporadic 429s), not our rate: they raise the bar for a decrease.
+        Under a real limiter this share is about 0 and every 429 counts. Only after a
+        clean decrease (made while probing just above the last good rate): a cut on
+        leaving slow start, on systematic 429s or on latency may leave us above the limit.
+        """
+        # Clearly below: within a few percent of the old rate, a limiter's bucket can still be dry.
+        if self._recovery_valid and self.rate <= BACKGROUND_BELOW * self._w_max:
+            answers, refused = self._recovery
+            self._recovery = [answers * BACKGROUND_DECAY + 1, refused * BACKGROUND_DECAY + int(throttled)]
+
+    @property
+    def background(self) -> float:
+        """The share of 429s that come whatever our rate (0 until enough answers were seen)."""
+        answers, refused = self._recovery
+        return min(BACKGROUND_MAX, refused / answers) if answers >= BACKGROUND_MIN_ANSWERS else 0.0
+
+    def _count(self, times: deque[float], now: float) -> int:
+        times.append(now)
+        while times[0] < now - GOODPUT_WINDOW_S:
+            times.popleft()
+        return len(times)
+
+    def _on_answer(self, now: float, rtt: float) -> None:
+        self._note_recovery(now, False)
+        self._run_of_429 = 0
+        self._since_decrease[0] += 1
+        self._count(self._goodput, now)
+        sent = self._count(self._sent, now) / GOODPUT_WINDOW_S
+        self.srtt = rtt if self.srtt is None else 0.875 * self.srtt + 0.125 * rtt
+        if self.min_rtt is None or rtt < self.min_rtt or now - self._min_rtt_since > MIN_RTT_WINDOW_S:
+            self.min_rtt, self._min_rtt_since = rtt, now
+        queue_building = self.srtt > LATENCY_TOLERANCE * self.min_rtt + LATENCY_SLACK_S
+        # Beyond the first the in-flight cap binds anyway; beyond the second we are not using
+        # the rate (too few lanes, a starved CPU), and a rate grown unused would burst later.
+        ceiling = min(self.max_limit / self.min_rtt, max(self._w_max, 1 / INITIAL_RTT_S, APP_LIMITED * sent))
+        if queue_building and now - self._decreased_at >= RECOVERY_S:
+            self._decrease(now, clean=False, cut=self.rate * BETA)  # a queue is building up in front of the API
+        elif self.slow_start:
+            self.rate = min(ceiling, self.rate + 1 / self.srtt)  # x2 per round trip
+        else:
+            self.rate = min(ceiling, max(self.rate, self._curve(now - self._decreased_at)))
+
+    def _curve(self, t: float) -> float:
+        """CUBIC's shape: concave up to the old rate within RECOVERY_S, then convex beyond it."""
+        if t < RECOVERY_S:
+            return self._w_max - (self._w_max - self._r0) * (1 - t / RECOVERY_S) ** 3
+        return self._w_max * (1 + PROBE_GROWTH * ((t - RECOVERY_S) / RECOVERY_S) ** 3)
+
+    def _on_throttled(self, now: float, started: float) -> None:
+        self._run_of_429 += 1
+        self._count(self._sent, now)
+        if started < self._decreased_at:
+            return  # sent before the last decrease: that decrease already answered it
+        self._note_recovery(now, True)
+        self._since_decrease[0] += 1
+        self._since_decrease[1] += 1
+        answers, throttled = self._since_decrease
+        share = throttled / answers
+        systematic = throttled >= SYSTEMATIC_MIN and share > self.background + SYSTEMATIC_SHARE
+        above_background = share > BACKGROUND_MARGIN * self.background + BACKGROUND_SLACK
+        probing = now - self._decreased_at >= RECOVERY_S  # above the rate that drew the last 429s
+        if self.slow_start:
+            if throttled >= SLOW_START_EXIT[0] and share > SLOW_START_EXIT[1]:
+                self._decrease(now, clean=False)
+        elif systematic or (probing and above_background):
+            self._decrease(now, clean=probing and not self.slow_start and not systematic)
+
+    def _decrease(self, now: float, *, clean: bool, cut: float | None = None) -> None:
+        """Cut the rate to ``BETA`` x the least of it and what the API accepted over the last second
+        (``cut`` if given), at most by half (any depth when leaving slow start)."""
+        self._recovery_valid = clean
+        goodput = len(self._goodput) / GOODPUT_WINDOW_S
+        lowest = RATE_FLOOR if self.slow_start else self.rate * 0.5
+        new = max(RATE_FLOOR, lowest, min(self.rate * BETA, BETA * goodput if cut is None else cut))
+        self._w_max = max(new, min(self.rate, goodput))
+        self.rate = self._r0 = new
+        self.slow_start = False
+        self._decreased_at = now
+        self._since_decrease = [0, 0]
+        self.decreases += 1
+
+    # -- Retry-After's reach ---------------------------------------------------------
+
+    def refused_by_all(self) -> bool:
+        """A 429 clearly applies to every request: several in a row, and no other answer for a second.
+
+        A rate limiter lets its rate through, so answers keep coming between its 429s;
+        sporadic 429s leave most requests answered. Only an API that refuses everything
+        (a quota spent, maintenance) answers nothing else.
+        """
+        with self._cond:
+            now = self.clock()
+            while self._goodput and self._goodput[0] < now - GOODPUT_WINDOW_S:
+                self._goodput.popleft()
+            return self._run_of_429 >= 3 and not self._goodput
+
+
+def outcome_of(error: BaseException | None) -> str:
+    if error is None:
+        return OK
+    if isinstance(error, RetryLaterError) and error.status == 429:
+        return THROTTLED
+    if isinstance(error, UpstreamError) and error.status is not None:
+        return OK  # any other HTTP answer came back: it measures the round trip, not our rate
+    return FAILED
+
+
+class LimitedClient:
+    """The upstream client with every request passed through an :class:`AdaptiveLimit`.
+
+    ``wait_gate()`` runs once a slot is ours, right before the request: a pause of all
+    sending may have begun while we queued for the slot. ``on_throttled(error)`` runs
+    on a 429 before its slot is freed, so a pause it starts is in force before any
+    request queued behind it can leave.
+    """
+
+    def __init__(self, client: Any, limit: AdaptiveLimit, stop: threading.Event | None = None, *,
+                 wait_gate: Callable[[], None] = lambda: None,
+                 on_throttled: Callable[[BaseException], None] = lambda error: None) -> None:
+        self._client = client
+        self._limit = limit
+        self._stop = stop
+        self._wait_gate = wait_gate
+        self._on_throttled = on_throttled
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if name.startswith("_") or name in ("close",) or not callable(attr):
+            return attr
+
+        def limited(*args: Any, **kwargs: Any) -> Any:
+            self._limit.acquire(self._stop)
+            try:
+                self._wait_gate()
+                started = self._limit.clock()
+                try:
+                    result = attr(*args, **kwargs)
+                except BaseException as error:
+                    outcome = outcome_of(error)
+                    self._limit.note(started, outcome)
+                    if outcome == THROTTLED:
+                        self._on_throttled(error)
+                    raise
+                self._limit.note(started, OK)
+                return result
+            finally:
+                self._limit.free()
+
+        return limited
+
+
+class ThrottleGate:
+    """A pause of all sending, for a Retry-After that applies to everything; capped; clearable.
+
+    ``until`` is wall-clock time (it goes to the store, for ``status`` and for the
+    next daemon). :meth:`sync_from` adopts the store's value when someone else
+    changed it: an operator cleared it, or another daemon set it.
+    """
+
+    def __init__(self, max_retry_after_s: float, clock: Callable[[], float] = time.time) -> None:
+        self.max_retry_after_s = max_retry_after_s
+        self.clock = clock
+        self.until = 0.0
+        self._written: float | None = None  # the value we last wrote to the store
+        self._lock = threading.Lock()
+
+    def capped(self, retry_after: float | None) -> float | None:
+        """Retry-After within ``[0, max_retry_after_s]`` (a 400-digit value is infinite, then capped)."""
+        if retry_after is None or math.isnan(retry_after):
+            return None
+        return min(max(0.0, retry_after), self.max_retry_after_s)
+
+    def pause(self, retry_after: float) -> float | None:
+        """Pause all sending for ``retry_after`` (capped); the new ``until`` to store, or None if unchanged."""
+        until = self.clock() + (self.capped(retry_after) or 0.0)
+        with self._lock:
+            if until <= self.until:
+                return None
+            self.until = self._written = until
+        return until
+
+    def sync_from(self, stored: float | None) -> float | None:
+        """Adopt the store's value if someone else wrote it. A value past the cap (an older
+        release stored any Retry-After) is cut to it: returns the value to store back then."""
+        now = self.clock()
+        with self._lock:
+            if stored == self._written:
+                return None
+            self.until = min(stored or 0.0, now + self.max_retry_after_s)
+            self._written = self.until if stored is not None and self.until < stored else stored
+            return self._written if self._written != stored else None
+
+    def remaining(self) -> float:
+        return self.until - self.clock()
