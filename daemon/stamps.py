@@ -78,7 +78,8 @@ class Stamper:
         except UpstreamError as error:
             self._on_error(error)
             log.info("stamp of record %s left to its lane: %s", record_seq, error.message)
-            self._store.transaction(outbox_stamps.hand_to_lane, lane, record_seq)
+            # Never left (a stopping daemon, a connect error): pending again, not "maybe sent".
+            self._store.transaction(outbox_stamps.hand_to_lane, lane, record_seq, sent=error.maybe_sent)
             return
         with self._lock:
             self._answered.append((lane, record_seq))

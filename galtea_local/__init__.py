@@ -79,6 +79,11 @@ _SPAN_NAMES = frozenset({"GalteaSpan", "Span", "clear_context", "get_trace_id", 
                          "get_inference_result_id", "start_trace", "trace"})  # the last three: deprecated
 
 
+def __dir__() -> list[str]:
+    # The lazily loaded names are listed like the others; the deprecated ones are not.
+    return sorted(set(globals()) | (_SPAN_NAMES & set(__all__)))
+
+
 def __getattr__(name: str) -> object:
     if name in _SPAN_NAMES:
         from galtea_local import spans

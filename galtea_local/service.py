@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from galtea_local import batch_api, outbox
+from galtea_local import attachments, batch_api, outbox
 from galtea_local.store.dialects import NO_LIMIT
 from galtea_local.errors import InvalidInputError, NotFoundError
 from galtea_local.outbox import batch as batch_queue
@@ -118,6 +118,8 @@ class InferenceResultService:
         session_custom_id: str | None = None,
         version_id: str | None = None,
         product_id: str | None = None,
+        output_file_paths: builtins.list[str] | None = None,
+        input_file_paths: builtins.list[str] | None = None,
     ) -> Trace:
         """Queue a new turn and return it at once.
 
@@ -125,8 +127,12 @@ class InferenceResultService:
         (``durability="process"``) or a power loss (``"power"``). Raises
         ``ValueError``/``TypeError`` subclasses naming the field for bad input,
         and ``StoreFullError`` when the store is at its size cap under
-        ``when_full = "refuse"``; in either case nothing is written.
+        ``when_full = "refuse"``; in either case nothing is written. Files
+        (``input_file_paths``/``output_file_paths``) are refused for now: see
+        :mod:`galtea_local.attachments`.
         """
+        if input_file_paths is not None or output_file_paths is not None:  # the seam for attachments
+            attachments.check_no_files(input_file_paths, output_file_paths)
         row = _new_row(create_fields(locals(), self._max_record_bytes), time.time())
         # Only a local session id or a custom id can name a session created offline.
         local = session_custom_id is not None or session_id.startswith("ses_")
@@ -140,13 +146,15 @@ class InferenceResultService:
         retrieval_context: str | None = None, latency: float | None = None, usage_info: dict[str, int] | None = None,
         cost_info: dict[str, float] | None = None, conversation_simulator_version: str | None = None,
         session_custom_id: str | None = None, version_id: str | None = None, product_id: str | None = None,
-        run_id: str | None = None,
+        run_id: str | None = None, output_file_paths: builtins.list[str] | None = None,
+        input_file_paths: builtins.list[str] | None = None,
     ) -> tuple[Trace, builtins.list[Any]]:
         """Queue a turn and its evaluation: ``(trace, evaluations reporting "queued")``. The
         evaluation goes upstream after the trace (see :mod:`galtea_local.evaluations`)."""
         from galtea_local.evaluations import EvaluationService, check_metrics
 
         check_metrics(metrics, specification_ids)  # bad metrics write nothing, not even the trace
+        attachments.check_no_files(input_file_paths, output_file_paths)
         trace = self.create(session_id=session_id, input=input, output=output, retrieval_context=retrieval_context,
                             latency=latency, usage_info=usage_info, cost_info=cost_info,
                             conversation_simulator_version=conversation_simulator_version,
@@ -208,6 +216,8 @@ class InferenceResultService:
         session_id: Any = _UNSET,
         status: Any = _UNSET,
         error: Any = _UNSET,
+        output_file_paths: builtins.list[str] | None = None,
+        input_file_paths: builtins.list[str] | None = None,
         *,
         inference_result_id: str | None = None,
     ) -> Trace:
@@ -218,6 +228,7 @@ class InferenceResultService:
         after the create, in order.
         """
         record_id = _one_id(inference_result_id, trace_id)
+        attachments.check_no_files(input_file_paths, output_file_paths)
         passed = {k: v for k, v in locals().items() if v is not _UNSET and k not in _NOT_FIELDS}
         if not passed:
             return self.get(record_id)
@@ -262,7 +273,7 @@ class InferenceResultService:
         return [self._result(row) for row in rows]
 
 
-_NOT_FIELDS = frozenset({"self", "inference_result_id", "trace_id", "record_id"})
+_NOT_FIELDS = frozenset({"self", "inference_result_id", "trace_id", "record_id", *attachments.FIELDS})
 
 
 def _one_id(inference_result_id: str | None, trace_id: str | None) -> str:

@@ -63,12 +63,15 @@ def test_the_limit_converges_to_the_emulators_token_bucket(
         drain_for(engine, RUN_S)
         ended = time.time()
         client.close()
-        synced = store_status(store)["synced"]
+        # Pushed, not "synced": a pushed turn whose createdAt PATCH is still to go is not synced yet.
+        pushed = store.read(lambda conn: conn.execute(
+            "SELECT COUNT(*) FROM inference_results WHERE remote_id IS NOT NULL").fetchone()[0])
     log = [entry for entry in emulator.dump()["log"] if entry["t"] >= started]
     created = sum(1 for entry in log if entry["status"] == 201)
-    assert created == synced  # every answered create settled once: nothing sent twice
+    assert created == pushed  # every answered create settled once: nothing sent twice
     steady = [entry for entry in log if started + WARM_UP_S <= entry["t"] <= ended]
-    served = sum(1 for entry in steady if entry["status"] == 201)
+    # Every request the bucket let through counts: creates and their createdAt PATCHes alike.
+    served = sum(1 for entry in steady if entry["status"] != 429)
     refused = sum(1 for entry in steady if entry["status"] == 429)
     rate = served / (ended - started - WARM_UP_S)
     # Wide margins for a shared box: the benchmark (bench_soak.py) prints the real figures.

@@ -77,6 +77,9 @@ class Store:
         self._by_custom_id: dict[tuple[str, str, str], str] = {}
         self._next_index: Counter[str] = Counter()
         self._seq: dict[str, int] = {}
+        # Record id -> server time it arrived: createdAt can be PATCHed (the SDK's TraceUpdate), so
+        # tests that need the arrival order read it here. Dump only, never served.
+        self.arrived: dict[str, float] = {}
         self._last_stamp = 0.0
 
     def _stamp(self) -> tuple[float, str]:
@@ -196,6 +199,7 @@ class Store:
         now, created_at = self._stamp()
         record = dict.fromkeys(RESULT_FIELDS)
         record.update(fields, id=new_id(), sessionId=session_id, createdAt=created_at)
+        self.arrived[record["id"]] = now
         record["input"] = wrap_input(record["input"])
         record["index"] = self._next_index[session_id]
         self._next_index[session_id] += 1
@@ -286,6 +290,7 @@ class Store:
             "inferenceResults": list(self.results.values()),
             "deletedInferenceResults": list(self.deleted_results.values()),
             "createsPerSession": dict(self.creates_per_session),
+            "arrivedAt": dict(self.arrived),
         }
 
 

@@ -96,10 +96,14 @@ def settle_stamps(conn: sqlite3.Connection, stamped: Iterable[tuple[str, int]], 
             _set_sync_state(conn, Attempt(0, KIND, lane, {"seq": record_seq}, None, None, None, 1, None))
 
 
-def hand_to_lane(conn: sqlite3.Connection, lane: str, record_seq: int) -> None:
-    """The side path failed: the stamp lane sends it (still maybe sent) at its next claim."""
+def hand_to_lane(conn: sqlite3.Connection, lane: str, record_seq: int, *, sent: bool = True) -> None:
+    """The side path failed: the stamp lane sends it at its next claim. ``sent=False``: the
+    request never left, so the stamp is pending again rather than "maybe sent" (harmless for an
+    idempotent PATCH, but a warm stop must leave nothing looking half-sent)."""
+    state = "state" if sent else "'pending', sending_since = NULL, sent_body = NULL"
     conn.execute(
-        f"UPDATE outbox SET not_before = 0 WHERE {probes.open_of_record('?', 'outbox')} AND kind = 'stamp'",
+        f"UPDATE outbox SET not_before = 0, state = {state}"
+        f" WHERE {probes.open_of_record('?', 'outbox')} AND kind = 'stamp'",
         (record_seq,),
     )
 
