@@ -65,7 +65,8 @@ class SyncEngine:
         self._halt = threading.Event()  # auth failure or throttle: stop claiming for this pass
         # Requests in flight follow what the API accepts (concurrency.py); a Retry-After pauses
         # everything only when it clearly applies to everything, and never past the cap.
-        self.limit = AdaptiveLimit(self.settings.concurrency)
+        # As many side slots as lanes: each lane's createdAt stamp flies beside its next create.
+        self.limit = AdaptiveLimit(self.settings.concurrency, side_slots=self.settings.concurrency)
         self._sending = threading.local()  # the attempt whose request is queued for a slot, if any
         self.client = LimitedClient(client, self.limit, self.backoff.stop_event, wait_gate=self._fresh_or_drop,
                                     on_throttled=self._on_throttled)
@@ -74,8 +75,10 @@ class SyncEngine:
         self._lock = threading.Lock()  # guards _stranded and _released
         self._stranded: set[str] = set()  # lanes whose release failed (a store fault): released at the next claim
         self._released: dict[str, float] = {}  # lane -> when this pusher last gave it back (see _released_since)
-        # Stamps (createdAt PATCHes) go through the same adaptive limit as everything else.
-        self.stamper = Stamper(store, self.client, self.settings.concurrency, clock,
+        # Stamps (createdAt PATCHes) are paced by the same adaptive limit, in its side slots.
+        side_client = LimitedClient(client, self.limit, self.backoff.stop_event, wait_gate=self._wait_for_throttle,
+                                    on_throttled=self._on_throttled, side=True)
+        self.stamper = Stamper(store, side_client, self.settings.concurrency, clock,
                                wait_for_throttle=self._wait_for_throttle, on_error=self._stamp_failed)
         self.maybe_sent = MaybeSent(store, self.client, self.clock, clock_skew_s=self.settings.clock_skew_s,
                                     commit_grace_s=self.settings.commit_grace_s)

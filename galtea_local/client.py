@@ -44,6 +44,8 @@ class Galtea:
         self.inference_results = InferenceResultService(self._store, settings.max_record_bytes)
         self.traces = self.inference_results  # the official SDK's new name for the same service
         self.sessions = SessionService(self._store)
+        # versions/products (planned, docs/sdk-parity.md): a local cache the daemon refreshes, served
+        # as cached properties like `spans` below. Until then `g.versions` is an AttributeError.
         provider.use_store(self._store)  # spans that end from now on land in this store (no OTel import)
         if "opentelemetry.sdk.trace" in sys.modules:
             # Loaded already (by the official SDK, Langfuse...): spans of their helpers land here too.

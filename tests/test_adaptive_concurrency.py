@@ -152,3 +152,26 @@ def test_a_pause_is_cleared_while_the_daemon_waits(emulator: EmulatorHandle, tmp
         waiter.join(10)
         client.close()
         assert not waiter.is_alive()
+
+
+def test_side_slots_let_stamps_fly_beside_a_full_set_of_lanes() -> None:
+    """createdAt stamps take the side slots: the lanes keep their `concurrency` requests in flight."""
+    from galtea_local_daemon.concurrency import AdaptiveLimit
+
+    limit = AdaptiveLimit(2, side_slots=2)
+    limit.rate = 1e6  # no pacing: only the slots decide
+    for _ in range(2):
+        limit.acquire()
+    for _ in range(2):
+        limit.acquire(side=True)  # beside two lanes in flight
+    assert (limit.in_flight, limit.lanes_in_flight) == (4, 2)
+    third_lane = threading.Thread(target=limit.acquire)
+    third_lane.start()
+    third_lane.join(0.3)
+    assert third_lane.is_alive(), "a third lane request must wait for a lane slot"
+    limit.free(side=True)  # a side slot does not let a lane through...
+    third_lane.join(0.3)
+    assert third_lane.is_alive()
+    limit.free()  # ... a lane slot does
+    third_lane.join(5)
+    assert not third_lane.is_alive() and (limit.in_flight, limit.lanes_in_flight) == (3, 2)

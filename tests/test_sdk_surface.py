@@ -221,3 +221,23 @@ def test_trace_reads_the_api_json_as_the_sdk_model_does() -> None:
     session = {"id": "c2", "createdAt": "2026-01-01T00:00:00.000Z", "status": "pending", "customId": "x"}
     assert Session(**session).model_dump(mode="json") == {
         **galtea.Session(**session).model_dump(mode="json"), "sync_state": "queued", "remote_id": None}
+
+
+def test_file_arguments_are_accepted_and_files_refused_until_attachments_exist(galtea: Galtea, tmp_path: Path) -> None:
+    attached = tmp_path / "deed.pdf"
+    attached.write_bytes(b"%PDF-1.4")
+    # No files, as the SDK reads it: None or an empty list.
+    record = galtea.traces.create(session_id="s", input="q", input_file_paths=[], output_file_paths=None)
+    assert galtea.traces.update(record.id, output="a", output_file_paths=[]).actual_output == "a"
+    for field in ("input_file_paths", "output_file_paths"):
+        with pytest.raises(galtea_local.InvalidInputError, match=field):
+            galtea.traces.create(session_id="s", input="with a file", **{field: [str(attached)]})
+        with pytest.raises(galtea_local.InvalidInputError, match=field):
+            galtea.traces.update(record.id, status="FAILED", **{field: [str(attached)]})
+        with pytest.raises(galtea_local.InvalidInputError, match=field):
+            galtea.traces.create_and_evaluate(session_id="s", output="o", metrics=["m"], **{field: [str(attached)]})
+    with pytest.raises(galtea_local.InvalidTypeError, match="input_file_paths"):
+        galtea.traces.create(session_id="s", input="q", input_file_paths=str(attached))
+    # A refused call wrote nothing: one record, with the update that carried no file.
+    assert [(r.input, r.actual_output, r.status) for r in galtea.traces.list(session_id="s")] == [
+        ("q", "a", "GENERATED")]
