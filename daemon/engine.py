@@ -81,7 +81,8 @@ class SyncEngine:
         self.stamper = Stamper(store, side_client, self.settings.concurrency, clock,
                                wait_for_throttle=self._wait_for_throttle, on_error=self._stamp_failed)
         self.maybe_sent = MaybeSent(store, self.client, self.clock, clock_skew_s=self.settings.clock_skew_s,
-                                    commit_grace_s=self.settings.commit_grace_s)
+                                    commit_grace_s=self.settings.commit_grace_s,
+                                    answered_grace_s=self.settings.answered_grace_s)
 
     # -- control -------------------------------------------------------------
 
@@ -268,8 +269,8 @@ class SyncEngine:
             return self._on_auth_failure(attempt, error, report, maybe_sent=False)
         except RejectedError as error:
             return self._reject(attempt, error, report)
-        except UpstreamError as error:
-            return self._retry(attempt, error, report, maybe_sent=error.maybe_sent)
+        except UpstreamError as error:  # the send's own answer (or none): how long it may still commit
+            return self._retry(attempt, error, report, maybe_sent=error.maybe_sent, sent_status=error.status)
 
     def _push(self, taken: _Taken, report: PassReport, take_more: bool) -> StepOutcome:
         """Reconcile or settle locally if needed, mark, re-check the lease, send, settle."""
@@ -327,7 +328,7 @@ class SyncEngine:
         except UpstreamError as error:
             # A failed *read* (even a 404 or another 4xx) is not a refusal of the create: it may
             # exist upstream. Nothing new was sent; the earlier attempt stays "maybe sent".
-            return self._retry(attempt, error, report, maybe_sent=True)
+            return self._retry(attempt, error, report, maybe_sent=True, sent_status=attempt.sent_status)
         if found is not None:
             self._settle_adopted(attempt, found, joined=lookup is not None)
             report.adopted += 1
@@ -338,9 +339,13 @@ class SyncEngine:
         if remaining > 0:
             self.store.transaction(ob.settle_retry, attempt, self.clock() + remaining,
                                    "maybe sent, not found upstream yet: waiting out the commit grace", None,
-                                   maybe_sent=True)
+                                   maybe_sent=True, sent_status=attempt.sent_status)
             report.waiting += 1
             return StepOutcome(Step.WAITING, retry_in=remaining)
+        if self.maybe_sent.answered(attempt):  # the server was done with it: it did not apply it
+            log.info("%s of record %s was answered %s and is not upstream: sending it again", attempt.kind,
+                     attempt.record["seq"], attempt.sent_status)
+            return None
         report.resent += 1
         log.warning("%s of record %s may have been sent but is not upstream after the commit grace: sending it"
                     " again (a duplicate if the first attempt still commits)", attempt.kind, attempt.record["seq"])
@@ -472,13 +477,14 @@ class SyncEngine:
         return True
 
     def _retry(self, attempt: ob.Attempt, error: UpstreamError, report: PassReport, *,
-               maybe_sent: bool) -> StepOutcome:
+               maybe_sent: bool, sent_status: int | None = None) -> StepOutcome:
         retry_after = self.gate.capped(retry_after_of(error))
         if retry_after is not None:
             self._throttle(retry_after)
         delay = self.backoff.delay(attempt.attempts + 1, retry_after)
         self.store.transaction(
-            ob.settle_retry, attempt, self.clock() + delay, error.message, error.status, maybe_sent=maybe_sent
+            ob.settle_retry, attempt, self.clock() + delay, error.message, error.status, maybe_sent=maybe_sent,
+            sent_status=sent_status,
         )
         report.retried += 1
         log.info("will retry %s of record %s in %.1fs: %s", attempt.kind, attempt.record["seq"], delay, error.message)
@@ -489,7 +495,7 @@ class SyncEngine:
         self._halt.set()
         report.auth_failing = True
         self.store.transaction(ob.settle_retry, attempt, self.clock(), error.message, error.status,
-                               maybe_sent=maybe_sent)
+                               maybe_sent=maybe_sent, sent_status=attempt.sent_status)
         log.error("the Galtea API refused the API key (HTTP %s): pushing paused until it is fixed", error.status)
         return StepOutcome(Step.AUTH, error=error)
 

@@ -4,6 +4,15 @@ Pure questions to the API and the clock; the engine decides and settles. All
 times that are compared with the server's (``createdAt`` windows, the commit
 grace) are in server time: local time plus the offset measured from the API's
 ``Date`` headers, the one stored with the attempt when there is one.
+
+How long a create may still commit depends on how its attempt ended. With no
+answer (a timeout, a dropped connection) or an answer that says the request may
+still be running (408, 504, a CDN's 524), it may sit in a proxy queue or a slow
+database for minutes: ``commit_grace_s``. A server that *answered* (500, 502,
+503, a 2xx we could not read) was done with the request: whatever it wrote was
+committed before the answer left, and only read-after-write lag (a replica)
+can hide it: ``answered_grace_s``. Without that split, every sporadic 503 held
+its session back for the full grace and the drain collapsed (issue 17).
 """
 
 from __future__ import annotations
@@ -19,16 +28,22 @@ from galtea_local_daemon import reconcile
 from galtea_local_daemon.upstream import UpstreamClient
 
 
+# Answers after which the request may still be running upstream: a gateway or the server gave up
+# waiting, not the work itself (408 Request Timeout, 504 Gateway Timeout, Cloudflare's 524, 598/599).
+STILL_RUNNING = frozenset({408, 504, 524, 598, 599})
+
+
 class MaybeSent:
     """Reconciliation questions for one engine's store, client and settings."""
 
     def __init__(self, store: Store, client: UpstreamClient, clock: Callable[[], float], *,
-                 clock_skew_s: float, commit_grace_s: float) -> None:
+                 clock_skew_s: float, commit_grace_s: float, answered_grace_s: float) -> None:
         self.store = store
         self.client = client
         self.clock = clock
         self.clock_skew_s = clock_skew_s
         self.commit_grace_s = commit_grace_s
+        self.answered_grace_s = answered_grace_s
 
     def offset(self) -> float | None:
         """Server time minus ours, as last measured (None before any answer carried a ``Date``)."""
@@ -55,10 +70,19 @@ class MaybeSent:
         offset = attempt.sent_offset_s if attempt.sent_offset_s is not None else (self.offset() or 0.0)
         return (attempt.maybe_sent_since or 0.0) + offset
 
+    @staticmethod
+    def answered(attempt: ob.Attempt) -> bool:
+        """True when the server answered the earlier attempt and was done with it (see the module docstring)."""
+        return attempt.sent_status is not None and attempt.sent_status not in STILL_RUNNING
+
+    def grace(self, attempt: ob.Attempt) -> float:
+        """How long after its start the earlier attempt may still commit."""
+        return min(self.answered_grace_s, self.commit_grace_s) if self.answered(attempt) else self.commit_grace_s
+
     def grace_left(self, attempt: ob.Attempt) -> float:
         """Seconds until the earlier attempt can no longer commit (<= 0: it cannot now)."""
         server_now = self.clock() + (self.offset() or 0.0)
-        return self.commit_grace_s - (server_now - self.attempt_start_server(attempt))
+        return self.grace(attempt) - (server_now - self.attempt_start_server(attempt))
 
     def existing_session(self, attempt: ob.Attempt, error: RejectedError) -> dict[str, Any] | None:
         """A re-sent session create answered "already exists": our first attempt committed late.

@@ -53,6 +53,7 @@ def make_engine(settings: Settings, store: Store, client: UpstreamClient,
         clock_skew_s=sync.clock_skew_s,
         max_retry_after_s=sync.max_retry_after_s,
         commit_grace_s=sync.commit_grace_s,
+        answered_grace_s=sync.answered_grace_s,
     )
     return SyncEngine(store, client, engine_settings, backoff=backoff)
 

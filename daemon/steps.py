@@ -55,6 +55,9 @@ class EngineSettings:
     # seconds (server time) after its attempt began: a request held in the server or a proxy
     # may still commit until then (docs/delivery.md gives the reasoning for the default).
     commit_grace_s: float = 120.0
+    # The same for a create the server *answered* (500, 502, 503, a 2xx we could not read): it
+    # was done with the request when it answered, so only read-after-write lag is left to wait.
+    answered_grace_s: float = 1.0
     pass_budget_s: float = 30.0  # a pass stops claiming after this long; the next pass goes on
     # Attempts at one operation within a pass. Without a bound, a backoff capped below the
     # in-pass wait limit retries an unreachable API forever and `sync` never exits.

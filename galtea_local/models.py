@@ -163,6 +163,8 @@ class OutboxOperation(SQLModel, table=True):
     settled_at: Optional[float] = None
     # Server clock minus ours when the attempt was marked: its start in server time (issue 11).
     sending_offset_s: Optional[float] = None
+    # The HTTP status that answered a maybe-sent attempt (None: no answer): its commit grace (issue 17).
+    sent_status: Optional[int] = None
 
 
 class OwnedRemoteId(SQLModel, table=True):

@@ -39,10 +39,12 @@ commit_grace_s = 0.3
 
 
 def make_engine(store: Store, handle: EmulatorHandle, *, concurrency: int = 8, api_key: str | None = None,
-                lease_s: float = 60.0, commit_grace_s: float = COMMIT_GRACE_S, **options: Any) -> SyncEngine:
+                lease_s: float = 60.0, commit_grace_s: float = COMMIT_GRACE_S, answered_grace_s: float = 1.0,
+                **options: Any) -> SyncEngine:
     client = UpstreamClient(handle.url, api_key or handle.api_key, max_connections=max(8, concurrency),
                             **options)
-    settings = EngineSettings(concurrency=concurrency, lease_s=lease_s, commit_grace_s=commit_grace_s)
+    settings = EngineSettings(concurrency=concurrency, lease_s=lease_s, commit_grace_s=commit_grace_s,
+                              answered_grace_s=answered_grace_s)
     return SyncEngine(store, client, settings, backoff=Backoff(**FAST_BACKOFF))
 
 

@@ -4,6 +4,7 @@ server clock, forgotten ownership. Each test asserts 0 lost, 0 duplicated, order
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import closing
@@ -146,3 +147,38 @@ def test_reconciliation_reads_are_retried_never_dead(
     emulator = emulator_factory()
     sessions, status = push_all(emulator, tmp_path, faults={"ambiguous_rate": 0.2, "fail_rate": 0.2})
     assert_exact(emulator, sessions, status)
+
+
+def test_an_answered_503_waits_only_the_short_grace(emulator: EmulatorHandle, tmp_path: Path) -> None:
+    """A create answered 503 and not applied goes again after ``answered_grace_s``, not the two-minute
+    commit grace: the server was done with it. With the long grace, each sporadic 503 held its
+    session back for minutes and the soak's drain fell to 17 records/s (issue 17)."""
+    started = time.monotonic()
+    sessions, status = push_all(emulator, tmp_path, faults={"fail_rate": 0.3}, commit_grace_s=120.0,
+                                answered_grace_s=0.2)
+    assert time.monotonic() - started < 60.0  # the long grace alone would take 120 s
+    assert emulator.dump(log=False)["faults"]["fail"] > 0
+    assert_exact(emulator, sessions, status)
+    assert status["resent_unconfirmed"] == 0  # answered: not a re-send that may duplicate
+
+
+def test_an_answered_503_after_apply_is_adopted_within_the_short_grace(emulator: EmulatorHandle,
+                                                                     tmp_path: Path) -> None:
+    sessions, status = push_all(emulator, tmp_path, faults={"applied_error_rate": 0.3, "applied_error_status": 503},
+                                commit_grace_s=120.0, answered_grace_s=0.2)
+    assert emulator.dump(log=False)["faults"]["applied_error"] > 0
+    assert_exact(emulator, sessions, status)
+
+
+@pytest.mark.parametrize(("status", "grace"), [(None, 120.0), (504, 120.0), (408, 120.0), (503, 1.0), (502, 1.0),
+                                               (500, 1.0), (200, 1.0)])
+def test_the_grace_follows_how_the_attempt_ended(status: int | None, grace: float) -> None:
+    from galtea_local.outbox.attempts import Attempt
+    from galtea_local.outbox.kinds import OpKind
+    from galtea_local_daemon.maybe_sent import MaybeSent
+
+    attempt = Attempt(op_seq=1, kind=OpKind.CREATE, lane="s:x", record={}, payload=None, maybe_sent_since=0.0,
+                      sent_body={}, attempts=1, lane_session_id=None, sent_status=status)
+    decide = MaybeSent(None, None, time.time, clock_skew_s=0.0, commit_grace_s=120.0,  # type: ignore[arg-type]
+                       answered_grace_s=1.0)
+    assert decide.grace(attempt) == grace

@@ -365,6 +365,7 @@ class SyncSettings:
     clock_skew_s: float = key(120.0, number(0, above=False))
     max_retry_after_s: float = key(300.0, number(0, above=True))
     commit_grace_s: float = key(120.0, number(0, above=False))
+    answered_grace_s: float = key(1.0, number(0, above=False))
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,8 @@ class Attempt:
     body: dict[str, Any] | None = None  # set by take_next(): already marked ``sending``, send this
     # Server clock minus ours when the earlier attempt was marked (None: not measured then).
     sent_offset_s: float | None = None
+    # The HTTP status that answered the earlier attempt (None: no answer): how long it may still commit.
+    sent_status: int | None = None
 
 
 def deactivate_drained_lanes(conn: StoreConnection) -> int:
@@ -188,6 +190,7 @@ def next_attempt(conn: StoreConnection, lane: str, owner: str, now: float, lease
         attempts=op["attempts"],
         lane_session_id=lane_row["remote_session_id"],
         sent_offset_s=op["sending_offset_s"] if maybe else None,
+        sent_status=op["sent_status"] if maybe else None,
     )
 
 
@@ -236,7 +239,7 @@ def _mark(conn: StoreConnection, attempt: Attempt, target: dict[str, Any], now: 
     body = build_body(target, attempt)
     marked = conn.execute(
         "UPDATE outbox SET state = 'sending', attempts = attempts + 1, sending_since = ?, sent_body = ?,"
-        f" sending_offset_s = ?, last_error = NULL WHERE seq = ? AND {OPEN}",
+        f" sending_offset_s = ?, sent_status = NULL, last_error = NULL WHERE seq = ? AND {OPEN}",
         (now, json.dumps(body), offset_s, attempt.op_seq),
     ).rowcount
     # Not open any more: cancelled meanwhile by a delete before the create left. Nothing to
@@ -355,13 +358,18 @@ def settle_done(conn: StoreConnection, attempt: Attempt, now: float, remote: dic
 
 @lease_protected
 def settle_retry(
-    conn: StoreConnection, attempt: Attempt, not_before: float, error: str, status: int | None, *, maybe_sent: bool
+    conn: StoreConnection, attempt: Attempt, not_before: float, error: str, status: int | None, *, maybe_sent: bool,
+    sent_status: int | None = None,
 ) -> None:
-    """Try again later. A maybe-sent operation stays ``sending``: the next attempt reconciles."""
+    """Try again later. A maybe-sent operation stays ``sending``: the next attempt reconciles.
+
+    ``sent_status`` is the status that answered the request that may have been applied (None:
+    no answer); a failed reconciliation read passes the stored one on.
+    """
     if maybe_sent:
         conn.execute(
-            "UPDATE outbox SET not_before = ?, last_error = ?, last_status = ? WHERE seq = ?",
-            (not_before, error, status, attempt.op_seq),
+            "UPDATE outbox SET not_before = ?, last_error = ?, last_status = ?, sent_status = ? WHERE seq = ?",
+            (not_before, error, status, sent_status, attempt.op_seq),
         )
     else:
         conn.execute(

@@ -397,6 +397,16 @@ def _bundle_ledger(conn: sqlite3.Connection) -> None:
         conn.execute(statement.format(int="INTEGER"))
 
 
+# How a maybe-sent attempt ended decides how long it may still commit (daemon/maybe_sent.py).
+# The same SQL on both backends.
+SENT_STATUS = ("ALTER TABLE outbox ADD COLUMN sent_status INTEGER",)
+
+
+def _sent_status(conn: sqlite3.Connection) -> None:
+    for statement in SENT_STATUS:
+        conn.execute(statement)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_offline_sessions", _offline_sessions),
@@ -408,6 +418,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0008a_spans", _spans),
     ("0008b_evaluations", _evaluations),
     ("0009_bundle_ledger", _bundle_ledger),
+    ("0011_sent_status", _sent_status),
 ]
 
 
