@@ -270,7 +270,8 @@ class SyncEngine:
         except RejectedError as error:
             return self._reject(attempt, error, report)
         except UpstreamError as error:  # the send's own answer (or none): how long it may still commit
-            return self._retry(attempt, error, report, maybe_sent=error.maybe_sent, sent_status=error.status)
+            return self._retry(attempt, error, report, maybe_sent=error.maybe_sent, sent_status=error.status,
+                               departed_at=getattr(self._sending, "departed_at", None))
 
     def _push(self, taken: _Taken, report: PassReport, take_more: bool) -> StepOutcome:
         """Reconcile or settle locally if needed, mark, re-check the lease, send, settle."""
@@ -283,6 +284,7 @@ class SyncEngine:
         if not self._lease_fresh(taken):
             return IDLE  # another pusher may hold the lane: it reconciles what we marked
         self._sending.taken = taken  # the adaptive limit may hold the request: re-checked after (_fresh_or_drop)
+        self._sending.departed_at = None  # set when it leaves
         try:
             answer = self._send(attempt, body)
         except LeaseLost:
@@ -477,14 +479,14 @@ class SyncEngine:
         return True
 
     def _retry(self, attempt: ob.Attempt, error: UpstreamError, report: PassReport, *,
-               maybe_sent: bool, sent_status: int | None = None) -> StepOutcome:
+               maybe_sent: bool, sent_status: int | None = None, departed_at: float | None = None) -> StepOutcome:
         retry_after = self.gate.capped(retry_after_of(error))
         if retry_after is not None:
             self._throttle(retry_after)
         delay = self.backoff.delay(attempt.attempts + 1, retry_after)
         self.store.transaction(
             ob.settle_retry, attempt, self.clock() + delay, error.message, error.status, maybe_sent=maybe_sent,
-            sent_status=sent_status,
+            sent_status=sent_status, departed_at=departed_at,
         )
         report.retried += 1
         log.info("will retry %s of record %s in %.1fs: %s", attempt.kind, attempt.record["seq"], delay, error.message)
@@ -512,6 +514,8 @@ class SyncEngine:
         taken = getattr(self._sending, "taken", None)
         if taken is not None and not self._lease_fresh(taken):
             raise LeaseLost()
+        if taken is not None:
+            self._sending.departed_at = self.clock()  # the grace runs from here, not from the mark
 
     def _on_throttled(self, error: BaseException) -> None:
         retry_after = self.gate.capped(retry_after_of(error))

@@ -155,6 +155,19 @@ class TestStoreContract:
         store.transaction(ob.settle_retry, again, 0.0, "refused", None, maybe_sent=False)
         assert ops(store) == [("create", "pending")]
 
+    def test_a_maybe_sent_request_counts_from_when_it_left_not_from_its_mark(self, local: Galtea) -> None:
+        # A marked request can wait for an adaptive-limit slot: it cannot commit before it left,
+        # so the commit grace and the reconciliation window start at its departure.
+        store, marked = local._store, time.time() - 5.0
+        local.traces.create(session_id="s1", input="q")
+        attempt, _ = begin(store, "a", marked)
+        store.transaction(ob.settle_retry, attempt, 0.0, "read timeout", None, maybe_sent=True,
+                          departed_at=marked + 2.0)
+        store.transaction(ob.release_lane, attempt.lane, "a")
+        again = store.transaction(ob.next_attempt, store.transaction(ob.claim_lanes, "b", time.time(), LEASE_S, 1)[0],
+                                  "b", time.time(), LEASE_S)
+        assert again.maybe_sent_since == pytest.approx(marked + 2.0)
+
     def test_a_lane_goes_in_order_one_operation_at_a_time(self, local: Galtea) -> None:
         store = local._store
         made = [local.traces.create(session_id="s1", input=f"q{i}") for i in range(3)]
