@@ -11,14 +11,19 @@ Part 2 (``--memory``): ``--records`` (default 1,000,000) pre-filled with bulk SQ
 ``galtea-local sync`` runs as a subprocess against the emulator (no latency) for ``--run-s``
 seconds while its peak RSS (VmHWM) is sampled. Also times the lane-claim query on that store.
 
+Every record is queued before the drain starts, so each lands well after its create() call
+and also gets its ``createdAt`` PATCH (issue 14), sent beside the lane's next create.
+``--no-stamps`` drains without them, for the comparison.
+
 Usage: python benchmarks/bench_drain.py [--concurrency 32] [--sessions 100] [--per-session 100]
-           [--latency-ms 50] [--sdk-records 300]
+           [--latency-ms 50] [--sdk-records 300] [--no-stamps]
        python benchmarks/bench_drain.py --memory [--records 1000000] [--memory-sessions 1000] [--run-s 90]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sqlite3
@@ -34,6 +39,7 @@ from pathlib import Path
 import httpx
 
 from galtea_local.outbox import attempts as ob
+from galtea_local.outbox import stamps
 from galtea_local.store import Store
 from galtea_local_daemon.engine import EngineSettings, SyncEngine
 from galtea_local_daemon.upstream import UpstreamClient
@@ -136,9 +142,11 @@ def run_drain(args: argparse.Namespace) -> None:
         sessions = make_sessions(url, args.sessions)
         path = Path(folder) / "store.db"
         print(f"pre-filled {total:,} records in {prefill(path, sessions, args.per_session):.1f} s")
+        if args.no_stamps:
+            stamps.TOLERANCE_S = math.inf  # every create counts as landed at its call time: no PATCH
         pushed, elapsed, passes = drain_rate(url, path, args.concurrency)
         rate = pushed / elapsed
-        print(f"galtea-local  C={args.concurrency}: {pushed:,} records in {elapsed:.1f} s ({passes} passes)"
+        print(f"galtea-local  C={args.concurrency}{' (no stamps)' if args.no_stamps else ''}: {pushed:,} records in {elapsed:.1f} s ({passes} passes)"
               f" = {rate:,.0f} records/s, {100 * rate / limit:.0f}% of the limit {limit:,.0f}/s"
               f" (C / {args.latency_ms / 1000:g} s)")
         baseline = sdk_rate(url, make_sessions(url, 1)[0], args.sdk_records)
@@ -214,6 +222,7 @@ def main() -> None:
     parser.add_argument("--per-session", type=int, default=100)
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--sdk-records", type=int, default=300)
+    parser.add_argument("--no-stamps", action="store_true", help="drain without the createdAt PATCHes")
     parser.add_argument("--memory", action="store_true", help="the 1M-record backlog memory run instead")
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--memory-sessions", type=int, default=1000)

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from galtea_local.outbox import attempts as ob
+from galtea_local.outbox import batch
 from galtea_local.outbox.kinds import OpKind
 from galtea_local_daemon import poison, wire
 
@@ -23,9 +24,9 @@ def decoded_fields(record: dict[str, Any]) -> dict[str, Any]:
     return _decoded(record, wire.CREATE_FIELDS)
 
 
-_SESSION_CREATE_FIELDS = ("custom_id", "version_id", "product_id", "test_case_id", "context")
+_SESSION_CREATE_FIELDS = ("custom_id", "version_id", "product_id", "test_case_id", "context", "run_id")
 _SESSION_PATCH_FIELDS = {"status": "status", "context": "context", "stopping_reason": "stoppingReason",
-                         "error": "error"}
+                         "error": "error", "custom_id": "customId"}
 
 
 def _session_create_body(session: dict[str, Any]) -> dict[str, Any]:
@@ -47,8 +48,12 @@ def build_body(row: dict[str, Any], attempt: ob.Attempt) -> dict[str, Any]:
     """The request body for an attempt, from the target row as it is at the write-ahead mark."""
     if attempt.kind == OpKind.CREATE:
         fields = _decoded(row, wire.CREATE_FIELDS)
-        if attempt.lane.startswith("ls:") and fields.get("session_id"):
-            fields["session_id"] = attempt.lane_session_id  # a local session id: send its remote id
+        if attempt.lane.startswith("ls:") and attempt.lane_session_id:
+            # A turn of a session created offline goes to that session's remote id, even when the
+            # app named it by a custom id that a later sessions.update(custom_id=) has changed.
+            fields["session_id"] = attempt.lane_session_id
+            for name in ("session_custom_id", "version_id", "product_id"):
+                fields.pop(name, None)
         return wire.create_body(fields)
     if attempt.kind == OpKind.UPDATE:
         return wire.update_body(_decoded(attempt.payload or {}, wire.UPDATE_FIELDS))
@@ -56,4 +61,8 @@ def build_body(row: dict[str, Any], attempt: ob.Attempt) -> dict[str, Any]:
         return _session_create_body(row)
     if attempt.kind in (OpKind.SESSION_UPDATE, OpKind.SESSION_FINISH):
         return _session_patch_body(attempt.payload or {})
+    if attempt.kind in (OpKind.STAMP, OpKind.SESSION_STAMP):
+        return attempt.payload or {}
+    if attempt.kind == OpKind.CREATE_BATCH:
+        return batch.wire_body(attempt.payload or {}, attempt.lane_session_id)
     return {}

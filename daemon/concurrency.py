@@ -111,8 +111,12 @@ class AdaptiveLimit:
     it does not swing with the round trip's noise on a busy box.
     """
 
-    def __init__(self, max_limit: int, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_limit = max_limit
+    def __init__(self, max_limit: int, *, side_slots: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
+        # The lanes may have ``max_limit`` requests in flight; the side path (createdAt stamps,
+        # sent beside each lane's next create) up to ``side_slots`` more. The law paces them all.
+        self.max_limit = max_limit + side_slots
+        self.lane_limit = max_limit
+        self.lanes_in_flight = 0
         self.clock = clock
         self._cond = threading.Condition()
         self.rate = 1 / INITIAL_RTT_S
@@ -142,7 +146,7 @@ class AdaptiveLimit:
 
     # -- admission ------------------------------------------------------------
 
-    def acquire(self, stop: threading.Event | None = None) -> None:
+    def acquire(self, stop: threading.Event | None = None, *, side: bool = False) -> None:
         """Wait for a slot in flight and the pacing gap; :class:`NotSentError` on a stop request
         (the request never leaves: a stopping daemon must not flush its queue unpaced)."""
         with self._cond:
@@ -150,18 +154,21 @@ class AdaptiveLimit:
                 if stop is not None and stop.is_set():
                     raise NotSentError("not sent: the daemon is stopping")
                 now = self.clock()
-                wait = 0.05 if self.in_flight >= self.limit else self._next_start - now
+                full = self.in_flight >= self.limit or (not side and self.lanes_in_flight >= self.lane_limit)
+                wait = 0.05 if full else self._next_start - now
                 if wait <= 0:
                     break
                 self._cond.wait(min(wait, 0.05))  # a release wakes it sooner
             self.in_flight += 1
+            if not side:
+                self.lanes_in_flight += 1
             gap = 1 / self.rate
             self._next_start = max(self.clock() - BURST * gap, self._next_start) + gap
 
-    def release(self, started: float, outcome: str) -> None:
+    def release(self, started: float, outcome: str, *, side: bool = False) -> None:
         """One answer: ``OK`` (any answer but a 429), ``THROTTLED`` (a 429), ``FAILED`` (no answer)."""
         self.note(started, outcome)
-        self.free()
+        self.free(side=side)
 
     def note(self, started: float, outcome: str) -> None:
         """Count an answer without freeing its slot yet (see :class:`LimitedClient`)."""
@@ -172,9 +179,11 @@ class AdaptiveLimit:
             elif outcome == THROTTLED:
                 self._on_throttled(now, started)
 
-    def free(self) -> None:
+    def free(self, *, side: bool = False) -> None:
         with self._cond:
             self.in_flight -= 1
+            if not side:
+                self.lanes_in_flight -= 1
             self._cond.notify_all()
 
     # -- the control law ------------------------------------------------------------
@@ -325,12 +334,13 @@ class LimitedClient:
     ``wait_gate()`` runs once a slot is ours, right before the request: a pause of all
     sending may have begun while we queued for the slot. ``on_throttled(error)`` runs
     on a 429 before its slot is freed, so a pause it starts is in force before any
-    request queued behind it can leave.
+    request queued behind it can leave. ``side``: the requests take the limit's side slots.
     """
 
     def __init__(self, client: Any, limit: AdaptiveLimit, stop: threading.Event | None = None, *,
                  wait_gate: Callable[[], None] = lambda: None,
-                 on_throttled: Callable[[BaseException], None] = lambda error: None) -> None:
+                 on_throttled: Callable[[BaseException], None] = lambda error: None, side: bool = False) -> None:
+        self._side = side
         self._client = client
         self._limit = limit
         self._stop = stop
@@ -343,7 +353,7 @@ class LimitedClient:
             return attr
 
         def limited(*args: Any, **kwargs: Any) -> Any:
-            self._limit.acquire(self._stop)
+            self._limit.acquire(self._stop, side=self._side)
             try:
                 self._wait_gate()
                 started = self._limit.clock()
@@ -358,7 +368,7 @@ class LimitedClient:
                 self._limit.note(started, OK)
                 return result
             finally:
-                self._limit.free()
+                self._limit.free(side=self._side)
 
         return limited
 

@@ -23,6 +23,7 @@ from typing import Any
 from galtea_local.errors import AuthError, RejectedError, StoreError, UpstreamError
 from galtea_local.outbox import attempts as ob
 from galtea_local.outbox import drift, health, leased
+from galtea_local.outbox import stamps as outbox_stamps
 from galtea_local.outbox.kinds import OpKind
 from galtea_local.store import Store
 from galtea_local_daemon import evaluations_push, poison, reconcile, spans_push, wire
@@ -31,6 +32,7 @@ from galtea_local_daemon.bodies import build_body, decoded_fields
 from galtea_local_daemon.concurrency import AdaptiveLimit, LimitedClient, ThrottleGate
 from galtea_local_daemon.maybe_sent import MaybeSent, done_answering
 from galtea_local_daemon.ratelimit import RateLimitedLog, error_key
+from galtea_local_daemon.stamps import Stamper, send_session_stamp, send_stamp
 from galtea_local_daemon.steps import IDLE, EngineSettings, PassReport, Step, StepOutcome
 from galtea_local_daemon.upstream import UpstreamClient
 
@@ -63,7 +65,8 @@ class SyncEngine:
         self._halt = threading.Event()  # auth failure or throttle: stop claiming for this pass
         # Requests in flight follow what the API accepts (concurrency.py); a Retry-After pauses
         # everything only when it clearly applies to everything, and never past the cap.
-        self.limit = AdaptiveLimit(self.settings.concurrency)
+        # As many side slots as lanes: each lane's createdAt stamp flies beside its next create.
+        self.limit = AdaptiveLimit(self.settings.concurrency, side_slots=self.settings.concurrency)
         self._sending = threading.local()  # the attempt whose request is queued for a slot, if any
         self.client = LimitedClient(client, self.limit, self.backoff.stop_event, wait_gate=self._fresh_or_drop,
                                     on_throttled=self._on_throttled)
@@ -72,6 +75,11 @@ class SyncEngine:
         self._lock = threading.Lock()  # guards _stranded and _released
         self._stranded: set[str] = set()  # lanes whose release failed (a store fault): released at the next claim
         self._released: dict[str, float] = {}  # lane -> when this pusher last gave it back (see _released_since)
+        # Stamps (createdAt PATCHes) are paced by the same adaptive limit, in its side slots.
+        side_client = LimitedClient(client, self.limit, self.backoff.stop_event, wait_gate=self._wait_for_throttle,
+                                    on_throttled=self._on_throttled, side=True)
+        self.stamper = Stamper(store, side_client, self.settings.concurrency, clock,
+                               wait_for_throttle=self._wait_for_throttle, on_error=self._stamp_failed)
         self.maybe_sent = MaybeSent(store, self.client, self.clock, clock_skew_s=self.settings.clock_skew_s,
                                     commit_grace_s=self.settings.commit_grace_s,
                                     answered_grace_s=self.settings.answered_grace_s)
@@ -88,6 +96,7 @@ class SyncEngine:
 
     def release_stale_leases(self) -> int:
         """For a pusher holding the store's exclusive lock: every existing lease is a dead pusher's."""
+        self.store.transaction(outbox_stamps.release_stale_stamps)  # and so is every side path
         return self.store.transaction(ob.release_all_leases) + self.store.transaction(leased.release_all)
 
     # -- one pass ------------------------------------------------------------
@@ -141,6 +150,7 @@ class SyncEngine:
                 for lane in lanes:
                     active[pool.submit(self._drain_lane, lane)] = lane
             if not active:
+                self.stamper.wait()  # a pass ends with its stamps answered and settled
                 return
             done, _ = wait(active, return_when=FIRST_COMPLETED)
             for future in done:
@@ -164,6 +174,7 @@ class SyncEngine:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        self.stamper.close()
 
     def _should_stop_claiming(self, deadline: float) -> bool:
         return self.stopping or self._halt.is_set() or time.monotonic() > deadline
@@ -259,7 +270,8 @@ class SyncEngine:
         except RejectedError as error:
             return self._reject(attempt, error, report)
         except UpstreamError as error:  # the send's own answer (or none): how long it may still commit
-            return self._retry(attempt, error, report, maybe_sent=error.maybe_sent, sent_status=error.status)
+            return self._retry(attempt, error, report, maybe_sent=error.maybe_sent, sent_status=error.status,
+                               departed_at=getattr(self._sending, "departed_at", None))
 
     def _push(self, taken: _Taken, report: PassReport, take_more: bool) -> StepOutcome:
         """Reconcile or settle locally if needed, mark, re-check the lease, send, settle."""
@@ -272,6 +284,7 @@ class SyncEngine:
         if not self._lease_fresh(taken):
             return IDLE  # another pusher may hold the lane: it reconciles what we marked
         self._sending.taken = taken  # the adaptive limit may hold the request: re-checked after (_fresh_or_drop)
+        self._sending.departed_at = None  # set when it leaves
         try:
             answer = self._send(attempt, body)
         except LeaseLost:
@@ -286,6 +299,11 @@ class SyncEngine:
             outcome = self._reconcile(attempt, report)
             if outcome is not None:
                 return outcome
+        elif attempt.kind == OpKind.SESSION_CREATE and attempt.record.get("join_existing"):
+            # sessions.get_or_create(): look the custom id up first, as the SDK does, and join it.
+            outcome = self._reconcile(attempt, report, lookup=build_body(attempt.record, attempt))
+            if outcome is not None:
+                return outcome
         if attempt.kind == OpKind.DELETE and not attempt.record["remote_id"]:
             # Its create was dead-lettered: nothing upstream to delete, nothing left to hold.
             self.store.transaction(ob.cancel_with_record, attempt, self.clock(), "cancelled: deleted")
@@ -297,11 +315,14 @@ class SyncEngine:
                                       build_body, self._offset())
         return IDLE if body is None else body
 
-    def _reconcile(self, attempt: ob.Attempt, report: PassReport) -> StepOutcome | None:
-        """A maybe-sent create: adopt what the server has, or wait out the grace; None: send it again."""
+    def _reconcile(self, attempt: ob.Attempt, report: PassReport,
+                   lookup: dict[str, Any] | None = None) -> StepOutcome | None:
+        """A maybe-sent create: adopt what the server has, or wait out the grace; None: send it again.
+
+        With ``lookup`` (a session to join, never sent): join it if upstream has it, else None."""
         self._wait_for_throttle()
         try:
-            found = self.maybe_sent.find_upstream(attempt)
+            found = self.maybe_sent.find_upstream(attempt, lookup)
         except reconcile.ForeignSessionError:
             raise  # a decision, not a failed read: dead-lettered
         except AuthError as error:
@@ -311,11 +332,11 @@ class SyncEngine:
             # exist upstream. Nothing new was sent; the earlier attempt stays "maybe sent".
             return self._retry(attempt, error, report, maybe_sent=True, sent_status=attempt.sent_status)
         if found is not None:
-            drifted = attempt.kind == OpKind.CREATE and bool(
-                reconcile.differing_fields(wire.create_body(decoded_fields(attempt.record)), found))
-            self.store.transaction(drift.settle_adopted, attempt, self.clock(), found, drifted)
+            self._settle_adopted(attempt, found, joined=lookup is not None)
             report.adopted += 1
             return StepOutcome(Step.ADOPTED)
+        if lookup is not None:
+            return None  # nothing to join: create it
         remaining = self.maybe_sent.grace_left(attempt)
         if remaining > 0:
             self.store.transaction(ob.settle_retry, attempt, self.clock() + remaining,
@@ -331,6 +352,19 @@ class SyncEngine:
         log.warning("%s of record %s may have been sent but is not upstream after the commit grace: sending it"
                     " again (a duplicate if the first attempt still commits)", attempt.kind, attempt.record["seq"])
         return None
+
+    def _settle_adopted(self, attempt: ob.Attempt, found: Any, *, joined: bool) -> None:
+        drifted = attempt.kind == OpKind.CREATE and bool(
+            reconcile.differing_fields(wire.create_body(decoded_fields(attempt.record)), found))
+        now, offset = self.clock(), self._offset()
+
+        def settle(conn: Any) -> None:
+            drift.settle_adopted(conn, attempt, now, found, drifted, offset)
+            if attempt.kind == OpKind.SESSION_CREATE and not joined:  # our own lost create, not a join
+                outbox_stamps.enqueue_session_stamp(conn, attempt.record, attempt.lane, found, now, offset)
+
+        self.store.transaction(settle)
+        self._send_stamp(attempt, found, offset)
 
     def _offset(self) -> float | None:
         return self.maybe_sent.offset()
@@ -351,6 +385,22 @@ class SyncEngine:
             log.warning("lease on lane %s lost before sending %s: not sent", taken.attempt.lane, taken.attempt.kind)
         return held
 
+    def _stamp_failed(self, error: UpstreamError) -> None:
+        retry_after = self.gate.capped(retry_after_of(error))
+        if retry_after is not None:
+            self._throttle(retry_after)
+
+    def _send_stamp(self, attempt: ob.Attempt, remote: dict[str, Any] | None, offset: float | None) -> None:
+        """A settled create's stamp (enqueued by settle_done) goes now, beside the lane's next operation."""
+        if attempt.kind == OpKind.CREATE and remote:
+            stamp = outbox_stamps.stamp_body(attempt.record, remote, offset)
+            if stamp is None:
+                return
+            if self.gate.until > self.clock():  # the API asked us to slow down: the lane waits, in line
+                self.store.transaction(outbox_stamps.hand_to_lane, attempt.lane, attempt.record["seq"])
+                return
+            self.stamper.submit(attempt.lane, attempt.record["seq"], remote["id"], stamp)
+
     def _send(self, attempt: ob.Attempt, body: dict[str, Any]) -> dict[str, Any] | None:
         remote_id = attempt.record["remote_id"]
         if attempt.kind == OpKind.CREATE:
@@ -363,6 +413,17 @@ class SyncEngine:
             return self.client.update_session(remote_id, body)
         if attempt.kind == OpKind.SESSION_FINISH:
             return self.client.finish_session(remote_id, body["stoppingReason"])
+        if attempt.kind == OpKind.STAMP:
+            send_stamp(self.client, remote_id, body)
+            return None
+        if attempt.kind == OpKind.SESSION_STAMP:
+            send_session_stamp(self.client, remote_id, body)
+            return None
+        if attempt.kind == OpKind.CREATE_BATCH:
+            return self.client.create_inference_results_batch(body)
+        if attempt.kind == OpKind.SESSION_DELETE:
+            self.client.delete_session(remote_id)
+            return None
         self.client.delete_inference_result(remote_id)
         return None
 
@@ -374,7 +435,7 @@ class SyncEngine:
         holds the operation as "maybe sent" and reconciles it (finding what we created).
         """
         remote = answer if attempt.kind.creates else None
-        now = self.clock()
+        now, offset = self.clock(), self._offset()  # the same offset for the stamp queued and the one sent
         held = True
 
         def settle_then_take(conn: Any) -> ob.Attempt | None:
@@ -382,12 +443,14 @@ class SyncEngine:
             held = ob.still_holds(conn, attempt.lane, self.owner, now, self.settings.lease_s)
             if not held:
                 return None
-            ob.settle_done(conn, attempt, now, remote)
+            ob.settle_done(conn, attempt, now, remote, offset)
+            if attempt.kind == OpKind.SESSION_CREATE and remote is not None:  # created by us, not joined
+                outbox_stamps.enqueue_session_stamp(conn, attempt.record, attempt.lane, remote, now, offset)
             if not take_more or self._halted() or self.gate.until > now:
                 return None  # throttled: the next mark waits for the throttle first
             try:
                 return ob.take_next(conn, attempt.lane, self.owner, now, self.settings.lease_s, build_body,
-                                    self._offset())
+                                    offset)
             except poison.PoisonRowError:
                 return None  # keep this settle; the lane's next step takes the poison row alone
 
@@ -395,6 +458,7 @@ class SyncEngine:
         if not held:
             log.warning("lease on lane %s lost before settling %s: left to its new holder", attempt.lane, attempt.kind)
             return IDLE
+        self._send_stamp(attempt, remote, offset)
         report.pushed += 1
         return StepOutcome(Step.PUSHED, ahead=ahead)
 
@@ -415,7 +479,7 @@ class SyncEngine:
         return True
 
     def _retry(self, attempt: ob.Attempt, error: UpstreamError, report: PassReport, *,
-               maybe_sent: bool, sent_status: int | None = None) -> StepOutcome:
+               maybe_sent: bool, sent_status: int | None = None, departed_at: float | None = None) -> StepOutcome:
         retry_after = self.gate.capped(retry_after_of(error))
         if retry_after is not None:
             self._throttle(retry_after)
@@ -425,7 +489,7 @@ class SyncEngine:
             delay = max(delay, self.maybe_sent.answered_grace_s)
         self.store.transaction(
             ob.settle_retry, attempt, self.clock() + delay, error.message, error.status, maybe_sent=maybe_sent,
-            sent_status=sent_status,
+            sent_status=sent_status, departed_at=departed_at,
         )
         report.retried += 1
         log.info("will retry %s of record %s in %.1fs: %s", attempt.kind, attempt.record["seq"], delay, error.message)
@@ -476,6 +540,8 @@ class SyncEngine:
                                       self._offset()):
             log.warning("lease on lane %s lost before sending %s: not sent", taken.attempt.lane, taken.attempt.kind)
             raise LeaseLost()
+        if taken is not None:
+            self._sending.departed_at = self.clock()  # the grace runs from here, not from the mark
 
     def _on_throttled(self, error: BaseException) -> None:
         retry_after = self.gate.capped(retry_after_of(error))

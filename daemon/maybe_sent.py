@@ -54,14 +54,20 @@ class MaybeSent:
         """Server time minus ours, as last measured (None before any answer carried a ``Date``)."""
         return self.client.server_clock.offset_s
 
-    def find_upstream(self, attempt: ob.Attempt) -> dict[str, Any] | None:
-        """The record or session the earlier attempt made, or None. Raises the client's errors,
-        and :class:`reconcile.ForeignSessionError` for a custom id someone else's session holds."""
+    def find_upstream(self, attempt: ob.Attempt, lookup: dict[str, Any] | None = None) -> Any:
+        """The record, session or batch of records the earlier attempt made, or None. Raises the
+        client's errors, and :class:`reconcile.ForeignSessionError` for a custom id someone else's
+        session holds. With ``lookup`` (sessions.get_or_create): the session to join, whatever it holds."""
+        if lookup is not None:
+            return reconcile.find_session(self.client, lookup, joining=True)
         sent = attempt.sent_body or {}
         if attempt.kind == OpKind.SESSION_CREATE:
             return reconcile.find_session(self.client, sent)
         # The margin covers the Date header's resolution and a clock step the median has not caught up with.
         window_from = self.attempt_start_server(attempt) - self.clock_skew_s - self.client.server_clock.spread_s
+        if attempt.kind == OpKind.CREATE_BATCH:
+            return reconcile.find_batch(self.client, sent, window_from, attempt.lane_session_id,
+                                        lambda ids: self.store.read(ob.owners_of, ids))
         return reconcile.find_adoptable(self.client, sent, window_from, attempt.lane_session_id,
                                         lambda ids: self.store.read(ob.owners_of, ids))
 

@@ -148,7 +148,7 @@ def session_differences(sent: dict[str, Any], candidate: dict[str, Any]) -> list
     return differing
 
 
-def find_session(client: UpstreamClient, sent: dict[str, Any]) -> dict[str, Any] | None:
+def find_session(client: UpstreamClient, sent: dict[str, Any], joining: bool = False) -> dict[str, Any] | None:
     """The session a lost ``POST /sessions`` made, found by its custom id (unique per version).
 
     None when no session has the custom id; :class:`ForeignSessionError` when one
@@ -160,7 +160,49 @@ def find_session(client: UpstreamClient, sent: dict[str, Any]) -> dict[str, Any]
         sessions = [s for s in sessions if s.get("productId") == sent.get("productId")]
     if not sessions:
         return None
+    if joining:  # sessions.get_or_create(): an existing session is joined as it is
+        return sessions[0]
     differing = session_differences(sent, sessions[0])
     if differing:
         raise ForeignSessionError(sent["customId"], differing)
     return sessions[0]
+
+
+
+def _batch_pairs(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records a batch makes, as the API pairs turns: a user turn opens one, the next assistant turn fills it."""
+    pairs: list[dict[str, Any]] = []
+    for turn in turns:
+        if turn.get("role") == "user":
+            pairs.append({"input": turn.get("content")})
+        elif pairs and "actualOutput" not in pairs[-1]:
+            pairs[-1]["actualOutput"] = turn.get("content")
+        else:
+            pairs.append({"actualOutput": turn.get("content")})
+    return pairs
+
+
+def find_batch(
+    client: UpstreamClient,
+    sent: dict[str, Any],
+    window_from: float,
+    known_session: str | None,
+    owned: Callable[[list[str]], set[str]],
+) -> list[dict[str, Any]] | None:
+    """The records a lost batch made (all of them, consecutive, in order), or None if it made none.
+
+    The API writes a batch in one go, so it is found whole or not at all. ``window_from``
+    is in server time, as for :func:`find_adoptable`.
+    """
+    session_id = session_of(client, sent, known_session)
+    if session_id is None:
+        return None
+    pairs = _batch_pairs(sent.get("conversationTurns") or [])
+    candidates = list(_candidates(client, session_id, window_from))
+    taken = owned([c["id"] for c in candidates])
+    free = [c for c in candidates if c["id"] not in taken]
+    for start in range(len(free) - len(pairs) + 1):
+        window = free[start : start + len(pairs)]
+        if all(matches(pair, candidate) for pair, candidate in zip(pairs, window)):
+            return window
+    return None

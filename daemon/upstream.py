@@ -291,6 +291,10 @@ class UpstreamClient(SpanAndEvaluationCalls):
         """POST /inferenceResults with a wire body (see ``wire.create_body``); the created record."""
         return self._call("POST", "/inferenceResults", body=body, expect=dict)
 
+    def create_inference_results_batch(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """POST /inferenceResults/batch with the SDK's body; the created records, in the API's pairing order."""
+        return self._call("POST", "/inferenceResults/batch", body=body, expect=list)
+
     def update_inference_result(self, remote_id: str, changes: Mapping[str, Any]) -> dict[str, Any]:
         """PATCH /inferenceResults/{id} with a wire body (see ``wire.update_body``); the record."""
         return self._call("PATCH", f"/inferenceResults/{path_segment(remote_id)}", body=changes, expect=dict)
@@ -360,6 +364,10 @@ class UpstreamClient(SpanAndEvaluationCalls):
     def update_session(self, session_id: str, changes: Mapping[str, Any]) -> dict[str, Any]:
         """PATCH /sessions/{id} with only the fields being changed (null clears one)."""
         return self._call("PATCH", f"/sessions/{path_segment(session_id)}", body=changes, expect=dict)
+
+    def delete_session(self, session_id: str) -> None:
+        """DELETE /sessions/{id}; a session already gone (404) counts as deleted."""
+        self._call("DELETE", f"/sessions/{path_segment(session_id)}", expect=None, missing_ok=True)
 
     def finish_session(self, session_id: str, stopping_reason: str) -> dict[str, Any]:
         """PATCH /sessions/{id}/finish: the session is COMPLETED (finishing twice is harmless)."""

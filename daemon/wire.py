@@ -80,6 +80,7 @@ _SESSION_FIELDS: Mapping[str, str] = {
     "context": "context",
     "metadata": "metadata",
     "is_production": "isProduction",
+    "run_id": "runId",
 }
 
 

@@ -7,6 +7,10 @@ queue upstream later. This package never imports an HTTP client.
 
 from galtea_local.client import Galtea
 from galtea_local.errors import (
+    BundleError,
+    ConfigError,
+    EntityNotFoundException,
+    EntityNotFoundHTTPError,
     GaltealocalError,
     InvalidInputError,
     InvalidTypeError,
@@ -15,14 +19,31 @@ from galtea_local.errors import (
     OutcomeUnknownError,
     RecordTooLargeError,
     StoreError,
+    StoreFullError,
     StoreOpenError,
     StoreReadOnlyError,
     StoreTimeoutError,
     StoreUnavailableError,
 )
-from galtea_local.read_model import InferenceResult, InferenceResultStatus, SyncState
+from galtea_local.read_model import (
+    AttachedFile,
+    InferenceResult,
+    InferenceResultStatus,
+    Session,
+    SessionStatus,
+    SyncState,
+    Trace,
+    TraceStatus,
+)
 
+# The app-facing surface: the SDK's names for what we return and raise, plus our own errors.
+# The daemon-side errors (UpstreamError and its subclasses) are not part of it: an app never sees them.
 __all__ = [
+    "AttachedFile",
+    "BundleError",
+    "ConfigError",
+    "EntityNotFoundException",
+    "EntityNotFoundHTTPError",
     "Galtea",
     "GalteaSpan",
     "GaltealocalError",
@@ -34,13 +55,18 @@ __all__ = [
     "NotFoundError",
     "OutcomeUnknownError",
     "RecordTooLargeError",
+    "Session",
+    "SessionStatus",
     "Span",
     "StoreError",
+    "StoreFullError",
     "StoreOpenError",
     "StoreReadOnlyError",
     "StoreTimeoutError",
     "StoreUnavailableError",
     "SyncState",
+    "Trace",
+    "TraceStatus",
     "clear_context",
     "get_trace_id",
     "set_context",
@@ -51,6 +77,11 @@ __all__ = [
 # The tracing names load galtea_local.spans on first use: `import galtea_local` stays fast.
 _SPAN_NAMES = frozenset({"GalteaSpan", "Span", "clear_context", "get_trace_id", "set_context", "start_span", "traced",
                          "get_inference_result_id", "start_trace", "trace"})  # the last three: deprecated
+
+
+def __dir__() -> list[str]:
+    # The lazily loaded names are listed like the others; the deprecated ones are not.
+    return sorted(set(globals()) | (_SPAN_NAMES & set(__all__)))
 
 
 def __getattr__(name: str) -> object:

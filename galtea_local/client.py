@@ -44,6 +44,8 @@ class Galtea:
         self.inference_results = InferenceResultService(self._store, settings.max_record_bytes)
         self.traces = self.inference_results  # the official SDK's new name for the same service
         self.sessions = SessionService(self._store)
+        # versions/products (planned, docs/sdk-parity.md): a local cache the daemon refreshes, served
+        # as cached properties like `spans` below. Until then `g.versions` is an AttributeError.
         provider.use_store(self._store)  # spans that end from now on land in this store (no OTel import)
         if "opentelemetry.sdk.trace" in sys.modules:
             # Loaded already (by the official SDK, Langfuse...): spans of their helpers land here too.
@@ -76,8 +78,22 @@ class Galtea:
         provider.forget_store(self._store)
         self._store.close()
 
+    def flush(self) -> None:
+        """Return at once: there is nothing to flush in this process.
+
+        Every call committed its record to the store before it returned, and
+        sending upstream is the daemon's job, so nothing here waits on the network.
+        """
+
+    def shutdown(self) -> None:
+        """The official SDK's ``shutdown()``: close the store. Waits for nothing on the network.
+
+        Records queued so far stay in the store; the daemon pushes them. Safe to call twice.
+        """
+        self.close()
+
     def __enter__(self) -> Galtea:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        self.shutdown()

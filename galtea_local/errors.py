@@ -4,7 +4,9 @@
     ├── InvalidInputError (also ValueError)     bad argument to create()/update(); nothing written
     │   └── RecordTooLargeError                 a record over the configured size limit
     ├── InvalidTypeError (also TypeError)       an argument of the wrong type; nothing written
-    ├── NotFoundError (also KeyError)           no local record with that local or remote id
+    ├── EntityNotFoundException                 the SDK's name: nothing with that id (catch this)
+    │   └── EntityNotFoundHTTPError             the SDK's name for a not-found from the API
+    │       └── NotFoundError (also KeyError)   what we raise: no local record/session with that id
     ├── StoreError                              the store cannot be used
     │   ├── StoreOpenError                      the path cannot be opened or created
     │   ├── NotAStoreError                      the file is not a galtea-local store
@@ -48,8 +50,36 @@ class InvalidTypeError(GaltealocalError, TypeError):
     """An argument has the wrong type. The message names the field and the fix."""
 
 
-class NotFoundError(GaltealocalError, KeyError):
-    """No local record has that id (local or remote)."""
+class EntityNotFoundException(GaltealocalError):
+    """Nothing has the id or custom id you named: the official SDK's class name and attributes.
+
+    An app that switched its import from ``galtea`` to ``galtea_local`` keeps its
+    ``except EntityNotFoundException`` / ``except EntityNotFoundHTTPError`` clauses.
+    An ``except requests.HTTPError`` clause does not catch it: that would make this
+    network-free library depend on an HTTP client (see docs/sdk-parity.md).
+    """
+
+    name: str = "EntityNotFoundException"
+    status_code: int = 404
+
+
+class EntityNotFoundHTTPError(EntityNotFoundException):
+    """The SDK raises this name where the API answered 404; we raise its subclass :class:`NotFoundError`.
+
+    ``response`` and ``request`` are None: the answer came from the local store.
+    """
+
+    name: str = "EntityNotFoundHTTPError"
+    response: None = None
+    request: None = None
+
+
+class NotFoundError(EntityNotFoundHTTPError, KeyError):
+    """No local record or session has that id (local or remote).
+
+    Also a ``KeyError``, as it was before the SDK names were added, so older
+    ``except KeyError`` clauses keep working.
+    """
 
     def __str__(self) -> str:  # KeyError quotes its argument; keep the sentence readable.
         return str(self.args[0]) if self.args else ""

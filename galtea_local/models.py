@@ -215,6 +215,11 @@ class SessionRow(SQLModel, table=True):
     origin_store_id: Optional[str] = None  # as on inference_results: set when imported from a bundle
     origin_seq: Optional[int] = None
     origin_updated_at: Optional[float] = None
+    # 0007_session_parity (added by ALTER TABLE, so after the origin columns and with server defaults).
+    run_id: Optional[str] = None  # sent as runId
+    join_existing: int = Field(default=0, sa_column_kwargs={"server_default": text("0")})  # get_or_create()
+    deleted: int = Field(default=0, sa_column_kwargs={"server_default": text("0")})  # sessions.delete()
+    error: Optional[str] = None
 
 
 class Lane(SQLModel, table=True):

@@ -7,18 +7,17 @@ in one transaction, and returns. Nothing here opens a network connection.
 from __future__ import annotations
 
 import builtins
-import math
 import sqlite3
 import time
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
-from galtea_local import outbox
+from galtea_local import attachments, batch_api, outbox
 from galtea_local.store.dialects import NO_LIMIT
 from galtea_local.errors import InvalidInputError, NotFoundError
+from galtea_local.outbox import batch as batch_queue
 from galtea_local.outbox import sessions as sessions_queue
-from galtea_local.read_model import InferenceResult, build, from_row
+from galtea_local.read_model import Trace, build, from_row
 from galtea_local.store import StorageBackend, named_outcome
 from galtea_local.validation import (
     COST_KEYS,
@@ -28,7 +27,7 @@ from galtea_local.validation import (
     check_ids,
     check_order,
     create_fields,
-    show,
+    parse_time,
     update_fields,
 )
 
@@ -71,6 +70,20 @@ def _insert(conn: sqlite3.Connection, row: dict[str, Any], prefix: str | None = 
     return seq
 
 
+def _insert_batch(conn: sqlite3.Connection, rows: builtins.list[dict[str, Any]], body: dict[str, Any],
+                  prefix: str, now: float) -> builtins.list[int]:
+    first = rows[0]
+    if first["session_custom_id"] is not None or first["session_id"].startswith("ses_"):
+        _route_to_local_session(conn, first, prefix)
+    outbox.open_lane(conn, first["lane"])
+    seqs = []
+    for row in rows:
+        row["lane"] = first["lane"]
+        seqs.append(conn.execute(_INSERT_RECORD, tuple(map(row.get, _CREATE_COLUMNS))).lastrowid)
+    batch_queue.enqueue_batch(conn, seqs, first["lane"], body, now)
+    return seqs
+
+
 def _new_row(fields: dict[str, Any], now: float) -> dict[str, Any]:
     fields["lane"] = outbox.lane_for(
         fields["session_id"], fields["session_custom_id"], fields["version_id"], fields["product_id"]
@@ -78,20 +91,6 @@ def _new_row(fields: dict[str, Any], now: float) -> dict[str, Any]:
     fields["created_at"] = fields["updated_at"] = now
     fields["sync_state"], fields["create_sent"], fields["deleted"] = "queued", 0, 0
     return fields
-
-
-def _epoch(name: str, value: str | int | float | None) -> float | None:
-    """ISO 8601 or UNIX seconds, as the official list() accepts."""
-    if value is None:
-        return None
-    try:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-        if isinstance(value, str):
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except (ValueError, OverflowError):  # not a date, or out of datetime's / float's range
-        pass
-    raise InvalidInputError(f"{name}: {show(value)} is not a time; pass ISO 8601 text or UNIX seconds")
 
 
 class InferenceResultService:
@@ -102,7 +101,7 @@ class InferenceResultService:
         self._max_record_bytes = max_record_bytes
         self._prefix = store.store_id[:8]
 
-    def _result(self, row: Any) -> InferenceResult:
+    def _result(self, row: Any) -> Trace:
         return from_row(row, outbox.local_id(self._prefix, row["seq"]))
 
     def create(
@@ -119,15 +118,21 @@ class InferenceResultService:
         session_custom_id: str | None = None,
         version_id: str | None = None,
         product_id: str | None = None,
-    ) -> InferenceResult:
+        output_file_paths: builtins.list[str] | None = None,
+        input_file_paths: builtins.list[str] | None = None,
+    ) -> Trace:
         """Queue a new turn and return it at once.
 
         Durable when it returns: the record survives a crash of this process
         (``durability="process"``) or a power loss (``"power"``). Raises
         ``ValueError``/``TypeError`` subclasses naming the field for bad input,
         and ``StoreFullError`` when the store is at its size cap under
-        ``when_full = "refuse"``; in either case nothing is written.
+        ``when_full = "refuse"``; in either case nothing is written. Files
+        (``input_file_paths``/``output_file_paths``) are refused for now: see
+        :mod:`galtea_local.attachments`.
         """
+        if input_file_paths is not None or output_file_paths is not None:  # the seam for attachments
+            attachments.check_no_files(input_file_paths, output_file_paths)
         row = _new_row(create_fields(locals(), self._max_record_bytes), time.time())
         # Only a local session id or a custom id can name a session created offline.
         local = session_custom_id is not None or session_id.startswith("ses_")
@@ -141,13 +146,15 @@ class InferenceResultService:
         retrieval_context: str | None = None, latency: float | None = None, usage_info: dict[str, int] | None = None,
         cost_info: dict[str, float] | None = None, conversation_simulator_version: str | None = None,
         session_custom_id: str | None = None, version_id: str | None = None, product_id: str | None = None,
-        run_id: str | None = None,
-    ) -> tuple[InferenceResult, builtins.list[Any]]:
+        run_id: str | None = None, output_file_paths: builtins.list[str] | None = None,
+        input_file_paths: builtins.list[str] | None = None,
+    ) -> tuple[Trace, builtins.list[Any]]:
         """Queue a turn and its evaluation: ``(trace, evaluations reporting "queued")``. The
         evaluation goes upstream after the trace (see :mod:`galtea_local.evaluations`)."""
         from galtea_local.evaluations import EvaluationService, check_metrics
 
         check_metrics(metrics, specification_ids)  # bad metrics write nothing, not even the trace
+        attachments.check_no_files(input_file_paths, output_file_paths)
         trace = self.create(session_id=session_id, input=input, output=output, retrieval_context=retrieval_context,
                             latency=latency, usage_info=usage_info, cost_info=cost_info,
                             conversation_simulator_version=conversation_simulator_version,
@@ -164,29 +171,32 @@ class InferenceResultService:
         session_custom_id: str | None = None,
         version_id: str | None = None,
         product_id: str | None = None,
-    ) -> builtins.list[InferenceResult]:
-        """Queue a conversation as turns: each user message paired with the assistant reply after it.
+    ) -> builtins.list[Trace]:
+        """Queue a conversation as the records the API makes from it, and return them at once.
 
-        All turns commit in one transaction and go upstream one by one, in order.
+        All commit in one transaction and go upstream as one ``POST
+        /inferenceResults/batch``, exactly once. Turns are paired as the API
+        pairs them (an assistant-first list is accepted). An ``update()`` of one
+        of these records goes up as a PATCH after the batch.
         """
-        if not conversation_turns or not isinstance(conversation_turns, builtins.list):
-            raise InvalidInputError("conversation_turns: pass a non-empty list of {'role', 'content'} dicts")
         now = time.time()
         rows = []
-        for turn in _pair_turns(conversation_turns):
-            row = create_fields(
+        for turn in batch_api.pair_turns(conversation_turns):
+            fields = create_fields(
                 dict(session_id=session_id, session_custom_id=session_custom_id, version_id=version_id,
                      product_id=product_id, conversation_simulator_version=conversation_simulator_version, **turn),
                 self._max_record_bytes,
             )
-            rows.append(_new_row(row, now))
+            rows.append({**_new_row(fields, now), "create_sent": 1})  # nothing folds into a batch body
+        body = batch_api.wire_body(conversation_turns, *(rows[0][k] for k in (
+            "session_id", "session_custom_id", "version_id", "product_id", "conversation_simulator_version")))
         with named_outcome(lambda seqs: ", ".join(outbox.local_id(self._prefix, seq) for seq in seqs)):
-            seqs = self._store.transaction(lambda conn: [_insert(conn, row, self._prefix) for row in rows])
+            seqs = self._store.transaction(_insert_batch, rows, body, self._prefix, now)
         return [self._result({**_READ_DEFAULTS, **row, "seq": seq}) for row, seq in zip(rows, seqs)]
 
     def update(
         self,
-        inference_result_id: str | None = None,
+        trace_id: str | None = None,
         input: Any = _UNSET,
         output: Any = _UNSET,
         retrieval_context: Any = _UNSET,
@@ -206,9 +216,11 @@ class InferenceResultService:
         session_id: Any = _UNSET,
         status: Any = _UNSET,
         error: Any = _UNSET,
+        output_file_paths: builtins.list[str] | None = None,
+        input_file_paths: builtins.list[str] | None = None,
         *,
-        trace_id: str | None = None,
-    ) -> InferenceResult:
+        inference_result_id: str | None = None,
+    ) -> Trace:
         """Change a turn (typically PENDING → GENERATED/FAILED). Not passed: left alone; ``None``: cleared.
 
         Applied locally at once. Upstream, it folds into the create when the
@@ -216,6 +228,7 @@ class InferenceResultService:
         after the create, in order.
         """
         record_id = _one_id(inference_result_id, trace_id)
+        attachments.check_no_files(input_file_paths, output_file_paths)
         passed = {k: v for k, v in locals().items() if v is not _UNSET and k not in _NOT_FIELDS}
         if not passed:
             return self.get(record_id)
@@ -224,12 +237,12 @@ class InferenceResultService:
             row = self._store.transaction(_apply_update, self._prefix, record_id, changes, time.time())
         return self._result(row)
 
-    def get(self, inference_result_id: str | None = None, *, trace_id: str | None = None) -> InferenceResult:
+    def get(self, trace_id: str | None = None, *, inference_result_id: str | None = None) -> Trace:
         """The turn with this local or remote id; ``NotFoundError`` (a ``KeyError``) if none."""
         record_id = _one_id(inference_result_id, trace_id)
         return self._result(self._store.read(outbox.require_record, self._prefix, record_id))
 
-    def delete(self, inference_result_id: str | None = None, *, trace_id: str | None = None) -> None:
+    def delete(self, trace_id: str | None = None, *, inference_result_id: str | None = None) -> None:
         """Delete a turn locally at once, and upstream once it is there."""
         record_id = _one_id(inference_result_id, trace_id)
         with named_outcome(lambda _: record_id):
@@ -244,44 +257,44 @@ class InferenceResultService:
         offset: int | None = None,
         limit: int | None = None,
         id: str | Sequence[str] | None = None,
-    ) -> builtins.list[InferenceResult]:
+    ) -> builtins.list[Trace]:
         """Turns of the given sessions and/or ids (local or remote), oldest first by default."""
         ids, sessions = check_ids("id", id), check_ids("session_id", session_id)
         if not ids and not sessions:
             raise InvalidInputError("list(): pass session_id or id (or both)")
         order = check_order(sort_by_created_at)
         offset, limit = check_count("offset", offset), check_count("limit", limit)
-        query, params = _list_query(self._prefix, ids, sessions, _epoch("from_created_at", from_created_at),
-                                    _epoch("to_created_at", to_created_at), order, offset, limit)
+        query, params = _list_query(self._prefix, ids, sessions, parse_time("from_created_at", from_created_at),
+                                    parse_time("to_created_at", to_created_at), order, offset, limit)
         rows = self._store.read(lambda conn: conn.execute(query, params).fetchall())
+        if not rows and sessions:
+            # As the SDK: an empty answer for a session nobody knows is the session's not-found.
+            self._store.read(_require_sessions_known, self._prefix, sessions)
         return [self._result(row) for row in rows]
 
 
-_NOT_FIELDS = frozenset({"self", "inference_result_id", "trace_id", "record_id"})
+_NOT_FIELDS = frozenset({"self", "inference_result_id", "trace_id", "record_id", *attachments.FIELDS})
 
 
 def _one_id(inference_result_id: str | None, trace_id: str | None) -> str:
     record_id = trace_id if inference_result_id is None else inference_result_id
     if trace_id is not None and inference_result_id is not None and trace_id != inference_result_id:
-        raise InvalidInputError("inference_result_id / trace_id: pass one id, not two different ones")
-    return check_id("inference_result_id", record_id)
+        raise InvalidInputError("trace_id / inference_result_id: pass one id, not two different ones")
+    if record_id is None:
+        raise InvalidInputError('"trace_id" is required')  # a ValueError, as the SDK raises
+    return check_id("trace_id" if inference_result_id is None else "inference_result_id", record_id)
 
 
-def _pair_turns(turns: builtins.list[Any]) -> builtins.list[dict[str, Any]]:
-    """[user, assistant, user, ...] → create() arguments, one per user message."""
-    pairs: builtins.list[dict[str, Any]] = []
-    for position, turn in enumerate(turns):
-        if not isinstance(turn, dict) or turn.get("role") not in ("user", "assistant"):
-            raise InvalidInputError(
-                f"conversation_turns[{position}]: expected a dict with role 'user' or 'assistant' and 'content'"
-            )
-        if turn["role"] == "user":
-            pairs.append({"input": turn.get("content")})
-        elif pairs and "output" not in pairs[-1]:
-            pairs[-1].update(output=turn.get("content"), retrieval_context=turn.get("retrieval_context"))
-        else:
-            raise InvalidInputError(f"conversation_turns[{position}]: an assistant turn must follow a user turn")
-    return pairs
+def _require_sessions_known(conn: sqlite3.Connection, prefix: str, session_ids: builtins.list[str]) -> None:
+    """Raise NotFoundError for a session id this store has never seen (local, remote, or on a record)."""
+    for any_id in session_ids:
+        seq = sessions_queue.parse_session_id(prefix, any_id)
+        known = conn.execute(
+            "SELECT 1 FROM sessions WHERE (seq = ? OR remote_id = ?) AND deleted = 0"
+            " UNION ALL SELECT 1 FROM inference_results WHERE session_id = ? OR remote_session_id = ?"
+            " LIMIT 1", (seq, any_id, any_id, any_id)).fetchone()
+        if known is None:
+            raise NotFoundError(f"Session with id {any_id} not found")
 
 
 def _apply_update(conn: sqlite3.Connection, prefix: str, record_id: str, changes: dict[str, Any], now: float) -> dict:

@@ -12,6 +12,7 @@ import json
 import math
 import reprlib
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 from galtea_local.errors import InvalidInputError, InvalidTypeError, RecordTooLargeError
@@ -263,3 +264,17 @@ def update_fields(changes: Mapping[str, Any], max_record_bytes: int) -> dict[str
     fields = {("actual_output" if k == "output" else k): _check_update_value(k, v) for k, v in changes.items()}
     check_size(fields, max_record_bytes)
     return fields
+
+
+def parse_time(name: str, value: str | int | float | None) -> float | None:
+    """ISO 8601 or UNIX seconds, as the official list() calls accept; None passes through."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        if isinstance(value, str):
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except (ValueError, OverflowError):  # not a date, or out of datetime's / float's range
+        pass
+    raise InvalidInputError(f"{name}: {show(value)} is not a time; pass ISO 8601 text or UNIX seconds")

@@ -8,9 +8,9 @@ daemon will find in the outbox.
 from __future__ import annotations
 
 import json
-from dataclasses import fields
 
 import galtea as official
+import pydantic
 import pytest
 from galtea.domain.models.trace import CostInfoProperties, Trace, TraceStatus, UsageInfoProperties
 
@@ -41,11 +41,9 @@ def test_traces_is_the_same_service(galtea):
     assert galtea.traces is galtea.inference_results
 
 
-def test_read_model_has_every_official_read_field():
-    ours = {f.name for f in fields(InferenceResult)}
-    missing = set(Trace.model_fields) - ours
-    assert not missing, f"official Trace fields missing on InferenceResult: {sorted(missing)}"
-    assert {"created_at", "retrieval_context", "sync_state", "remote_id"} <= ours
+def test_read_model_has_exactly_the_official_fields_plus_sync_facts():
+    assert list(InferenceResult.model_fields) == [*Trace.model_fields, "sync_state", "remote_id"]
+    assert issubclass(InferenceResult, pydantic.BaseModel)
 
 
 # -- create: the official examples ---------------------------------------------
@@ -274,10 +272,21 @@ def test_create_batch_pairs_user_and_assistant_turns(galtea):
         ("hi", "hello", "doc"), ("bye", "ciao", None), ("still there?", None, None)
     ]  # fmt: skip
     assert galtea.inference_results.list(session_id="s") == results
-    assert [op[:2] for op in outbox_ops(galtea)] == [(seq_of(r), "create") for r in results]
+    # One operation for the whole conversation: one POST /inferenceResults/batch, as the SDK sends.
+    (op,) = outbox_ops(galtea)
+    assert op[:2] == (seq_of(results[0]), "create_batch")
+    assert json.loads(op[2]) == {"records": [seq_of(r) for r in results], "body": {
+        "conversationTurns": turns, "sessionId": "s", "conversationSimulatorVersion": None}}
 
 
-def test_create_batch_refuses_an_assistant_turn_first(galtea):
-    with pytest.raises(ValueError, match=r"conversation_turns\[0\]"):
-        galtea.inference_results.create_batch(session_id="s", conversation_turns=[{"role": "assistant", "content": "x"}])
+def test_create_batch_accepts_an_assistant_turn_first_as_the_api_does(galtea):
+    results = galtea.inference_results.create_batch(
+        session_id="s", conversation_turns=[{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}])
+    assert [(r.input, r.actual_output) for r in results] == [(None, "x"), ("y", None)]
+
+
+def test_create_batch_refuses_a_turn_the_api_refuses(galtea):
+    with pytest.raises(ValueError, match=r"conversation_turns\[1\]"):
+        galtea.inference_results.create_batch(session_id="s", conversation_turns=[
+            {"role": "user", "content": "x"}, {"role": "system", "content": "y"}])
     assert outbox_ops(galtea) == []

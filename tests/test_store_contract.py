@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from galtea_local import Galtea, NotFoundError
+from galtea_local.read_model import iso_utc
 from galtea_local.store.migrations import MIGRATIONS
 from galtea_local.models import TABLES
 from galtea_local.outbox import attempts as ob
@@ -46,7 +47,9 @@ def push_all(store: Any, owner: str = "pusher") -> int:
     pushed = 0
     while (started := begin(store, owner, time.time())) is not None:
         attempt, _ = started
-        remote = {"id": f"r{attempt.record['seq']}", "index": pushed, "sessionId": "remote-session"}
+        # As the API answers: with createdAt, here the moment of the call (so no createdAt stamp follows).
+        remote = {"id": f"r{attempt.record['seq']}", "index": pushed, "sessionId": "remote-session",
+                  "createdAt": iso_utc(attempt.record["created_at"])}
         store.transaction(ob.settle_done, attempt, time.time(), remote if attempt.kind == "create" else None)
         store.transaction(ob.release_lane, attempt.lane, owner)
         pushed += 1
@@ -134,6 +137,19 @@ class TestStoreContract:
         assert again.maybe_sent_since is not None and again.sent_body == body and again.attempts == 1
         store.transaction(ob.settle_retry, again, 0.0, "refused", None, maybe_sent=False)
         assert ops(store) == [("create", "pending")]
+
+    def test_a_maybe_sent_request_counts_from_when_it_left_not_from_its_mark(self, local: Galtea) -> None:
+        # A marked request can wait for an adaptive-limit slot: it cannot commit before it left,
+        # so the commit grace and the reconciliation window start at its departure.
+        store, marked = local._store, time.time() - 5.0
+        local.traces.create(session_id="s1", input="q")
+        attempt, _ = begin(store, "a", marked)
+        store.transaction(ob.settle_retry, attempt, 0.0, "read timeout", None, maybe_sent=True,
+                          departed_at=marked + 2.0)
+        store.transaction(ob.release_lane, attempt.lane, "a")
+        again = store.transaction(ob.next_attempt, store.transaction(ob.claim_lanes, "b", time.time(), LEASE_S, 1)[0],
+                                  "b", time.time(), LEASE_S)
+        assert again.maybe_sent_since == pytest.approx(marked + 2.0)
 
     def test_a_lane_goes_in_order_one_operation_at_a_time(self, local: Galtea) -> None:
         store = local._store

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from galtea_local import Galtea
-from galtea_local_daemon.emulator.rules import parse_timestamp
 from tests.emulator_fixture import EmulatorHandle
 from tests.sync_helpers import drain, make_engine, new_session, open_store, upstream_by_session
 
@@ -153,8 +152,9 @@ def test_retry_after_is_honoured(
         return
     first_429 = min(entry["t"] for entry in log if entry["status"] == 429)
     # The throttled session's next create came after the Retry-After; the others' did not wait.
-    nexts = [min((parse_timestamp("createdAt", r["createdAt"]) for r in records
-                  if parse_timestamp("createdAt", r["createdAt"]) > first_429), default=math.inf)
+    # Arrival times, not createdAt: the daemon sets createdAt to each create() call's time.
+    arrived = emulator.dump(log=False)["arrivedAt"]
+    nexts = [min((arrived[r["id"]] for r in records if arrived[r["id"]] > first_429), default=math.inf)
              for records in upstream_by_session(emulator).values()]
     later = [t for t in nexts if t < math.inf]  # sessions with creates left after the 429
     waited = [t for t in later if t >= first_429 + 2.0 - TOLERANCE_S]

@@ -110,8 +110,8 @@ def test_bad_update_is_refused_and_writes_nothing(seeded, changes, error, field)
 @pytest.mark.parametrize("method", ["update", "get", "delete"])
 def test_bad_id_is_refused(seeded, method):
     call = getattr(seeded.inference_results, method)
-    assert_refused(seeded, lambda: call("loc_\ud800"), InvalidInputError, "inference_result_id")
-    assert_refused(seeded, lambda: call(["x"]), InvalidTypeError, "inference_result_id")
+    assert_refused(seeded, lambda: call("loc_\ud800"), InvalidInputError, "trace_id")  # the SDK 5.12 name
+    assert_refused(seeded, lambda: call(inference_result_id=["x"]), InvalidTypeError, "inference_result_id")
 
 
 def test_bad_list_arguments_are_refused(seeded):
@@ -144,7 +144,7 @@ def test_unknown_id_is_not_found(seeded, method):
 def test_bad_batch_writes_no_turn(seeded):
     turns = [{"role": "user", "content": "ok"}, {"role": "user", "content": {"bad": float("nan")}}]
     assert_refused(seeded, lambda: seeded.inference_results.create_batch(session_id="s", conversation_turns=turns),
-                   InvalidInputError, "input")  # fmt: skip
+                   InvalidInputError, "conversation_turns[1]")  # fmt: skip
 
 
 # -- the record size limit, from a config file -----------------------------------------------

@@ -106,7 +106,9 @@ SESSION_CREATE: dict[str, Check] = {
     "runId": TEXT,
     "status": TEXT,
 }
+# createdAt: the SDK's SessionUpdate carries it, as TraceUpdate does for a trace.
 SESSION_PATCH: dict[str, Check] = {
+    "createdAt": TEXT,
     "customId": TEXT,
     "status": TEXT,
     "context": TEXT_OR_OBJECT,

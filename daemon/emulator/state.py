@@ -81,6 +81,9 @@ class Store:
         self._by_custom_id: dict[tuple[str, str, str], str] = {}
         self._next_index: Counter[str] = Counter()
         self._seq: dict[str, int] = {}
+        # Record id -> server time it arrived: createdAt can be PATCHed (the SDK's TraceUpdate), so
+        # tests that need the arrival order read it here. Dump only, never served.
+        self.arrived: dict[str, float] = {}
         self._last_stamp = 0.0
 
     def _stamp(self) -> tuple[float, str]:
@@ -139,6 +142,7 @@ class Store:
             rules.check_status(body["status"], rules.SESSION_STATUSES)
         if "customId" in body and body["customId"] != session["customId"]:
             self._rekey_session(session, body["customId"])
+        _normalize_created_at(body)
         if "context" in body:
             body["context"] = wrap_context(body["context"])
         session.update(body)
@@ -199,6 +203,7 @@ class Store:
         now, created_at = self._stamp()
         record = dict.fromkeys(RESULT_FIELDS)
         record.update(fields, id=new_id(), sessionId=session_id, createdAt=created_at)
+        self.arrived[record["id"]] = now
         record["input"] = wrap_input(record["input"])
         record["index"] = self._next_index[session_id]
         self._next_index[session_id] += 1
@@ -242,9 +247,8 @@ class Store:
             rules.check_status(body["status"], rules.RESULT_STATUSES)
         if body.get("sessionId") is not None and body["sessionId"] not in self.sessions:
             raise bad_request(f"session {body['sessionId']} does not exist")
-        if body.get("createdAt") is not None:
-            body["createdAt"] = rules.format_timestamp(rules.parse_timestamp("createdAt", body["createdAt"]))
-        for required in ("sessionId", "index", "createdAt"):
+        _normalize_created_at(body)
+        for required in ("sessionId", "index"):
             if required in body and body[required] is None:
                 raise bad_request(f"{required} cannot be null")
         if "input" in body:
@@ -299,7 +303,17 @@ class Store:
             "inferenceResults": list(self.results.values()),
             "deletedInferenceResults": list(self.deleted_results.values()),
             "createsPerSession": dict(self.creates_per_session),
+            "arrivedAt": dict(self.arrived),
         }
+
+
+def _normalize_created_at(body: dict[str, Any]) -> None:
+    """A PATCHed ``createdAt`` is stored in the API's own format; it cannot be cleared."""
+    if "createdAt" not in body:
+        return
+    if body["createdAt"] is None:
+        raise bad_request("createdAt cannot be null")
+    body["createdAt"] = rules.format_timestamp(rules.parse_timestamp("createdAt", body["createdAt"]))
 
 
 def _pair_turns(turns: list[Any]) -> list[dict[str, Any]]:

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from galtea_local.outbox import batch, lanes, probes, stamps
 from galtea_local.outbox.kinds import OPEN, OpKind, OpState, held_behind_session, held_behind_session_sql, open_in
-from galtea_local.outbox import lanes, probes
 from galtea_local.store import dialects
 from galtea_local.store.contract import StoreConnection
 
@@ -264,6 +264,8 @@ def _mark(conn: StoreConnection, attempt: Attempt, target: dict[str, Any], now: 
 def _needs_care(attempt: Attempt) -> bool:
     """True when the head cannot simply be marked and sent: a maybe-sent create must be
     reconciled first, and a change to a record that never reached upstream is settled locally."""
+    if attempt.kind == OpKind.SESSION_CREATE and attempt.record.get("join_existing"):
+        return True  # sessions.get_or_create(): the engine looks the custom id up before any POST
     if attempt.kind.creates:
         return attempt.maybe_sent_since is not None
     return attempt.kind in (OpKind.UPDATE, OpKind.DELETE) and not attempt.record["remote_id"]
@@ -350,13 +352,19 @@ def _adopt_record(conn: StoreConnection, attempt: Attempt, remote: dict[str, Any
 
 
 @lease_protected
-def settle_done(conn: StoreConnection, attempt: Attempt, now: float, remote: dict[str, Any] | None) -> None:
-    """The operation is applied upstream; for a create, record what the server assigned."""
+def settle_done(conn: StoreConnection, attempt: Attempt, now: float, remote: dict[str, Any] | None,
+                offset_s: float | None = None) -> None:
+    """The operation is applied upstream; for a create, record what the server assigned (and queue
+    its createdAt stamp; ``offset_s``: the server's clock minus ours, as measured)."""
     conn.execute(
         "UPDATE outbox SET state = 'done', settled_at = ?, sent_body = NULL, last_error = NULL WHERE seq = ?",
         (now, attempt.op_seq),
     )
+    if attempt.kind == OpKind.CREATE_BATCH and remote is not None:
+        batch.adopt_all(conn, attempt, remote, now, offset_s)  # type: ignore[arg-type]  (a list of records)
+        return
     if attempt.kind == OpKind.CREATE and remote is not None:
+        stamps.enqueue_stamp(conn, attempt.record, attempt.lane, remote, now, offset_s=offset_s)  # before: stays queued
         _adopt_record(conn, attempt, remote)
         return
     if attempt.kind == OpKind.SESSION_CREATE and remote is not None:
@@ -367,17 +375,22 @@ def settle_done(conn: StoreConnection, attempt: Attempt, now: float, remote: dic
 @lease_protected
 def settle_retry(
     conn: StoreConnection, attempt: Attempt, not_before: float, error: str, status: int | None, *, maybe_sent: bool,
-    sent_status: int | None = None,
+    sent_status: int | None = None, departed_at: float | None = None,
 ) -> None:
     """Try again later. A maybe-sent operation stays ``sending``: the next attempt reconciles.
 
     ``sent_status`` is the status that answered the request that may have been applied (None:
-    no answer); a failed reconciliation read passes the stored one on.
+    no answer); a failed reconciliation read passes the stored one on. ``departed_at``: when
+    that request actually left, after waiting for a slot (later than its write-ahead mark). It
+    cannot have been applied before, so the commit grace and the reconciliation window start there.
     """
     if maybe_sent:
+        since = "?" if departed_at is not None else "sending_since"
         conn.execute(
-            "UPDATE outbox SET not_before = ?, last_error = ?, last_status = ?, sent_status = ? WHERE seq = ?",
-            (not_before, error, status, sent_status, attempt.op_seq),
+            f"UPDATE outbox SET not_before = ?, last_error = ?, last_status = ?, sent_status = ?, sending_since = {since}"
+            " WHERE seq = ?",
+            (not_before, error, status, sent_status, *([departed_at] if departed_at is not None else []),
+             attempt.op_seq),
         )
     else:
         conn.execute(
@@ -400,6 +413,8 @@ def settle_dead(conn: StoreConnection, attempt: Attempt, now: float, error: str,
         (now, error, status, attempt.op_seq),
     )
     _set_sync_state(conn, attempt, "dead")
+    if attempt.kind == batch.KIND:
+        batch.set_state(conn, attempt, "dead")
 
 
 @lease_protected

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from galtea_local.outbox import batch
 from galtea_local.outbox.attempts import Attempt, settle_dead
 from galtea_local.outbox.enqueue import ACTIVATE_LANE, local_id
 from galtea_local.outbox.kinds import OPEN
@@ -73,12 +74,14 @@ def retry_dead(conn: StoreConnection, record_seqs: list[int] | None = None,
                 # One that may have been sent keeps its mark: the engine reconciles it before any
                 # re-send (a dead create may exist upstream, e.g. after a refused reconciliation read).
                 "UPDATE outbox SET state = CASE WHEN sent_body IS NULL THEN 'pending' ELSE 'sending' END,"
-                f" not_before = 0, settled_at = NULL WHERE {column} = ? AND state = 'dead' RETURNING lane",
+                f" not_before = 0, settled_at = NULL WHERE {column} = ? AND state = 'dead'"
+                " RETURNING lane, kind, payload",
                 (seq,),
             ).fetchall()
             if ops:
                 conn.execute(ACTIVATE_LANE, (ops[0][0],))
                 conn.execute(f"UPDATE {table} SET sync_state = 'queued' WHERE seq = ?", (seq,))
+                batch.share_state(conn, ops, "queued")
             count += len(ops)
     return count
 
@@ -90,12 +93,16 @@ def drop_dead(conn: StoreConnection, now: float, record_seqs: list[int] | None =
     count = 0
     for (column, table), chosen in zip(_TARGETS, (record_seqs, session_seqs)):
         for seq in _dead_targets(conn, column, None if every else (chosen or [])):
-            count += conn.execute(
+            ops = conn.execute(
                 "UPDATE outbox SET state = 'done', settled_at = ?,"
-                f" last_error = 'dropped by operator: ' || last_error WHERE {column} = ? AND state = 'dead'",
+                f" last_error = 'dropped by operator: ' || last_error WHERE {column} = ? AND state = 'dead'"
+                ""
+                " RETURNING lane, kind, payload",
                 (now, seq),
-            ).rowcount
+            ).fetchall()
+            count += len(ops)
             conn.execute(f"UPDATE {table} SET sync_state = 'dropped' WHERE seq = ?", (seq,))
+            batch.share_state(conn, ops, "dropped")
             if table == "sessions":
                 count += _drop_held_turns(conn, now, seq)
     return count

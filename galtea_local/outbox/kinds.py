@@ -18,6 +18,10 @@ class OpKind(str, Enum):
     SESSION_CREATE = "session_create"
     SESSION_UPDATE = "session_update"
     SESSION_FINISH = "session_finish"
+    SESSION_DELETE = "session_delete"
+    STAMP = "stamp"  # a created record's createdAt, PATCHed after its create
+    SESSION_STAMP = "session_stamp"
+    CREATE_BATCH = "create_batch"  # one POST /inferenceResults/batch for a whole conversation
 
     def __str__(self) -> str:
         return self.value
@@ -25,7 +29,7 @@ class OpKind(str, Enum):
     @property
     def creates(self) -> bool:
         """A create: the API has no idempotency key, so a maybe-sent one is reconciled before it goes again."""
-        return self in (OpKind.CREATE, OpKind.SESSION_CREATE)
+        return self in (OpKind.CREATE, OpKind.SESSION_CREATE, OpKind.CREATE_BATCH)
 
     @property
     def on_session(self) -> bool:

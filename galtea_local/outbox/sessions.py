@@ -19,8 +19,8 @@ _INSERT_OP = (
     "INSERT INTO outbox (session_seq, lane, kind, payload, state, attempts, not_before, created_at)"
     " VALUES (?, ?, ?, ?, 'pending', 0, 0, ?)"
 )
-SESSION_KINDS = frozenset({"session_create", "session_update", "session_finish"})
-_CREATE_CARRIES = frozenset({"context", "metadata_json"})
+SESSION_KINDS = frozenset({"session_create", "session_update", "session_finish", "session_delete"})
+_CREATE_CARRIES = frozenset({"context", "metadata_json", "custom_id"})
 
 
 def session_lane(seq: int) -> str:
@@ -65,7 +65,7 @@ def require_session(conn: StoreConnection, prefix: str, any_id: str) -> Any:
         row = conn.execute("SELECT * FROM sessions WHERE seq = ?", (seq,)).fetchone()
     else:
         row = conn.execute("SELECT * FROM sessions WHERE remote_id = ?", (any_id,)).fetchone()
-    if row is None:
+    if row is None or row["deleted"]:
         raise NotFoundError(f"session {any_id!r}: no such session in this store (local or remote id)")
     return row
 
@@ -76,9 +76,9 @@ def find_by_custom_id(
     """The local session with this custom id on this anchor (custom ids are unique per version)."""
     if version_id is not None:
         return conn.execute(
-            "SELECT * FROM sessions WHERE custom_id = ? AND version_id = ?", (custom_id, version_id)
+            "SELECT * FROM sessions WHERE custom_id = ? AND version_id = ? AND deleted = 0", (custom_id, version_id)
         ).fetchone()
     return conn.execute(
-        "SELECT * FROM sessions WHERE custom_id = ? AND version_id IS NULL AND product_id = ?",
+        "SELECT * FROM sessions WHERE custom_id = ? AND version_id IS NULL AND product_id = ? AND deleted = 0",
         (custom_id, product_id),
     ).fetchone()

@@ -249,6 +249,17 @@ BOUNDED_PROBES = (
 )
 
 
+# SDK 5.12 session parity: run_id goes upstream as runId, get_or_create() sessions join an
+# upstream session with the same custom id (join_existing), sessions.delete() hides a session
+# locally (deleted), and a session's error is shown as the SDK shows it. Same SQL on both backends.
+SESSION_PARITY = (
+    """ALTER TABLE sessions ADD COLUMN run_id VARCHAR""",
+    """ALTER TABLE sessions ADD COLUMN join_existing INTEGER NOT NULL DEFAULT 0""",
+    """ALTER TABLE sessions ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0""",
+    """ALTER TABLE sessions ADD COLUMN error VARCHAR""",
+)
+
+
 # Spans (issue 15): one row per span, written when the span ends. ``span_id`` is the
 # client-generated upstream id (``trace_<16 hex>``) and so the span's idempotency key;
 # ``record_seq`` points at the local trace when ``trace_ref`` is one of this store's local
@@ -362,6 +373,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0004_lighter_outbox_index", statements(LIGHTER_OUTBOX_INDEX)),
     ("0005_delivery_exactness", statements(DELIVERY)),
     ("0006a_bounded_probes", statements(BOUNDED_PROBES)),
+    ("0007_session_parity", statements(SESSION_PARITY)),
     ("0008a_spans", statements(SPANS)),
     ("0008b_evaluations", statements(EVALUATIONS)),
     ("0009_bundle_ledger", statements(tuple(sql.format(int="INTEGER") for sql in BUNDLE_LEDGER))),

@@ -120,6 +120,7 @@ MIGRATIONS: list[tuple[str, Callable[[Any], None]]] = [
     ("0004_lighter_outbox_index", migrations.statements(migrations.LIGHTER_OUTBOX_INDEX)),  # the same SQL on both
     ("0005_delivery_exactness", migrations.statements(_DELIVERY)),
     ("0006a_bounded_probes", migrations.statements(migrations.BOUNDED_PROBES)),  # the same SQL on both
+    ("0007_session_parity", migrations.statements(migrations.SESSION_PARITY)),  # the same SQL on both
     ("0008a_spans", migrations.statements(_SPANS)),
     ("0008b_evaluations", migrations.statements(_EVALUATIONS)),
     ("0009_bundle_ledger", migrations.statements(tuple(sql.format(int="BIGINT") for sql in migrations.BUNDLE_LEDGER))),
