@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from galtea_local.outbox import batch, lanes, probes, stamps
+from galtea_local.attachments import has_files
 from galtea_local.outbox.kinds import OPEN, OpKind, OpState, held_behind_session, held_behind_session_sql, open_in
 from galtea_local.store import dialects
 from galtea_local.store.contract import StoreConnection
@@ -252,6 +253,9 @@ def _needs_care(attempt: Attempt) -> bool:
     reconciled first, and a change to a record that never reached upstream is settled locally."""
     if attempt.kind == OpKind.SESSION_CREATE and attempt.record.get("join_existing"):
         return True  # sessions.get_or_create(): the engine looks the custom id up before any POST
+    if attempt.kind == OpKind.CREATE and (has_files(attempt.record["input"])
+                                          or has_files(attempt.record["actual_output"])):
+        return True  # its files are uploaded first (daemon/uploads.py)
     if attempt.kind.creates:
         return attempt.maybe_sent_since is not None
     return attempt.kind in (OpKind.UPDATE, OpKind.DELETE) and not attempt.record["remote_id"]

@@ -407,6 +407,38 @@ def _sent_status(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+# Files attached to a turn (issue 14): one row per file the app passed, its copy in the blob
+# folder beside the store (``blob``) and how far its upload went (daemon/uploads.py). The
+# same SQL on both backends ({int}: BIGINT on PostgreSQL, {float}: DOUBLE PRECISION).
+BLOBS = (
+    """CREATE TABLE attachments (
+    blob VARCHAR NOT NULL,
+    record_seq {int} NOT NULL,
+    side VARCHAR NOT NULL,
+    position INTEGER NOT NULL,
+    filename VARCHAR NOT NULL,
+    mime_type VARCHAR,
+    size {int} NOT NULL,
+    sha256 VARCHAR NOT NULL,
+    state VARCHAR NOT NULL,
+    upload_url VARCHAR,
+    download_url VARCHAR,
+    presigned_at {float},
+    uri VARCHAR,
+    uploaded_at {float},
+    created_at {float} NOT NULL,
+    PRIMARY KEY (blob)
+)""",
+    """CREATE INDEX ix_attachments_record ON attachments (record_seq)""",
+    """CREATE INDEX ix_attachments_waiting ON attachments (record_seq) WHERE state != 'uploaded'""",
+)
+
+
+def _blobs(conn: sqlite3.Connection) -> None:
+    for statement in BLOBS:
+        conn.execute(statement.format(int="INTEGER", float="FLOAT"))
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_offline_sessions", _offline_sessions),
@@ -419,6 +451,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0008b_evaluations", _evaluations),
     ("0009_bundle_ledger", _bundle_ledger),
     ("0011_sent_status", _sent_status),
+    ("0012_blobs", _blobs),
 ]
 
 

@@ -133,6 +133,7 @@ MIGRATIONS: list[tuple[str, Callable[[Any], None]]] = [
     ("0008b_evaluations", _statements(_EVALUATIONS)),
     ("0009_bundle_ledger", _statements(tuple(sql.format(int="BIGINT") for sql in migrations.BUNDLE_LEDGER))),
     ("0011_sent_status", _statements(migrations.SENT_STATUS)),  # the same SQL on both
+    ("0012_blobs", _statements(tuple(sql.format(int="BIGINT", float="DOUBLE PRECISION") for sql in migrations.BLOBS))),
 ]
 assert [name for name, _ in MIGRATIONS] == [name for name, _ in migrations.MIGRATIONS], "one list of names"
 
