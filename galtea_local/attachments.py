@@ -18,6 +18,7 @@ each file before the create and puts the uploaded uri where the placeholder was
 
 from __future__ import annotations
 
+import json
 import mimetypes
 import os
 import time
@@ -173,3 +174,36 @@ def check_no_files(input_file_paths: Any, output_file_paths: Any) -> None:
 def has_files(text: str | None) -> bool:
     """True when a record's input/output JSON text names a file waiting in the blob folder."""
     return text is not None and PLACEHOLDER in text
+
+
+def _adopted_parts(ours: Any, theirs: Any) -> Any:
+    """Our input/output with each placeholder replaced by the uri upstream stored at the same place."""
+    if not isinstance(ours, dict) or not isinstance(theirs, dict):
+        return None
+    mine, stored = ours.get("content"), theirs.get("content")
+    if not isinstance(mine, list) or not isinstance(stored, list) or len(mine) != len(stored):
+        return None
+    parts = []
+    for part, twin in zip(mine, stored):
+        if isinstance(part, dict) and str(part.get("uri", "")).startswith(PLACEHOLDER) \
+                and isinstance(twin, dict) and isinstance(twin.get("uri"), str):
+            part = {**part, "uri": twin["uri"]}
+        parts.append(part)
+    return {**ours, "content": parts}
+
+
+def adopt_uris(conn: Any, record_seq: int, remote: dict[str, Any]) -> None:
+    """Once a turn with files is upstream, its local input/output name the files by the references
+    upstream stored (as the SDK's create() returns them), instead of the local placeholders."""
+    row = conn.execute("SELECT input, actual_output FROM inference_results WHERE seq = ?", (record_seq,)).fetchone()
+    if row is None:
+        return
+    changes = {}
+    for column, key in (("input", "input"), ("actual_output", "actualOutput")):
+        if has_files(row[column]):
+            adopted = _adopted_parts(json.loads(row[column]), remote.get(key))
+            if adopted is not None:
+                changes[column] = json.dumps(adopted)
+    if changes:
+        assignments = ", ".join(f"{column} = ?" for column in changes)
+        conn.execute(f"UPDATE inference_results SET {assignments} WHERE seq = ?", (*changes.values(), record_seq))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from galtea_local.outbox import batch, lanes, probes, stamps
-from galtea_local.attachments import has_files
+from galtea_local.attachments import adopt_uris, has_files
 from galtea_local.outbox.kinds import OPEN, OpKind, OpState, held_behind_session, held_behind_session_sql, open_in
 from galtea_local.store import dialects
 from galtea_local.store.contract import StoreConnection
@@ -328,6 +328,8 @@ def _adopt_session(conn: StoreConnection, attempt: Attempt, remote: dict[str, An
 
 
 def _adopt_record(conn: StoreConnection, attempt: Attempt, remote: dict[str, Any]) -> None:
+    if has_files(attempt.record["input"]) or has_files(attempt.record["actual_output"]):
+        adopt_uris(conn, attempt.record["seq"], remote)
     conn.execute(
         "UPDATE inference_results SET remote_id = :id, remote_index = :index, remote_session_id = :session,"
         f" remote_created_at = :created, sync_state = {_state_sql(attempt)} WHERE seq = :target",

@@ -1,0 +1,132 @@
+"""Files attached to a turn: checked and copied at create(), uploaded before the create at sync,
+exactly once even when the daemon is SIGKILLed mid-upload, removed with their records."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import httpx
+import pytest
+
+import galtea_local
+from galtea_local.config import RetentionSettings
+from galtea_local.status import store_status
+from galtea_local import Galtea
+from galtea_local_daemon.housekeeping import Housekeeper
+from tests.emulator_fixture import EmulatorHandle
+from tests.helpers.daemon_proc import create_sessions, daemon_env, start_daemon, stop, wait_for, write_config
+from tests.sync_helpers import drain, make_engine, open_store
+
+
+def rows(store: Path, sql: str) -> list[tuple]:
+    with closing(sqlite3.connect(store)) as conn:
+        return conn.execute(sql).fetchall()
+
+
+@pytest.fixture
+def pdf(tmp_path: Path) -> Path:
+    path = tmp_path / "deed.pdf"
+    path.write_bytes(b"%PDF-1.4 " + os.urandom(2000))
+    return path
+
+
+def test_bad_files_are_refused_naming_the_field_and_nothing_is_written(tmp_path: Path, pdf: Path) -> None:
+    store = tmp_path / "s.db"
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"x" * (20 * 1024 * 1024 + 1))
+    odd = tmp_path / "tool.exe"
+    odd.write_bytes(b"MZ")
+    with Galtea(store=store) as g:
+        cases = [({"input_file_paths": [str(pdf)] * 21}, "input_file_paths: 21 files"),
+                 ({"output_file_paths": [str(big)]}, "output_file_paths: the files total"),
+                 ({"input_file_paths": [str(odd)]}, "input_file_paths: tool.exe is not a type"),
+                 ({"output_file_paths": [str(tmp_path / "gone.pdf")]}, "output_file_paths: file not found"),
+                 ({"input_file_paths": ["https://elsewhere.example/x.pdf"]}, "input_file_paths: .* not a file uploaded"),
+                 ({"input_file_paths": [str(pdf)], "output_file_paths": [str(odd)]}, "output_file_paths")]
+        for files, message in cases:
+            with pytest.raises(galtea_local.InvalidInputError, match=message):
+                g.traces.create(session_id="s", input="q", **files)
+        with pytest.raises(galtea_local.InvalidTypeError, match="input_file_paths"):
+            g.traces.create(session_id="s", input="q", input_file_paths=str(pdf))
+        with pytest.raises(galtea_local.InvalidInputError, match="output_file_paths"):
+            g.traces.update("loc_x_1", output_file_paths=[str(pdf)])
+    assert rows(store, "SELECT count(*) FROM inference_results") == [(0,)]
+    assert rows(store, "SELECT count(*) FROM attachments") == [(0,)]
+    assert not (tmp_path / "s.db.blobs").exists() or os.listdir(tmp_path / "s.db.blobs") == []
+
+
+def test_files_are_copied_privately_when_create_returns(tmp_path: Path, pdf: Path) -> None:
+    store = tmp_path / "s.db"
+    with Galtea(store=store) as g:
+        trace = g.traces.create(session_id="s", input="q", output="a", output_file_paths=[str(pdf)])
+    pdf.unlink()  # the app may remove its file at once: the copy is what goes up
+    (blob, sha, state), = rows(store, "SELECT blob, sha256, state FROM attachments")
+    folder = tmp_path / "s.db.blobs"
+    assert oct(folder.stat().st_mode & 0o777) == "0o700"
+    assert oct((folder / blob).stat().st_mode & 0o777) == "0o600"
+    assert state == "pending" and len(sha) == 64
+    assert [f.filename for f in trace.actual_output_files] == ["deed.pdf"]
+    assert trace.actual_output == "a" and trace.actual_output_data["assistant_message"] == "a"
+
+
+def test_sync_uploads_before_the_create_and_retention_removes_the_blobs(
+        emulator: EmulatorHandle, tmp_path: Path, pdf: Path) -> None:
+    session_id, = create_sessions(emulator, 1)
+    store_path = tmp_path / "s.db"
+    with Galtea(store=store_path) as g:
+        g.traces.create(session_id=session_id, input="see", input_file_paths=[str(pdf)])
+        g.traces.create(session_id=session_id, input="last, kept by retention")
+    store = open_store(store_path)
+    try:
+        assert {k: v for k, v in store_status(store).items() if k.startswith("files_")} == {
+            "files_pending": 1, "files_pending_bytes": pdf.stat().st_size}
+        drain(make_engine(store, emulator))
+        assert store_status(store)["files_pending"] == 0
+        dump = emulator.dump()
+        (obj,) = dump["storageObjects"]
+        first = next(r for r in dump["inferenceResults"] if r["input"]["user_message"] == "see")
+        assert first["input"]["content"][0]["uri"] == f"s3://galtea-emulator/{obj['key']}"
+        order = [e["route"] for e in dump["log"] if e["route"].startswith(("/storage", "/inferenceResults"))]
+        assert order.index("/storage/generate-put-presigned-url") < order.index("/inferenceResults")
+        with Galtea(store=store_path) as g:  # read locally, it names the file as upstream stored it
+            (local,) = [t for t in g.traces.list(session_id=session_id) if t.input == "see"]
+            assert [f.uri for f in local.input_files] == [f"s3://galtea-emulator/{obj['key']}"]
+        keeper = Housekeeper(store, RetentionSettings(synced_days=0))
+        keeper.expire(2e9)
+    finally:
+        store.close()
+    assert rows(store_path, "SELECT count(*) FROM attachments") == [(0,)]
+    assert os.listdir(tmp_path / "s.db.blobs") == []
+
+
+def test_sigkill_mid_upload_resumes_the_same_upload_and_creates_once(
+        emulator: EmulatorHandle, tmp_path: Path, pdf: Path) -> None:
+    session_id, = create_sessions(emulator, 1)
+    store_path = tmp_path / "s.db"
+    with Galtea(store=store_path) as g:
+        g.traces.create(session_id=session_id, input="with a deed", input_file_paths=[str(pdf)])
+    httpx.post(f"{emulator.url}/_emulator/storage", json={"hold_put_s": 60}).raise_for_status()
+    env = daemon_env(emulator, store_path, write_config(tmp_path))
+    proc = start_daemon(env)
+    # The bytes are stored upstream, the answer is held: the daemon dies not knowing it landed.
+    wait_for(lambda: len(emulator.dump()["storageObjects"]) == 1, 20, "the upload to arrive", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert rows(store_path, "SELECT state FROM attachments") == [("presigned",)]
+    assert emulator.dump()["inferenceResults"] == []
+    httpx.post(f"{emulator.url}/_emulator/storage", json={"hold_put_s": 0}).raise_for_status()
+    proc = start_daemon(env)
+    wait_for(lambda: len(emulator.dump()["inferenceResults"]) == 1, 20, "the create", proc)
+    stop(proc)
+    dump = emulator.dump()
+    assert dump["storagePresigned"] == 1  # the kept links were used again: one object, no orphan
+    (obj,) = dump["storageObjects"]
+    assert obj["puts"] == 2
+    (record,) = dump["inferenceResults"]
+    assert record["input"]["content"] == [{"uri": f"s3://galtea-emulator/{obj['key']}", "filename": "deed.pdf",
+                                           "mimeType": "application/pdf", "type": "file"}]
+    assert rows(store_path, "SELECT state FROM attachments") == [("uploaded",)]
