@@ -130,3 +130,21 @@ def test_sigkill_mid_upload_resumes_the_same_upload_and_creates_once(
     assert record["input"]["content"] == [{"uri": f"s3://galtea-emulator/{obj['key']}", "filename": "deed.pdf",
                                            "mimeType": "application/pdf", "type": "file"}]
     assert rows(store_path, "SELECT state FROM attachments") == [("uploaded",)]
+
+
+def test_a_bundle_refuses_turns_whose_files_are_not_uploaded(tmp_path: Path, pdf: Path) -> None:
+    from galtea_local.bundle.export import export_bundle
+    from galtea_local.bundle.signing import Signing
+    from galtea_local.errors import BundleError
+
+    store_path = tmp_path / "s.db"
+    with Galtea(store=store_path) as g:
+        trace = g.traces.create(session_id="s", input="q", input_file_paths=[str(pdf)])
+    store = open_store(store_path)
+    try:
+        with pytest.raises(BundleError, match=f"{trace.id} has files"):
+            export_bundle(store, tmp_path / "out.bundle", signing=Signing(None, allow_unsigned=True))
+    finally:
+        store.close()
+    assert not (tmp_path / "out.bundle").exists()
+    assert rows(store_path, "SELECT count(*) FROM outbox WHERE state = 'pending'") == [(1,)]
