@@ -19,6 +19,7 @@ from galtea_local import Galtea
 from galtea_local_daemon.housekeeping import Housekeeper
 from tests.emulator_fixture import EmulatorHandle
 from tests.helpers.daemon_proc import create_sessions, daemon_env, start_daemon, stop, wait_for, write_config
+from galtea_local.store import open_store as open_any
 from tests.sync_helpers import drain, make_engine, open_store
 
 
@@ -148,3 +149,25 @@ def test_a_bundle_refuses_turns_whose_files_are_not_uploaded(tmp_path: Path, pdf
         store.close()
     assert not (tmp_path / "out.bundle").exists()
     assert rows(store_path, "SELECT count(*) FROM outbox WHERE state = 'pending'") == [(1,)]
+
+
+def test_postgresql_store_keeps_blobs_under_its_id_and_uploads_them(
+        emulator: EmulatorHandle, pg_url: str, tmp_path: Path, pdf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))  # where a PostgreSQL store's blobs live
+    session_id, = create_sessions(emulator, 1)
+    with Galtea(store=pg_url) as g:
+        trace = g.traces.create(session_id=session_id, output="answer", output_file_paths=[str(pdf)])
+        folder = tmp_path / "data" / "galtea-local" / "blobs" / g.store_id
+    assert len(os.listdir(folder)) == 1
+    store = open_any(pg_url)
+    try:
+        drain(make_engine(store, emulator))
+    finally:
+        store.close()
+    (record,) = emulator.dump()["inferenceResults"]
+    (obj,) = emulator.dump()["storageObjects"]
+    assert record["actualOutput"] == {"assistant_message": "answer", "content": [
+        {"uri": f"s3://galtea-emulator/{obj['key']}", "filename": "deed.pdf", "mimeType": "application/pdf",
+         "type": "file"}]}
+    with Galtea(store=pg_url) as g:
+        assert g.traces.get(trace.id).actual_output_files[0].uri == f"s3://galtea-emulator/{obj['key']}"
