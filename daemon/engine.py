@@ -311,16 +311,7 @@ class SyncEngine:
             return StepOutcome(Step.SETTLED_LOCALLY)
         if attempt.kind == OpKind.UPDATE and not attempt.record["remote_id"]:
             raise RejectedError("update of a record whose create is dead-lettered; retry the create first")
-        build = build_body
-        if attempt.kind == OpKind.CREATE and uploads.needs_upload(attempt.record):
-            # The SDK uploads a turn's files before it creates the turn, and references them in it.
-            try:
-                build = uploads.with_files(build_body, self.uploader.ensure(attempt.record))
-            except RejectedError:
-                raise
-            except UpstreamError as error:
-                error.maybe_sent = False  # about the upload: the create itself has not left
-                raise
+        build = uploads.build_for(self.uploader, attempt, build_body)  # a turn's files go up before it
         self._wait_for_throttle()
         body = self.store.transaction(ob.begin_attempt, attempt, self.owner, self.clock(), self.settings.lease_s,
                                       build, self._offset())

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 from galtea_local import attachments, blobs
-from galtea_local.errors import RejectedError, RetryLaterError
+from galtea_local.errors import AuthError, NotSentError, RejectedError, RetryLaterError, UpstreamError
+from galtea_local.outbox.kinds import OpKind
 
 log = logging.getLogger("galtea_local.sync")
 
@@ -52,6 +53,28 @@ def with_files(build_body: Callable[[dict[str, Any], Any], dict[str, Any]],
         return build_body(row, attempt)
 
     return build
+
+
+def build_for(uploader: Uploader, attempt: Any, build_body: Callable[[dict[str, Any], Any], dict[str, Any]]
+              ) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+    """``build_body``; for a create whose turn has files, once they are uploaded, a builder that names them.
+
+    The SDK uploads a turn's files before it creates the turn. A failed upload leaves the
+    create unsent: its error says "not sent" (or "retry later"), never "maybe sent", so the
+    create is not reconciled for a request that never carried it. A refusal for good or a
+    refused key keeps its class (dead letter, pause)."""
+    if attempt.kind != OpKind.CREATE or not needs_upload(attempt.record):
+        return build_body
+    failure: UpstreamError | None = None
+    try:
+        return with_files(build_body, uploader.ensure(attempt.record))
+    except (RejectedError, AuthError):
+        raise
+    except RetryLaterError as error:
+        failure = RetryLaterError(error.message, status=error.status, retry_after=error.retry_after)
+    except UpstreamError as error:
+        failure = NotSentError(f"{error.message} (the create waits for it)", status=error.status)
+    raise failure
 
 
 class Uploader:

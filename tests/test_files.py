@@ -171,3 +171,30 @@ def test_postgresql_store_keeps_blobs_under_its_id_and_uploads_them(
          "type": "file"}]}
     with Galtea(store=pg_url) as g:
         assert g.traces.get(trace.id).actual_output_files[0].uri == f"s3://galtea-emulator/{obj['key']}"
+
+
+def test_a_refused_upload_leaves_the_create_unsent_and_a_changed_copy_is_dead_lettered(
+        emulator: EmulatorHandle, tmp_path: Path, pdf: Path) -> None:
+    session_id, = create_sessions(emulator, 1)
+    store_path = tmp_path / "s.db"
+    with Galtea(store=store_path) as g:
+        g.traces.create(session_id=session_id, input="one", input_file_paths=[str(pdf)])
+        spoiled = g.traces.create(session_id=session_id, input="two", output_file_paths=[str(pdf)])
+    (blob,) = [b for (b,) in rows(store_path, "SELECT blob FROM attachments WHERE record_seq = 2")]
+    (tmp_path / "s.db.blobs" / blob).write_bytes(b"not what was attached")
+    emulator.set_faults(throttle_next=1)  # the first presign is answered 429
+    store = open_store(store_path)
+    try:
+        drain(make_engine(store, emulator))
+    finally:
+        store.close()
+    dump = emulator.dump()
+    assert [r["input"]["user_message"] for r in dump["inferenceResults"]] == ["one"]
+    assert dump["storagePresigned"] == 1 and len(dump["storageObjects"]) == 1
+    # The create left once: the throttled upload never made it "maybe sent".
+    assert rows(store_path, "SELECT attempts, state FROM outbox WHERE record_seq = 1 AND kind = 'create'") == [
+        (1, "done")]
+    (error,) = rows(store_path, "SELECT last_error FROM outbox WHERE record_seq = 2 AND state = 'dead'")
+    assert "deed.pdf" in error[0] and "changed on disk" in error[0]
+    with Galtea(store=store_path) as g:
+        assert g.traces.get(spoiled.id).sync_state == "dead"
