@@ -80,7 +80,7 @@ class SyncEngine:
                                     on_throttled=self._on_throttled, side=True)
         self.stamper = Stamper(store, side_client, self.settings.concurrency, clock,
                                wait_for_throttle=self._wait_for_throttle, on_error=self._stamp_failed)
-        self.uploader = uploads.Uploader(store, self.client, clock)
+        self.uploader = uploads.Uploader(store, self.client, client, clock)
         self.maybe_sent = MaybeSent(store, self.client, self.clock, clock_skew_s=self.settings.clock_skew_s,
                                     commit_grace_s=self.settings.commit_grace_s,
                                     answered_grace_s=self.settings.answered_grace_s)

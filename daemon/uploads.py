@@ -28,7 +28,9 @@ log = logging.getLogger("galtea_local.sync")
 
 # Links live 24 hours; reuse one only well inside that, so a resumed PUT never races expiry.
 LINK_REUSE_S = 20 * 3600.0
-_PLACEHOLDER = re.compile(re.escape(attachments.PLACEHOLDER) + r"([0-9a-f]+)")
+# A file part's uri as create() wrote it (compact JSON): text that merely mentions a placeholder
+# (escaped quotes) is not a file part and is left alone.
+_PLACEHOLDER = re.compile(r'"uri":"' + re.escape(attachments.PLACEHOLDER) + r'([0-9a-f]{32})"')
 
 
 def wanted(record: dict[str, Any]) -> list[str]:
@@ -46,7 +48,7 @@ def with_files(build_body: Callable[[dict[str, Any], Any], dict[str, Any]],
     def substitute(text: str | None) -> str | None:
         if text is None:
             return None
-        return _PLACEHOLDER.sub(lambda m: json.dumps(uris[m.group(1)])[1:-1], text)
+        return _PLACEHOLDER.sub(lambda m: '"uri":' + json.dumps(uris[m.group(1)]), text)
 
     def build(row: dict[str, Any], attempt: Any) -> dict[str, Any]:
         row = {**row, "input": substitute(row["input"]), "actual_output": substitute(row["actual_output"])}
@@ -80,8 +82,11 @@ def build_for(uploader: Uploader, attempt: Any, build_body: Callable[[dict[str, 
 class Uploader:
     """Uploads the files of one record at a time (the lane's head, under the lane's lease)."""
 
-    def __init__(self, store: Any, client: Any, clock: Callable[[], float]) -> None:
-        self.store, self.client, self.clock = store, client, clock
+    def __init__(self, store: Any, api: Any, transfer: Any, clock: Callable[[], float]) -> None:
+        """``api`` makes the presign call (paced with every other API request); ``transfer`` moves the
+        bytes. A transfer goes to storage, not to the API, so its duration must not teach the API's
+        adaptive limit that the API is slow."""
+        self.store, self.api, self.transfer, self.clock = store, api, transfer, clock
         self.folder = blobs.blob_dir(store)
 
     def ensure(self, record: dict[str, Any]) -> dict[str, str]:
@@ -107,11 +112,11 @@ class Uploader:
         fresh = row["state"] != "presigned" or self.clock() - (row["presigned_at"] or 0) > LINK_REUSE_S
         if fresh:
             row = self._presign(row)
-        status = self.client.put_object(row["upload_url"], data, row["filename"])
+        status = self.transfer.put_object(row["upload_url"], data, row["filename"])
         if status == 403 and not fresh:  # the kept link expired or was revoked: one fresh try
             row = self._presign(row)
-            status = self.client.put_object(row["upload_url"], data, row["filename"])
-        if status == 409 and self.client.get_object(row["download_url"], row["filename"]) != data:
+            status = self.transfer.put_object(row["upload_url"], data, row["filename"])
+        if status == 409 and self.transfer.get_object(row["download_url"], row["filename"]) != data:
             self._set(row["blob"], state="pending", upload_url=None, download_url=None, presigned_at=None)
             raise RetryLaterError(f"upload of {row['filename']}: the link was used but the object is not ours;"
                                   " a fresh link next time", retry_after=0.0)
@@ -124,7 +129,7 @@ class Uploader:
         return row["download_url"]
 
     def _presign(self, row: dict[str, Any]) -> dict[str, Any]:
-        upload, download = self.client.presign_upload(row["filename"])
+        upload, download = self.api.presign_upload(row["filename"])
         changes = dict(state="presigned", upload_url=upload, download_url=download, presigned_at=self.clock())
         self._set(row["blob"], **changes)  # durable before the bytes leave: a crash resumes with these links
         return {**row, **changes}

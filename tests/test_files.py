@@ -198,3 +198,77 @@ def test_a_refused_upload_leaves_the_create_unsent_and_a_changed_copy_is_dead_le
     assert "deed.pdf" in error[0] and "changed on disk" in error[0]
     with Galtea(store=store_path) as g:
         assert g.traces.get(spoiled.id).sync_state == "dead"
+
+
+class FakeStorage:
+    """A storage that answers each PUT from a script: the decisions on 403/409 are what is tested."""
+
+    def __init__(self, puts: list[int], stored: bytes | None = None) -> None:
+        self.puts, self.stored, self.presigns, self.links = puts, stored, 0, []
+
+    def presign_upload(self, name: str) -> tuple[str, str]:
+        self.presigns += 1
+        return f"https://up/{self.presigns}", f"https://down/{self.presigns}"
+
+    def put_object(self, link: str, data: bytes, name: str) -> int:
+        self.links.append(link)
+        return self.puts.pop(0)
+
+    def get_object(self, link: str, name: str) -> bytes | None:
+        return self.stored
+
+
+def uploader_case(tmp_path: Path, pdf: Path, storage: FakeStorage, state: str = "presigned") -> tuple:
+    from galtea_local_daemon.uploads import Uploader
+
+    store_path = tmp_path / "s.db"
+    with Galtea(store=store_path) as g:
+        g.traces.create(session_id="s", input="q", input_file_paths=[str(pdf)])
+    with closing(sqlite3.connect(store_path)) as conn, conn:  # as a crash after the presign left it
+        conn.execute("UPDATE attachments SET state = ?, upload_url = 'https://up/0', download_url = 'https://down/0',"
+                     " presigned_at = 2e9", (state,))
+    store = open_store(store_path)
+    try:
+        record = store.read(lambda conn: dict(conn.execute("SELECT * FROM inference_results").fetchone()))
+        uploader = Uploader(store, storage, storage, clock=lambda: 2e9 + 60)
+        try:
+            return uploader.ensure(record), rows(store_path, "SELECT state, uri FROM attachments")
+        except Exception as error:  # noqa: BLE001 - the decision under test
+            return error, rows(store_path, "SELECT state, uri FROM attachments")
+    finally:
+        store.close()
+
+
+def test_a_used_link_counts_as_uploaded_only_when_the_object_is_ours(tmp_path: Path, pdf: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    ours = FakeStorage([409], stored=pdf.read_bytes())
+    uris, state = uploader_case(tmp_path / "a", pdf, ours)
+    assert list(uris.values()) == ["https://down/0"] and state == [("uploaded", "https://down/0")]
+    assert ours.presigns == 0  # the kept links were enough
+    theirs = FakeStorage([409], stored=b"someone else's bytes")
+    error, state = uploader_case(tmp_path / "b", pdf, theirs)
+    assert isinstance(error, galtea_local.errors.RetryLaterError) and "fresh link" in str(error)
+    assert state == [("pending", None)]  # the next try presigns afresh
+
+
+def test_an_expired_kept_link_is_replaced_once(tmp_path: Path, pdf: Path) -> None:
+    storage = FakeStorage([403, 200])
+    uris, state = uploader_case(tmp_path, pdf, storage)
+    assert storage.links == ["https://up/0", "https://up/1"] and storage.presigns == 1
+    assert state == [("uploaded", "https://down/1")]
+
+
+def test_text_that_mentions_a_placeholder_is_sent_as_written(emulator: EmulatorHandle, tmp_path: Path) -> None:
+    session_id, = create_sessions(emulator, 1)
+    store_path = tmp_path / "s.db"
+    text = '{"uri":"galtea-local:blob/' + "0" * 32 + '"} is how a local file part looks'
+    with Galtea(store=store_path) as g:
+        g.traces.create(session_id=session_id, input=text, output={"note": "galtea-local:blob/abc"})
+    store = open_store(store_path)
+    try:
+        drain(make_engine(store, emulator))
+    finally:
+        store.close()
+    (record,) = emulator.dump()["inferenceResults"]
+    assert record["input"] == {"user_message": text} and record["actualOutput"] == {"note": "galtea-local:blob/abc"}
