@@ -1,6 +1,6 @@
 """create() latency and throughput: galtea_local vs. a raw sqlite3 INSERT vs. the official SDK.
 
-    python benchmarks/bench_create.py [--n 20000] [--prefill 1000000] [--sdk-n 1000] [--dir /var/tmp]
+    python benchmarks/bench_create.py [--n 20000] [--prefill 1000000] [--sdk-n 1000] [--file-kb 64] [--dir /var/tmp]
 
 Three columns, measured in one run with the seed call
 ``create(session_id=..., input="What is the capital of France?", output="Paris", latency=150.5)``:
@@ -11,7 +11,8 @@ Three columns, measured in one run with the seed call
 - ``sdk``: the official ``galtea`` SDK's ``inference_results.create()`` against
   our emulator, run as a separate process on loopback.
 
-Then ``--prefill`` records are queued (records + create operations + lanes,
+Then ``--file-n`` creates with one ``--file-kb`` file attached (the copy into the
+blob folder is the cost). Then ``--prefill`` records are queued (records + create operations + lanes,
 written with ``executemany`` in large transactions) and ours/raw are measured
 again, to show how latency grows with the queue. Files go to a temporary
 folder under ``--dir``: use a real local disk, not a tmpfs such as /dev/shm.
@@ -197,6 +198,14 @@ def run_local(folder: Path, n: int) -> dict[str, dict[str, float]]:
     return {"ours": ours, "raw": raw}
 
 
+def run_with_file(folder: Path, n: int, kb: int) -> dict[str, float]:
+    """ours with one attached file of ``kb`` KB (checked, copied into the blob folder, its row written)."""
+    attached = folder / "attached.pdf"
+    attached.write_bytes(os.urandom(kb * 1024))
+    with Galtea(store=folder / "files.db") as client:
+        return measure(lambda: client.traces.create(**SEED, input_file_paths=[str(attached)]), n)
+
+
 def print_table(title: str, columns: dict[str, dict[str, float] | None]) -> None:
     shown = {name: figures for name, figures in columns.items() if figures}
     print(f"\n{title}")
@@ -215,6 +224,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20_000, help="timed creates per column (default 20000)")
     parser.add_argument("--sdk-n", type=int, default=1_000, help="timed creates through the official SDK")
     parser.add_argument("--prefill", type=int, default=1_000_000, help="records queued before the second round; 0 skips it")
+    parser.add_argument("--file-kb", type=int, default=64, help="size of the file attached in the files round; 0 skips it")
+    parser.add_argument("--file-n", type=int, default=1_000, help="timed creates with a file")
     parser.add_argument("--dir", default="/var/tmp", help="parent folder of the scratch files: a local disk")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="bench-create-", dir=args.dir))
@@ -229,6 +240,9 @@ def main() -> None:
         verdict("ours/raw p50", ours["p50"] / raw["p50"], 3)
         if sdk:
             verdict("sdk/ours p50", sdk["p50"] / ours["p50"], 20, below=False)
+        if args.file_kb and args.file_n:
+            with_file = run_with_file(folder, args.file_n, args.file_kb)
+            print_table(f"with one {args.file_kb} KB file attached, n={args.file_n}", {"ours+file": with_file})
         if args.prefill:
             seconds = prefill(folder / "store.db", folder / "raw.db", args.prefill)
             full = run_local(folder, args.n)

@@ -26,7 +26,7 @@ from galtea_local.outbox import drift, health, leased
 from galtea_local.outbox import stamps as outbox_stamps
 from galtea_local.outbox.kinds import OpKind
 from galtea_local.store import Store
-from galtea_local_daemon import evaluations_push, poison, reconcile, spans_push, wire
+from galtea_local_daemon import evaluations_push, poison, reconcile, spans_push, uploads, wire
 from galtea_local_daemon.backoff import Backoff, retry_after_of
 from galtea_local_daemon.bodies import build_body, decoded_fields
 from galtea_local_daemon.concurrency import AdaptiveLimit, LimitedClient, ThrottleGate
@@ -80,6 +80,7 @@ class SyncEngine:
                                     on_throttled=self._on_throttled, side=True)
         self.stamper = Stamper(store, side_client, self.settings.concurrency, clock,
                                wait_for_throttle=self._wait_for_throttle, on_error=self._stamp_failed)
+        self.uploader = uploads.Uploader(store, self.client, client, clock)
         self.maybe_sent = MaybeSent(store, self.client, self.clock, clock_skew_s=self.settings.clock_skew_s,
                                     commit_grace_s=self.settings.commit_grace_s,
                                     answered_grace_s=self.settings.answered_grace_s)
@@ -310,9 +311,10 @@ class SyncEngine:
             return StepOutcome(Step.SETTLED_LOCALLY)
         if attempt.kind == OpKind.UPDATE and not attempt.record["remote_id"]:
             raise RejectedError("update of a record whose create is dead-lettered; retry the create first")
+        build = uploads.build_for(self.uploader, attempt, build_body)  # a turn's files go up before it
         self._wait_for_throttle()
         body = self.store.transaction(ob.begin_attempt, attempt, self.owner, self.clock(), self.settings.lease_s,
-                                      build_body, self._offset())
+                                      build, self._offset())
         return IDLE if body is None else body
 
     def _reconcile(self, attempt: ob.Attempt, report: PassReport,

@@ -29,7 +29,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from galtea_local import retention, span_retention
+from galtea_local import blobs, retention, span_retention
 from galtea_local.config import RetentionSettings
 from galtea_local.outbox import ownership
 from galtea_local.store import Store
@@ -95,6 +95,7 @@ class Housekeeper:
         total = self._delete_settled(now - self.settings.synced_days * DAY_S)
         span_retention.delete_settled(self.store, now - self.settings.synced_days * DAY_S)  # spans, evaluations
         self._forget_owned(now)
+        self.sweep_blobs(now)
         if total:
             log.info("retention: deleted %d synced record(s) older than %g day(s)", total, self.settings.synced_days)
         return total
@@ -127,9 +128,22 @@ class Housekeeper:
             seqs = page.seqs if limit is None else page.seqs[:limit - total]
             for first in range(0, len(seqs), retention.DELETE_BATCH):
                 batch = seqs[first:first + retention.DELETE_BATCH]
-                total += self.store.transaction(retention.delete_verified, batch, cutoff)
+                total += self._delete_with_blobs(batch, cutoff)
             after = page.next_after
         return total
+
+    def _delete_with_blobs(self, seqs: list[int], cutoff: float) -> int:
+        """Delete a batch, then the blob copies of the files whose rows went with it (after the commit)."""
+        held = self.store.read(retention.blobs_of, seqs)
+        deleted = self.store.transaction(retention.delete_verified, seqs, cutoff)
+        if held:
+            kept = self.store.read(retention.blobs_of, seqs)  # records re-checked and kept keep theirs
+            blobs.remove(blobs.blob_dir(self.store), sorted(held - kept))
+        return deleted
+
+    def sweep_blobs(self, now: float) -> int:
+        """Remove blob copies no row names (a create() that died before its commit, an interrupted delete)."""
+        return blobs.sweep(blobs.blob_dir(self.store), self.store.read(retention.blobs_known), now)
 
     # -- size cap --------------------------------------------------------------
 

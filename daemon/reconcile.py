@@ -39,7 +39,17 @@ def as_stored(key: str, value: Any) -> Any:
     # The API stores a string input as {"user_message": ...}.
     if key == "input" and isinstance(value, str):
         return {"user_message": value}
+    if isinstance(value, dict) and isinstance(value.get("content"), list):
+        # A file part comes back with the signature-free reference, not the link we sent:
+        # compare it by what it says about the file.
+        return {**value, "content": [_without_uri(part) for part in value["content"]]}
     return value
+
+
+def _without_uri(part: Any) -> Any:
+    if isinstance(part, dict) and str(part.get("type", "")).lower() == "file":
+        return {name: value for name, value in part.items() if name != "uri"}
+    return part
 
 
 # Echoed fields compared one by one (session anchors and write-only fields aside).

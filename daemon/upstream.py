@@ -47,6 +47,7 @@ from galtea_local.errors import (
 )
 from galtea_local_daemon.servertime import ServerClock
 from galtea_local_daemon.upstream_spans import SpanAndEvaluationCalls
+from galtea_local_daemon.upstream_storage import TRANSFER_TIMEOUT_S, StorageCalls
 from galtea_local_daemon.wire import (
     DEFAULT_BASE_URL,
     EXTRA_HEADERS_ENV,
@@ -199,7 +200,7 @@ def api_message(response: httpx.Response) -> str:
     return text or "(no message)"
 
 
-class UpstreamClient(SpanAndEvaluationCalls):
+class UpstreamClient(SpanAndEvaluationCalls, StorageCalls):
     """A thread-safe, synchronous client for the Galtea API inference-result calls.
 
     One instance may be shared by many threads: each thread gets its own
@@ -252,6 +253,10 @@ class UpstreamClient(SpanAndEvaluationCalls):
             return httpx.Client(**options)
 
         self._new_client = new_client
+        transfer_timeout = httpx.Timeout(connect=timeouts[0], read=TRANSFER_TIMEOUT_S, write=TRANSFER_TIMEOUT_S,
+                                         pool=timeouts[3])
+        self._new_transfer_client = lambda: httpx.Client(  # presigned links: no API key, no base URL
+            timeout=transfer_timeout, verify=options["verify"], transport=transport, trust_env=True)
         # One httpx.Client per pushing thread: a single shared pool serialises every request
         # of every thread on its lock (measured: half the push threads' time at 32 lanes).
         self._local = threading.local()
@@ -276,6 +281,9 @@ class UpstreamClient(SpanAndEvaluationCalls):
         """Close every thread's connection pool. The client must not be used afterwards."""
         with self._clients_lock:
             clients, self._clients = self._clients, []
+            if self._transfer_client is not None:
+                clients.append(self._transfer_client)
+                self._transfer_client = None
         for client in clients:
             client.close()
 

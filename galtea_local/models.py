@@ -351,6 +351,34 @@ class BundleImport(SQLModel, table=True):
     imported_at: float
 
 
+class AttachmentRow(SQLModel, table=True):
+    """A file attached to a turn (migration 0012): its copy in the blob folder (``blob``, also the
+    placeholder the record's input/output names it by) and its upload's progress, ``pending`` ->
+    ``presigned`` (links kept, so a crash resumes the same upload) -> ``uploaded`` (``uri``)."""
+
+    __tablename__ = "attachments"
+    __table_args__ = (
+        Index("ix_attachments_record", "record_seq"),
+        _partial_index("ix_attachments_waiting", "record_seq", "state != 'uploaded'"),
+    )
+
+    blob: str = Field(primary_key=True)
+    record_seq: int
+    side: str  # input | output
+    position: int
+    filename: str
+    mime_type: Optional[str] = None
+    size: int
+    sha256: str
+    state: str
+    upload_url: Optional[str] = None
+    download_url: Optional[str] = None
+    presigned_at: Optional[float] = None
+    uri: Optional[str] = None
+    uploaded_at: Optional[float] = None
+    created_at: float
+
+
 TABLES = [
     Meta.__table__,
     SchemaMigration.__table__,
@@ -364,5 +392,6 @@ TABLES = [
     OwnedRemoteId.__table__,
     BundleExported.__table__,
     BundleImport.__table__,
+    AttachmentRow.__table__,
 ]
 COLUMNS = [c.name for c in InferenceResultRow.__table__.columns]

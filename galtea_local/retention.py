@@ -101,6 +101,9 @@ def _delete(conn: sqlite3.Connection, seqs: list[int]) -> int:
     marks = ", ".join("?" * len(seqs))
     # The foreign key needs these gone first; a deletable record has only settled operations.
     conn.execute(f"DELETE FROM outbox WHERE record_seq IN ({marks}) AND state = 'done'", seqs)
+    # The rows of their files go too; the copies in the blob folder are removed after the commit
+    # by whoever called (daemon/housekeeping.py), so a rollback never leaves a row without its file.
+    conn.execute(f"DELETE FROM attachments WHERE record_seq IN ({marks})", seqs)
     return conn.execute(f"DELETE FROM inference_results WHERE seq IN ({marks})", seqs).rowcount
 
 
@@ -138,3 +141,16 @@ def refuse_if_full(conn: StoreConnection) -> None:
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (STORE_FULL,)).fetchone()
     if row is not None:
         raise StoreFullError(row[0])
+
+
+def blobs_of(conn: sqlite3.Connection, seqs: list[int]) -> set[str]:
+    """The blob copies of these records' files."""
+    if not seqs:
+        return set()
+    marks = ", ".join("?" * len(seqs))
+    return {row[0] for row in conn.execute(f"SELECT blob FROM attachments WHERE record_seq IN ({marks})", seqs)}
+
+
+def blobs_known(conn: sqlite3.Connection) -> set[str]:
+    """Every blob an attachment row names (what a sweep of the blob folder must keep)."""
+    return {row[0] for row in conn.execute("SELECT blob FROM attachments")}

@@ -7,14 +7,16 @@ in one transaction, and returns. Nothing here opens a network connection.
 from __future__ import annotations
 
 import builtins
+import functools
 import sqlite3
 import time
+from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
-from galtea_local import attachments, batch_api, outbox
+from galtea_local import attachments, batch_api, blobs, outbox
 from galtea_local.store.dialects import NO_LIMIT
-from galtea_local.errors import InvalidInputError, NotFoundError
+from galtea_local.errors import InvalidInputError, NotFoundError, OutcomeUnknownError
 from galtea_local.outbox import batch as batch_queue
 from galtea_local.outbox import sessions as sessions_queue
 from galtea_local.read_model import Trace, build, from_row
@@ -67,6 +69,12 @@ def _insert(conn: sqlite3.Connection, row: dict[str, Any], prefix: str | None = 
     outbox.open_lane(conn, row["lane"])
     seq = conn.execute(_INSERT_RECORD, tuple(map(row.get, _CREATE_COLUMNS))).lastrowid
     outbox.enqueue_create(conn, seq, row["lane"], row["created_at"])
+    return seq
+
+
+def _insert_with_files(conn: sqlite3.Connection, row: dict[str, Any], prefix: str | None, staged: Any) -> int:
+    seq = _insert(conn, row, prefix)
+    staged.insert(conn, seq)
     return seq
 
 
@@ -128,16 +136,39 @@ class InferenceResultService:
         ``ValueError``/``TypeError`` subclasses naming the field for bad input,
         and ``StoreFullError`` when the store is at its size cap under
         ``when_full = "refuse"``; in either case nothing is written. Files
-        (``input_file_paths``/``output_file_paths``) are refused for now: see
-        :mod:`galtea_local.attachments`.
+        (``input_file_paths``/``output_file_paths``) are checked as the SDK checks
+        them and copied into the blob folder before this returns (see
+        :mod:`galtea_local.attachments`); the daemon uploads them before the create.
         """
-        if input_file_paths is not None or output_file_paths is not None:  # the seam for attachments
-            attachments.check_no_files(input_file_paths, output_file_paths)
+        if input_file_paths is not None or output_file_paths is not None:
+            return self._create_with_files(locals())
         row = _new_row(create_fields(locals(), self._max_record_bytes), time.time())
         # Only a local session id or a custom id can name a session created offline.
         local = session_custom_id is not None or session_id.startswith("ses_")
         with named_outcome(lambda seq: outbox.local_id(self._prefix, seq)):  # a lost COMMIT answer
             seq = self._store.transaction(_insert, row, self._prefix if local else None)
+        return build({**_READ_DEFAULTS, **row}, outbox.local_id(self._prefix, seq), input, output)
+
+    @functools.cached_property
+    def _blob_dir(self) -> Path:
+        return blobs.blob_dir(self._store)
+
+    def _create_with_files(self, args: dict[str, Any]) -> Trace:
+        """``create()`` with files: checked, copied, then written with their rows in one transaction."""
+        input, output, staged = attachments.stage(
+            self._blob_dir, self._store.durability == "power", args["input"], args["output"],
+            args["input_file_paths"], args["output_file_paths"])
+        try:
+            row = _new_row(create_fields({**args, "input": input, "output": output}, self._max_record_bytes),
+                           time.time())
+            local = args["session_custom_id"] is not None or row["session_id"].startswith("ses_")
+            with named_outcome(lambda seq: outbox.local_id(self._prefix, seq)):
+                seq = self._store.transaction(_insert_with_files, row, self._prefix if local else None, staged)
+        except OutcomeUnknownError:
+            raise  # it may have committed: its copies stay (a sweep removes them if it did not)
+        except BaseException:
+            staged.discard()
+            raise
         return build({**_READ_DEFAULTS, **row}, outbox.local_id(self._prefix, seq), input, output)
 
     def create_and_evaluate(
@@ -154,11 +185,11 @@ class InferenceResultService:
         from galtea_local.evaluations import EvaluationService, check_metrics
 
         check_metrics(metrics, specification_ids)  # bad metrics write nothing, not even the trace
-        attachments.check_no_files(input_file_paths, output_file_paths)
         trace = self.create(session_id=session_id, input=input, output=output, retrieval_context=retrieval_context,
                             latency=latency, usage_info=usage_info, cost_info=cost_info,
                             conversation_simulator_version=conversation_simulator_version,
-                            session_custom_id=session_custom_id, version_id=version_id, product_id=product_id)
+                            session_custom_id=session_custom_id, version_id=version_id, product_id=product_id,
+                            input_file_paths=input_file_paths, output_file_paths=output_file_paths)
         evaluations = EvaluationService(self._store, self, None).create(
             trace_id=trace.id, metrics=metrics, specification_ids=specification_ids, run_id=run_id)
         return trace, evaluations

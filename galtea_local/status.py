@@ -80,6 +80,14 @@ def _load(conn: sqlite3.Connection) -> dict[str, Any]:
     }
 
 
+def _files(conn: sqlite3.Connection) -> dict[str, Any]:
+    """Attached files still to upload before their turn's create (a dead or cancelled turn's are not)."""
+    count, size = conn.execute(
+        "SELECT count(*), coalesce(sum(a.size), 0) FROM attachments a JOIN inference_results r ON r.seq = a.record_seq"
+        " WHERE a.state != 'uploaded' AND r.sync_state = 'queued'").fetchone()
+    return {"files_pending": count, "files_pending_bytes": size}
+
+
 def store_status(store: Store, now: float | None = None) -> dict[str, Any]:
     """Record counts by sync state, queue facts and pusher health, as one JSON-ready dict.
 
@@ -91,8 +99,8 @@ def store_status(store: Store, now: float | None = None) -> dict[str, Any]:
     def read(conn: sqlite3.Connection) -> dict[str, Any]:
         spans = {f"spans_{state}": count for state, count in span_queue.counts(conn).items()}
         evaluations = {f"evaluations_{state}": count for state, count in evaluation_queue.counts(conn).items()}
-        return {**_counts(conn), **_queue_facts(conn, now), **spans, **evaluations, **_health(conn, now),
-                **_load(conn)}
+        return {**_counts(conn), **_queue_facts(conn, now), **spans, **evaluations, **_files(conn),
+                **_health(conn, now), **_load(conn)}
 
     return {"store_id": store.store_id, "store": str(store.path), **store.read(read)}
 
@@ -110,6 +118,7 @@ def format_status(status: dict[str, Any]) -> str:
         f"spans       {status['spans_queued']} queued, {status['spans_synced']} synced, {status['spans_dead']} dead",
         f"evaluations {status['evaluations_queued']} queued, {status['evaluations_synced']} synced,"
         f" {status['evaluations_dead']} dead",
+        f"files       {status['files_pending']} to upload ({status['files_pending_bytes']} bytes), before their turns",
         f"oldest      {status['oldest_queued_age_s'] if status['oldest_queued_age_s'] is not None else '-'} s",
         f"last push   {when(status['last_success_at'])}",
         f"last error  {status['last_error'] or '-'}",

@@ -8,6 +8,8 @@ the same type with the same ``model_dump()`` keys (less ``sync_state`` and
 
 from __future__ import annotations
 
+import json
+import re
 import time
 import warnings
 from pathlib import Path
@@ -34,7 +36,7 @@ def _raises(call: Any, expected: type[BaseException]) -> str:
     return expected.__name__ if isinstance(caught.value, expected) else "?"
 
 
-def script(g: Any, sdk: ModuleType, clock: dict[str, float]) -> list[tuple[str, Any]]:
+def script(g: Any, sdk: ModuleType, clock: dict[str, float], files: tuple[str, str]) -> list[tuple[str, Any]]:
     """Every offered method once, the way an app calls it. ``clock`` gets each create's call time."""
     out: list[tuple[str, Any]] = []
 
@@ -56,6 +58,8 @@ def script(g: Any, sdk: ModuleType, clock: dict[str, float]) -> list[tuple[str, 
     t3 = call("t3", g.traces.create, session_custom_id="conv-b", version_id=V,
               input={"user_message": "structured", "chat_type": "support"}, output="ok")
     call("t4", g.traces.create, session_id=joined.id, input="joined turn", output="yes")
+    call("t.files", g.traces.create, session_id=s.id, input="see file", output="summary",
+         input_file_paths=[files[0]], output_file_paths=[files[1], files[0]])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         call("update.alias", g.traces.update, inference_result_id=t3.id, conversation_simulator_version="sim-1")
@@ -107,7 +111,9 @@ def upstream(handle: EmulatorHandle) -> dict[str, Any]:
     label = {sid: session["customId"] for sid, session in live.items()}
 
     def strip(item: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in item.items() if k not in VOLATILE}
+        # A stored file's key holds a random id: the rest of the reference must match.
+        return json.loads(_OBJECT_ID.sub("files/<org>/<id>", json.dumps(
+            {k: v for k, v in item.items() if k not in VOLATILE})))
 
     def turns(key: str) -> list[Any]:
         # Positions instead of server indexes: the order within each session is what must match.
@@ -119,7 +125,11 @@ def upstream(handle: EmulatorHandle) -> dict[str, Any]:
         "deletedSessions": sorted(s["customId"] for s in dump["deletedSessions"]),
         "traces": turns("inferenceResults"),
         "deletedTraces": turns("deletedInferenceResults"),
+        "storedFiles": sorted((o["sha256"], o["key"].rsplit(".", 1)[-1], o["puts"]) for o in dump["storageObjects"]),
     }
+
+
+_OBJECT_ID = re.compile(r"files/[A-Za-z0-9_]+/[0-9a-f]+")
 
 
 # The live sessions the script creates (the one it joins was made by the test), by the call that made them.
@@ -136,7 +146,7 @@ def created_at_outside_the_call(handle: EmulatorHandle, clock: dict[str, tuple[f
     dump = handle.dump(log=False)
     records = {r["input"]["user_message"]: r for r in dump["inferenceResults"] + dump["deletedInferenceResults"]
                if r["input"]}
-    by_label = {"t1": "hi", "t2": "pending", "t3": "structured", "t4": "joined turn", "t5": "delete me",
+    by_label = {"t.files": "see file", "t1": "hi", "t2": "pending", "t3": "structured", "t4": "joined turn", "t5": "delete me",
                 "batch": "u1", "batch.assistant_first": "u3"}
     sessions = {s["customId"]: s for s in dump["sessions"]}
     records |= {label: sessions[custom_id] for label, custom_id in SESSIONS_MADE.items()}
@@ -164,10 +174,13 @@ def test_the_same_script_leaves_the_same_upstream_state(
     sdk_side, local_side = two_emulators
     monkeypatch.setenv("GALTEA_API_URL", sdk_side.url)
     sdk_clock: dict[str, tuple[float, float]] = {}
-    sdk_out = script(galtea.Galtea(api_key=sdk_side.api_key), galtea, sdk_clock)
+    files = (str(tmp_path / "deed.pdf"), str(tmp_path / "summary.txt"))
+    Path(files[0]).write_bytes(b"%PDF-1.4 a deed")
+    Path(files[1]).write_text("the summary")
+    sdk_out = script(galtea.Galtea(api_key=sdk_side.api_key), galtea, sdk_clock, files)
 
     local_clock: dict[str, tuple[float, float]] = {}
-    local_out = script(galtea_local.Galtea(store=tmp_path / "store.db"), galtea_local, local_clock)
+    local_out = script(galtea_local.Galtea(store=tmp_path / "store.db"), galtea_local, local_clock, files)
     time.sleep(1.1)  # the sync comes well after the calls: createdAt must still be each call's moment
     store = open_store(tmp_path / "store.db")
     try:
@@ -183,6 +196,7 @@ def test_the_same_script_leaves_the_same_upstream_state(
     # never sent, so it leaves no deleted record upstream and takes no index there.
     assert [turn["input"] for _, turn in sdk_up.pop("deletedTraces")] == [{"user_message": "delete me"}]
     assert ours_up.pop("deletedTraces") == []
+    assert len(sdk_up["storedFiles"]) == 3  # uploaded once each, as the SDK does
     assert ours_up == sdk_up
     requests = local_side.dump(log=False)["requests"]
     assert requests["POST /inferenceResults/batch"] == 2  # each create_batch() is one request, as with the SDK

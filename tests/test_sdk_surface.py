@@ -224,24 +224,28 @@ def test_trace_reads_the_api_json_as_the_sdk_model_does() -> None:
         **galtea.Session(**session).model_dump(mode="json"), "sync_state": "queued", "remote_id": None}
 
 
-def test_file_arguments_are_accepted_and_files_refused_until_attachments_exist(galtea: Galtea, tmp_path: Path) -> None:
+def test_file_arguments_are_accepted_as_the_sdk_accepts_them(galtea: Galtea, tmp_path: Path) -> None:
     attached = tmp_path / "deed.pdf"
     attached.write_bytes(b"%PDF-1.4")
     # No files, as the SDK reads it: None or an empty list.
     record = galtea.traces.create(session_id="s", input="q", input_file_paths=[], output_file_paths=None)
+    assert record.input_data == {"user_message": "q"} and record.input_files == []
     assert galtea.traces.update(record.id, output="a", output_file_paths=[]).actual_output == "a"
-    for field in ("input_file_paths", "output_file_paths"):
-        with pytest.raises(galtea_local.InvalidInputError, match=field):
-            galtea.traces.create(session_id="s", input="with a file", **{field: [str(attached)]})
+    # Files, merged into the input/output as the SDK merges them (the uri is local until synced).
+    with_files = galtea.traces.create(session_id="s", output="o", input_file_paths=[str(attached)])
+    assert with_files.input is None and [f.filename for f in with_files.input_files] == ["deed.pdf"]
+    assert with_files.input_data["content"][0]["mimeType"] == "application/pdf"
+    trace, evaluations = galtea.traces.create_and_evaluate(session_id="s", output="o", metrics=["m"],
+                                                           output_file_paths=[str(attached)])
+    assert [f.filename for f in trace.actual_output_files] == ["deed.pdf"] and trace.actual_output == "o"
+    for field in ("input_file_paths", "output_file_paths"):  # update() cannot attach files offline yet
         with pytest.raises(galtea_local.InvalidInputError, match=field):
             galtea.traces.update(record.id, status="FAILED", **{field: [str(attached)]})
-        with pytest.raises(galtea_local.InvalidInputError, match=field):
-            galtea.traces.create_and_evaluate(session_id="s", output="o", metrics=["m"], **{field: [str(attached)]})
     with pytest.raises(galtea_local.InvalidTypeError, match="input_file_paths"):
         galtea.traces.create(session_id="s", input="q", input_file_paths=str(attached))
-    # A refused call wrote nothing: one record, with the update that carried no file.
+    # A refused call wrote nothing.
     assert [(r.input, r.actual_output, r.status) for r in galtea.traces.list(session_id="s")] == [
-        ("q", "a", "GENERATED")]
+        ("q", "a", "GENERATED"), (None, "o", "GENERATED"), (None, "o", "GENERATED")]
 
 
 def test_createdat_is_the_call_time_in_the_servers_clock(store_path: Path, emulator: EmulatorHandle) -> None:  # noqa: F811

@@ -2,7 +2,8 @@
 
 API routes (camelCase JSON, as the official SDK 5.12 sends and reads them):
 ``/inferenceResults[/{id}|/batch]``, ``/sessions[/{id}[/finish]]``, ``/traces[/{id}|/batch]`` (spans), ``/evaluations[/{id}|/fromInferenceResult|/fromSession|/singleTurn]`` and
-``GET /minimum-sdk-version``. Control routes live under ``/_emulator/`` and are
+``GET /minimum-sdk-version``, ``/storage/generate-put-presigned-url`` and the presigned links
+it hands out (emulator/storage.py). Control routes live under ``/_emulator/`` and are
 never delayed, faulted or authenticated:
 
 - ``GET /_emulator/dump[?log=0][&store=0]``: everything stored plus the counters
@@ -10,6 +11,7 @@ never delayed, faulted or authenticated:
 - ``GET|POST /_emulator/faults``: read or change :class:`FaultConfig` fields
   (``{"fail_rate": 0.5, ...}``; ``"seed"`` restarts the random sequence;
   ``"throttle_next": N`` answers exactly the next N API requests 429).
+- ``POST /_emulator/storage``: ``{"hold_put_s": N}`` holds each upload's answer (emulator/storage.py).
 - ``POST /_emulator/reset``: forget everything stored and zero the counters.
 """
 
@@ -32,6 +34,7 @@ from galtea_local_daemon.emulator.layer import FaultLayer
 from galtea_local_daemon.emulator.rules import ApiError
 from galtea_local_daemon.emulator.evaluations import EvaluationStore
 from galtea_local_daemon.emulator.spans import SpanStore
+from galtea_local_daemon.emulator.storage import OBJECT_PATH
 from galtea_local_daemon.emulator.state import RESULT_FILTERS, SESSION_FILTERS, Store, as_read
 
 # Far ahead of any real release, and no higher minimum than the SDK we test with:
@@ -94,6 +97,10 @@ class EmulatorApp:
             Route("/evaluations/{id}", self.get_evaluation, methods=["GET"]),
             Route("/evaluations/{id}", self.delete_evaluation, methods=["DELETE"]),
             Route("/minimum-sdk-version", self.sdk_versions, methods=["GET"]),
+            Route("/storage/generate-put-presigned-url", self.presign_put, methods=["GET"]),
+            Route(OBJECT_PATH + "{key:path}", self.store.storage.put_object, methods=["PUT"]),
+            Route(OBJECT_PATH + "{key:path}", self.store.storage.get_object, methods=["GET"]),
+            Route("/_emulator/storage", self.set_storage, methods=["POST"]),
             Route("/_emulator/dump", self.dump, methods=["GET"]),
             Route("/_emulator/faults", self.get_faults, methods=["GET"]),
             Route("/_emulator/faults", self.set_faults, methods=["POST"]),
@@ -202,6 +209,12 @@ class EmulatorApp:
         self.evaluations.delete(request.path_params["id"])
         return Response(status_code=204)
 
+    async def presign_put(self, request: Request) -> Response:
+        return JSONResponse(self.store.storage.presign_put(request))
+
+    async def set_storage(self, request: Request) -> Response:
+        return await self.store.storage.control(request, await read_object(request))
+
     async def sdk_versions(self, request: Request) -> Response:
         return JSONResponse(SDK_VERSIONS)
 
@@ -215,6 +228,7 @@ class EmulatorApp:
         spans = {"spans": list(self.spans.spans.values()), "deletedSpans": list(self.spans.deleted.values()),
                  "refusedDuplicateSpans": self.spans.refused_duplicates,
                  "evaluations": list(self.evaluations.evaluations.values())}
+        spans.update(self.store.storage.snapshot())
         return JSONResponse({**self.store.snapshot(), **spans, **self.injector.snapshot(with_log)})
 
     async def get_faults(self, request: Request) -> Response:

@@ -16,6 +16,7 @@ from typing import Any
 
 from galtea_local_daemon.emulator import rules
 from galtea_local_daemon.emulator.rules import ApiError, ListQuery, bad_request, not_found
+from galtea_local_daemon.emulator.storage import StorageStore
 
 RESULT_FIELDS = ("id", "sessionId", "index", "status", "error", *rules.RESULT_CONTENT, "createdAt", "deletedAt")
 RESULT_FIELDS = tuple(dict.fromkeys(RESULT_FIELDS))  # "error" sits in both lists
@@ -65,6 +66,7 @@ class Store:
         # None: any version id is accepted. A set: only those (a registry, for unknown-version tests).
         self.known_versions: set[str] | None = None
         self.clock = clock  # the server's clock: createdAt stamps and date filters are in its time
+        self.storage = StorageStore()  # the storage API's objects (emulator/storage.py)
         self.reset()
 
     def reset(self) -> None:
@@ -85,6 +87,8 @@ class Store:
         # tests that need the arrival order read it here. Dump only, never served.
         self.arrived: dict[str, float] = {}
         self._last_stamp = 0.0
+        if hasattr(self, "storage"):
+            self.storage.reset()
 
     def _stamp(self) -> tuple[float, str]:
         # Never step back, even if the wall clock does: creation order and createdAt order agree.
@@ -213,9 +217,16 @@ class Store:
         self.creates_per_session[session_id] += 1
         return record
 
+    def _check_files(self, body: dict[str, Any]) -> None:
+        """File parts must name uploaded objects; they are stored without the link's signature."""
+        for name in ("input", "actualOutput"):
+            if name in body:
+                body[name] = self.storage.canonical_files(name, body[name])
+
     def create_result(self, body: dict[str, Any]) -> dict[str, Any]:
         """``POST /inferenceResults``: the stored record, with ``id``, ``index`` and ``createdAt``."""
         rules.check_fields(body, {**rules.RESULT_CONTENT, **rules.RESULT_IDENTITY, "status": rules.TEXT})
+        self._check_files(body)
         status = rules.check_status(body.get("status", "GENERATED"), rules.RESULT_STATUSES)
         session_id = self._resolve_session(body)
         content = {name: body[name] for name in rules.RESULT_CONTENT if name in body}
@@ -245,6 +256,7 @@ class Store:
         rules.check_fields(body, {**rules.RESULT_CONTENT, **rules.RESULT_PATCH_EXTRA, "status": rules.TEXT})
         if "status" in body:
             rules.check_status(body["status"], rules.RESULT_STATUSES)
+        self._check_files(body)
         if body.get("sessionId") is not None and body["sessionId"] not in self.sessions:
             raise bad_request(f"session {body['sessionId']} does not exist")
         _normalize_created_at(body)

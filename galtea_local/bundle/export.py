@@ -31,8 +31,10 @@ from galtea_local.bundle import ledger
 from galtea_local.bundle import spans as bundle_spans
 from galtea_local.bundle.format import BundleWriter
 from galtea_local.bundle.signing import Signing
+from galtea_local.attachments import has_files
 from galtea_local.errors import BundleError
 from galtea_local.outbox import custody, health
+from galtea_local.outbox.enqueue import format_id
 from galtea_local.read_model import iso_utc
 from galtea_local.store import Store
 from galtea_local.validation import COST_KEYS, USAGE_KEYS
@@ -151,6 +153,15 @@ def generator_name() -> str:
         return "galtea-local"
 
 
+def _refuse_files(out: Path | str, row: sqlite3.Row, prefix: str) -> None:
+    """A bundle does not carry attached files yet: refuse (the partial file is removed, nothing is
+    marked) rather than hand over a turn whose files would never reach upstream."""
+    if has_files(row["input"]) or has_files(row["actual_output"]):
+        raise BundleError(f"{out}: turn {format_id('loc', prefix, row['seq'])} has files that are not uploaded yet, and a bundle"
+                          " cannot carry files; sync this store online (the daemon uploads them), or export"
+                          " with --from/--to around it")
+
+
 def export_bundle(store: Store, out: Path | str, *, signing: Signing, since_last: bool = False,
                   start: float | None = None, end: float | None = None,
                   progress: Callable[[int], Progress] | None = None, overlap_s: float = OVERLAP_S) -> ExportResult:
@@ -182,6 +193,7 @@ def export_bundle(store: Store, out: Path | str, *, signing: Signing, since_last
             maybe_sent = _maybe_sent(conn, "create")
             sql, params = _records_sql(selection, "r.*")
             for row in iter_rows(conn, sql + " ORDER BY r.seq", params):
+                _refuse_files(out, row, store.store_id[:8])
                 writer.write(_record_entry(row, maybe_sent))
                 carried["record"].append(row["seq"])
                 if bar is not None:

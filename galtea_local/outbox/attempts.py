@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from galtea_local.outbox import batch, lanes, probes, stamps
+from galtea_local.attachments import adopt_uris, has_files
 from galtea_local.outbox.kinds import OPEN, OpKind, OpState, held_behind_session, held_behind_session_sql, open_in
 from galtea_local.store import dialects
 from galtea_local.store.contract import StoreConnection
@@ -266,6 +267,9 @@ def _needs_care(attempt: Attempt) -> bool:
     reconciled first, and a change to a record that never reached upstream is settled locally."""
     if attempt.kind == OpKind.SESSION_CREATE and attempt.record.get("join_existing"):
         return True  # sessions.get_or_create(): the engine looks the custom id up before any POST
+    if attempt.kind == OpKind.CREATE and (has_files(attempt.record["input"])
+                                          or has_files(attempt.record["actual_output"])):
+        return True  # its files are uploaded first (daemon/uploads.py)
     if attempt.kind.creates:
         return attempt.maybe_sent_since is not None
     return attempt.kind in (OpKind.UPDATE, OpKind.DELETE) and not attempt.record["remote_id"]
@@ -338,6 +342,8 @@ def _adopt_session(conn: StoreConnection, attempt: Attempt, remote: dict[str, An
 
 
 def _adopt_record(conn: StoreConnection, attempt: Attempt, remote: dict[str, Any]) -> None:
+    if has_files(attempt.record["input"]) or has_files(attempt.record["actual_output"]):
+        adopt_uris(conn, attempt.record["seq"], remote)
     conn.execute(
         "UPDATE inference_results SET remote_id = :id, remote_index = :index, remote_session_id = :session,"
         f" remote_created_at = :created, sync_state = {_state_sql(attempt)} WHERE seq = :target",

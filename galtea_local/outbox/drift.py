@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from galtea_local.attachments import adopt_uris
 from galtea_local.outbox import attempts as ob
 from galtea_local.outbox.enqueue import ACTIVATE_LANE
 from galtea_local.outbox.imports import full_patch
@@ -34,6 +35,7 @@ def settle_adopted(conn: StoreConnection, attempt: ob.Attempt, now: float, remot
     Returns True when a PATCH was queued."""
     queued = False
     if drifted and conn.execute(_HAS_OPEN_UPDATE, (attempt.record["seq"],)).fetchone() is None:
+        adopt_uris(conn, attempt.record["seq"], remote)  # a full PATCH must name the uploaded files
         row = conn.execute("SELECT * FROM inference_results WHERE seq = ?", (attempt.record["seq"],)).fetchone()
         conn.execute(_INSERT_PATCH, (row["seq"], row["lane"], json.dumps(full_patch(row)), now))
         conn.execute(ACTIVATE_LANE, (row["lane"],))

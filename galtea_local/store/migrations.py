@@ -366,6 +366,33 @@ BUNDLE_LEDGER = (
 SENT_STATUS = ("ALTER TABLE outbox ADD COLUMN sent_status INTEGER",)
 
 
+# Files attached to a turn (issue 14): one row per file the app passed, its copy in the blob
+# folder beside the store (``blob``) and how far its upload went (daemon/uploads.py). The
+# same SQL on both backends ({int}: BIGINT on PostgreSQL, {float}: DOUBLE PRECISION).
+BLOBS = (
+    """CREATE TABLE attachments (
+    blob VARCHAR NOT NULL,
+    record_seq {int} NOT NULL,
+    side VARCHAR NOT NULL,
+    position INTEGER NOT NULL,
+    filename VARCHAR NOT NULL,
+    mime_type VARCHAR,
+    size {int} NOT NULL,
+    sha256 VARCHAR NOT NULL,
+    state VARCHAR NOT NULL,
+    upload_url VARCHAR,
+    download_url VARCHAR,
+    presigned_at {float},
+    uri VARCHAR,
+    uploaded_at {float},
+    created_at {float} NOT NULL,
+    PRIMARY KEY (blob)
+)""",
+    """CREATE INDEX ix_attachments_record ON attachments (record_seq)""",
+    """CREATE INDEX ix_attachments_waiting ON attachments (record_seq) WHERE state != 'uploaded'""",
+)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_offline_sessions", statements(_SESSIONS)),
@@ -378,6 +405,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0008b_evaluations", statements(EVALUATIONS)),
     ("0009_bundle_ledger", statements(tuple(sql.format(int="INTEGER") for sql in BUNDLE_LEDGER))),
     ("0011_sent_status", statements(SENT_STATUS)),
+    ("0012_blobs", statements(tuple(sql.format(int="INTEGER", float="FLOAT") for sql in BLOBS))),
 ]
 
 

@@ -125,6 +125,8 @@ MIGRATIONS: list[tuple[str, Callable[[Any], None]]] = [
     ("0008b_evaluations", migrations.statements(_EVALUATIONS)),
     ("0009_bundle_ledger", migrations.statements(tuple(sql.format(int="BIGINT") for sql in migrations.BUNDLE_LEDGER))),
     ("0011_sent_status", migrations.statements(migrations.SENT_STATUS)),  # the same SQL on both
+    ("0012_blobs", migrations.statements(
+        tuple(sql.format(int="BIGINT", float="DOUBLE PRECISION") for sql in migrations.BLOBS))),
 ]
 assert [name for name, _ in MIGRATIONS] == [name for name, _ in migrations.MIGRATIONS], "one list of names"
 
