@@ -61,7 +61,9 @@ class VersionPusher:
                                           engine.settings.concurrency)
             if not rows:
                 return
-            outcomes = [f.result() for f in [engine._workers().submit(self._push, row) for row in rows]]
+            # One at a time, oldest first: the API numbers a product's versions in arrival order,
+            # so they get the numbers the app's calls would have got online. Versions are few.
+            outcomes = [self._push(row) for row in rows]
             report.versions_pushed += outcomes.count(PUSHED)
             report.dead += outcomes.count(DEAD)
             delays = [outcome for outcome in outcomes if isinstance(outcome, float)]
