@@ -23,7 +23,7 @@ from galtea_local_daemon.versions_push import CacheRefresher
 from galtea_local_daemon.upstream import UpstreamClient
 from tests.emulator_fixture import EmulatorHandle
 from tests.helpers.daemon_proc import daemon_env, start_daemon, stop, wait_for, write_config
-from tests.sync_helpers import drain, make_engine, open_store
+from tests.sync_helpers import cli_env, drain, galtea_local, make_engine, open_store
 
 P = "prod_edge"
 
@@ -192,9 +192,16 @@ def test_a_version_refused_upstream_is_dead_and_holds_what_names_it(
         assert (status["versions_dead"], status["sessions_queued"], status["queued"]) == (1, 1, 1)
         row = store.read(lambda c: dict(c.execute("SELECT last_error FROM versions").fetchone()))
         assert "prod_unknown" in row["last_error"]
+        assert handle.dump(log=False)["sessions"] == []
+        seed_product(handle, "prod_unknown")  # the operator fixes the product, then retries
+        env = cli_env(store_path, handle.url, handle.api_key or "gsk_test")
+        assert "1 version(s) queued again" in galtea_local("dead", "retry", "--all", env=env).stdout
+        drain(engine)
     finally:
         store.close()
-    assert handle.dump(log=False)["sessions"] == []
+    dump = handle.dump(log=False)
+    assert [r["input"] for r in dump["inferenceResults"]] == [{"user_message": "held"}]
+    assert dump["sessions"][0]["versionId"] == dump["versions"][0]["id"]
 
 
 def test_a_version_already_upstream_is_joined(handle: EmulatorHandle, store_path: Path) -> None:
