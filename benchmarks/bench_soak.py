@@ -18,6 +18,7 @@ the writers' ``create()`` p50/p99/p99.9/max and failed creates, and what the emu
     python benchmarks/bench_soak.py --short                      # 1 minute, 20k backlog
     python benchmarks/bench_soak.py --faults none --rate-limit 200 --writers 0 --minutes 1
     python benchmarks/bench_soak.py --drain-scaling 1000,100000  # drain rate vs queue size, no writers
+    python benchmarks/bench_soak.py --fault-cost 20000          # drain with the fault mix vs none
 """
 
 from __future__ import annotations
@@ -244,15 +245,18 @@ def soak(args: argparse.Namespace) -> None:
               f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
 
-def drain_rate(args: argparse.Namespace, backlog: int) -> float:
-    """Records/s the daemon drains from a queue of ``backlog``: timed from the 10th percent of
-    the queue (at most 2,000 records: start-up left out) to the 90th, at most ``--drain-s`` s."""
+def drain_rate(args: argparse.Namespace, backlog: int, faults: dict[str, float] | None = None) -> float:
+    """Records/s the daemon drains from a queue of ``backlog`` (with ``faults`` on the emulator): timed
+    from the 10th percent of the queue (at most 2,000 records: start-up left out) to the 90th, at
+    most ``--drain-s`` s."""
     with ExitStack() as stack:
         url = stack.enter_context(emulator(args.latency_ms))
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=args.dir)))
         sessions = make_sessions(url, args.sessions)
         path = folder / "store.db"
         prefill(path, sessions, max(1, backlog // args.sessions))
+        if faults:
+            httpx.post(f"{url}/_emulator/faults", json=faults, timeout=10).raise_for_status()
         base = emulator_counts(url)["inferenceResultCount"]
         daemon = stack.enter_context(_running(start_daemon(url, path, folder)))
         first = wait_for_count(url, base + min(2000, backlog // 10), daemon)
@@ -262,6 +266,19 @@ def drain_rate(args: argparse.Namespace, backlog: int) -> float:
             time.sleep(0.25)
             last = (time.monotonic(), emulator_counts(url)["inferenceResultCount"])
         return (last[1] - first[1]) / (last[0] - first[0])
+
+
+def fault_cost(args: argparse.Namespace, backlog: int, rounds: int = 2) -> None:
+    """Drain rate with the soak's fault mix vs none, alternated in one run (the box's noise hits both)."""
+    rates: dict[str, list[float]] = {"none": [], "mix": []}
+    for _ in range(rounds):
+        for name, faults in (("none", None), ("mix", FAULT_MIX)):
+            rates[name].append(drain_rate(args, backlog, faults))
+            print(f"  {name:>4}: {rates[name][-1]:,.1f} records/s", flush=True)
+    clean, mixed = statistics.median(rates["none"]), statistics.median(rates["mix"])
+    print(f"queued {backlog:,}, no writers: fault-free {clean:,.1f}/s, fault mix {mixed:,.1f}/s"
+          f" = {100 * mixed / clean:.0f}% of fault-free (medians of {rounds}); load average"
+          f" {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
 
 def wait_for_count(url: str, count: int, daemon: subprocess.Popen[bytes]) -> tuple[float, int]:
@@ -296,6 +313,8 @@ def main() -> None:
     parser.add_argument("--short", action="store_true", help="1 minute, a 20k backlog, a line every 15 s")
     parser.add_argument("--drain-scaling", help="comma-separated queue sizes: drain rate at each, no writers")
     parser.add_argument("--drain-s", type=float, default=20.0)
+    parser.add_argument("--fault-cost", type=int, metavar="QUEUED",
+                        help="drain rate with the fault mix vs none, alternated, from QUEUED records, no writers")
     parser.add_argument("--dir", default="/var/tmp", help="parent folder of the scratch store: a local disk")
     parser.add_argument("--writer", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
@@ -306,6 +325,8 @@ def main() -> None:
         return run_writer(args)
     if args.short:
         args.minutes, args.backlog, args.every_s = 1.0, 20_000, 15.0
+    if args.fault_cost:
+        return fault_cost(args, args.fault_cost)
     if args.drain_scaling:
         for size in (int(value) for value in args.drain_scaling.split(",")):
             print(f"queued {size:>9,}: drained {drain_rate(args, size):,.1f} records/s", flush=True)

@@ -32,9 +32,9 @@ class Backoff:
     def __init__(
         self,
         *,
-        initial_s: float = 1.0,
+        initial_s: float = 0.1,
         max_s: float = 300.0,
-        jitter_s: float = 1.0,
+        jitter_s: float = 0.1,
         in_pass_max_wait_s: float = 2.0,
         stop_event: threading.Event | None = None,
     ) -> None:

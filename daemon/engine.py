@@ -31,7 +31,7 @@ from galtea_local_daemon import evaluations_push, poison, reconcile, spans_push,
 from galtea_local_daemon.backoff import Backoff, retry_after_of
 from galtea_local_daemon.bodies import build_body, decoded_fields
 from galtea_local_daemon.concurrency import AdaptiveLimit, LimitedClient, ThrottleGate
-from galtea_local_daemon.maybe_sent import MaybeSent
+from galtea_local_daemon.maybe_sent import MaybeSent, done_answering
 from galtea_local_daemon.ratelimit import RateLimitedLog, error_key
 from galtea_local_daemon.stamps import Stamper, send_session_stamp, send_stamp
 from galtea_local_daemon.steps import IDLE, EngineSettings, PassReport, Step, StepOutcome
@@ -488,6 +488,9 @@ class SyncEngine:
         if retry_after is not None:
             self._throttle(retry_after)
         delay = self.backoff.delay(attempt.attempts + 1, retry_after)
+        if maybe_sent and done_answering(sent_status):
+            # Reconcile once the short grace is over: one list then decides (adopt or send again).
+            delay = max(delay, self.maybe_sent.answered_grace_s)
         self.store.transaction(
             ob.settle_retry, attempt, self.clock() + delay, error.message, error.status, maybe_sent=maybe_sent,
             sent_status=sent_status, departed_at=departed_at,

@@ -33,6 +33,11 @@ from galtea_local_daemon.upstream import UpstreamClient
 STILL_RUNNING = frozenset({408, 504, 524, 598, 599})
 
 
+def done_answering(status: int | None) -> bool:
+    """True for an answer after which the request can no longer be running upstream."""
+    return status is not None and status not in STILL_RUNNING
+
+
 class MaybeSent:
     """Reconciliation questions for one engine's store, client and settings."""
 
@@ -58,7 +63,8 @@ class MaybeSent:
         sent = attempt.sent_body or {}
         if attempt.kind == OpKind.SESSION_CREATE:
             return reconcile.find_session(self.client, sent)
-        window_from = self.attempt_start_server(attempt) - self.clock_skew_s
+        # The margin covers the Date header's resolution and a clock step the median has not caught up with.
+        window_from = self.attempt_start_server(attempt) - self.clock_skew_s - self.client.server_clock.spread_s
         if attempt.kind == OpKind.CREATE_BATCH:
             return reconcile.find_batch(self.client, sent, window_from, attempt.lane_session_id,
                                         lambda ids: self.store.read(ob.owners_of, ids))
@@ -73,7 +79,7 @@ class MaybeSent:
     @staticmethod
     def answered(attempt: ob.Attempt) -> bool:
         """True when the server answered the earlier attempt and was done with it (see the module docstring)."""
-        return attempt.sent_status is not None and attempt.sent_status not in STILL_RUNNING
+        return done_answering(attempt.sent_status)
 
     def grace(self, attempt: ob.Attempt) -> float:
         """How long after its start the earlier attempt may still commit."""

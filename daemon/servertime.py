@@ -51,6 +51,13 @@ class ServerClock:
             self._offset = statistics.median(self._samples)
 
     @property
+    def spread_s(self) -> float:
+        """How far apart the samples behind the offset are: 0 when they agree. A clock step
+        shows here until the median has moved past it."""
+        with self._lock:
+            return max(self._samples) - min(self._samples) if self._samples else 0.0
+
+    @property
     def offset_s(self) -> float | None:
         """Seconds to add to a local time to get the server's; None before any answer had a ``Date``."""
         return self._offset

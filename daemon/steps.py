@@ -50,14 +50,14 @@ class EngineSettings:
     concurrency: int = 32
     batch_size: int = 10  # operations of one lane per claim, so lanes take turns
     lease_s: float = 60.0
-    clock_skew_s: float = 120.0
+    clock_skew_s: float = 10.0
     # A maybe-sent create that reconciliation did not find is not sent again until this many
     # seconds (server time) after its attempt began: a request held in the server or a proxy
     # may still commit until then (docs/delivery.md gives the reasoning for the default).
     commit_grace_s: float = 120.0
     # The same for a create the server *answered* (500, 502, 503, a 2xx we could not read): it
     # was done with the request when it answered, so only read-after-write lag is left to wait.
-    answered_grace_s: float = 1.0
+    answered_grace_s: float = 0.2
     pass_budget_s: float = 30.0  # a pass stops claiming after this long; the next pass goes on
     # Attempts at one operation within a pass. Without a bound, a backoff capped below the
     # in-pass wait limit retries an unreachable API forever and `sync` never exits.

@@ -197,7 +197,7 @@ def test_derived_field_is_not_a_key(config):
         ('[upstream]\nextra_headers = "X-A: 1"', "must be a table of header name = string value"),
         ("[store]\npath = 3", 'store.path = 3: must be a string ("" for none), not an integer'),
         ("[sync]\nbackoff_initial_s = 600", "sync.backoff_initial_s = 600.0: must be ≤ sync.backoff_max_s (300)"),
-        ("[sync]\nbackoff_max_s = 0.5", "sync.backoff_max_s = 0.5: must be ≥ sync.backoff_initial_s (1)"),
+        ("[sync]\nbackoff_max_s = 0.05", "sync.backoff_max_s = 0.05: must be ≥ sync.backoff_initial_s (0.1)"),
         ("[sync]\nlease_s = 10", "sync.lease_s = 10.0: must be > upstream.read_timeout_s (30)"),
         ('[upstream]\nbase_url = "http://api.galtea.ai"', "plain http:// would send the API key unencrypted"),
         ('[upstream]\nca_bundle = "/no/such/ca.pem"', 'upstream.ca_bundle = "/no/such/ca.pem": no such file'),

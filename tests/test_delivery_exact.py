@@ -185,3 +185,21 @@ def test_the_grace_follows_how_the_attempt_ended(status: int | None, grace: floa
     decide = MaybeSent(None, None, time.time, clock_skew_s=0.0, commit_grace_s=120.0,  # type: ignore[arg-type]
                        answered_grace_s=1.0)
     assert decide.grace(attempt) == grace
+
+
+def test_a_clock_step_widens_the_reconciliation_window_until_the_median_settles() -> None:
+    """The window's margin is clock_skew_s plus the spread of the offset samples: a step of the
+    local clock shows as spread, so a lost create made just before it is still in the window."""
+    import email.utils
+
+    from galtea_local_daemon.servertime import ServerClock
+
+    clock, server_now = ServerClock(), 1_800_000_000.0
+    date = email.utils.formatdate(server_now, usegmt=True)
+    for _ in range(5):
+        clock.observe(date, server_now, server_now)  # in step with the server
+    assert clock.spread_s < 1.0
+    for _ in range(3):
+        clock.observe(date, server_now - 90, server_now - 90)  # our clock stepped back 90 s
+    assert clock.offset_s == pytest.approx(0.5, abs=0.01)  # the median has not moved yet...
+    assert clock.spread_s == pytest.approx(90.0, abs=1.0)  # ...and the spread says how unsure it is
