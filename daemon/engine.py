@@ -79,6 +79,9 @@ class SyncEngine:
         # Stamps (createdAt PATCHes) are paced by the same adaptive limit, in its side slots.
         side_client = LimitedClient(client, self.limit, self.backoff.stop_event, wait_gate=self._wait_for_throttle,
                                     on_throttled=self._on_throttled, side=True)
+        # The version cache's refresh (versions_push.py): a few sequential reads every few minutes,
+        # outside the pacing law so they never hold a lane's create back; they wait out a throttle.
+        self.unpaced_client = client
         self.stamper = Stamper(store, side_client, self.settings.concurrency, clock,
                                wait_for_throttle=self._wait_for_throttle, on_error=self._stamp_failed)
         self.maybe_sent = MaybeSent(store, self.client, self.clock, clock_skew_s=self.settings.clock_skew_s,

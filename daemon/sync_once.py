@@ -39,7 +39,8 @@ def sync_once(settings: Settings) -> int:
         with make_client(settings) as client:
             engine = make_engine(settings, store, client, stop)
             release_stale_leases(store, engine)
-            CacheRefresher(store, engine.client, stop=stop).refresh()  # bounded; an offline API ends it at once
+            CacheRefresher(store, engine.unpaced_client, stop=stop,
+                           before_request=engine._wait_for_throttle).refresh()  # bounded; an offline API ends it at once
             try:
                 while not stop.is_set():
                     report = engine.run_once()

@@ -11,7 +11,9 @@ late commit of the first attempt is then joined by the API, never doubled.
 :class:`CacheRefresher` reads every product and each product's versions, one page
 per request and one short transaction per page (no write lock across a request),
 and stops after ``MAX_ITEMS`` rows: a bounded job the daemon schedules every
-``REFRESH_EVERY_S`` and ``galtea-local sync`` runs once.
+``REFRESH_EVERY_S`` and ``galtea-local sync`` runs once. Its requests go one at a
+time, outside the engine's pacing law (a few reads every few minutes must not hold
+a lane's create back), and wait out a throttle first.
 """
 
 from __future__ import annotations
@@ -113,9 +115,10 @@ class CacheRefresher:
     """Reads products and versions from the API into the store's cache, in bounded, short steps."""
 
     def __init__(self, store: Any, client: Any, clock: Any = time.time, max_items: int = MAX_ITEMS,
-                 stop: Any = None) -> None:
+                 stop: Any = None, before_request: Any = None) -> None:
         self.store, self.client, self.clock, self.max_items = store, client, clock, max_items
         self.stop = stop  # a threading.Event: a warm stop ends the round between pages
+        self.before_request = before_request or (lambda: None)  # the daemon's throttle gate
 
     def refresh(self) -> int:
         """One round; the rows read. An API error ends the round (logged): the next one starts over."""
@@ -140,6 +143,7 @@ class CacheRefresher:
         while budget[0] > 0:
             if self.stop is not None and self.stop.is_set():
                 return ids, False
+            self.before_request()
             page = fetch(offset, min(REFRESH_PAGE, budget[0]))
             if not page:
                 return ids, True
