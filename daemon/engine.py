@@ -363,15 +363,15 @@ class SyncEngine:
     def _settle_adopted(self, attempt: ob.Attempt, found: Any, *, joined: bool) -> None:
         drifted = attempt.kind == OpKind.CREATE and bool(
             reconcile.differing_fields(wire.create_body(decoded_fields(attempt.record)), found))
-        now = self.clock()
+        now, offset = self.clock(), self._offset()
 
         def settle(conn: Any) -> None:
-            drift.settle_adopted(conn, attempt, now, found, drifted)
+            drift.settle_adopted(conn, attempt, now, found, drifted, offset)
             if attempt.kind == OpKind.SESSION_CREATE and not joined:  # our own lost create, not a join
-                outbox_stamps.enqueue_session_stamp(conn, attempt.record, attempt.lane, found, now)
+                outbox_stamps.enqueue_session_stamp(conn, attempt.record, attempt.lane, found, now, offset)
 
         self.store.transaction(settle)
-        self._send_stamp(attempt, found)
+        self._send_stamp(attempt, found, offset)
 
     def _offset(self) -> float | None:
         return self.maybe_sent.offset()
@@ -397,10 +397,10 @@ class SyncEngine:
         if retry_after is not None:
             self._throttle(retry_after)
 
-    def _send_stamp(self, attempt: ob.Attempt, remote: dict[str, Any] | None) -> None:
+    def _send_stamp(self, attempt: ob.Attempt, remote: dict[str, Any] | None, offset: float | None) -> None:
         """A settled create's stamp (enqueued by settle_done) goes now, beside the lane's next operation."""
         if attempt.kind == OpKind.CREATE and remote:
-            stamp = outbox_stamps.stamp_body(attempt.record, remote)
+            stamp = outbox_stamps.stamp_body(attempt.record, remote, offset)
             if stamp is None:
                 return
             if self.gate.until > self.clock():  # the API asked us to slow down: the lane waits, in line
@@ -442,7 +442,7 @@ class SyncEngine:
         holds the operation as "maybe sent" and reconciles it (finding what we created).
         """
         remote = answer if attempt.kind.creates else None
-        now = self.clock()
+        now, offset = self.clock(), self._offset()  # the same offset for the stamp queued and the one sent
         held = True
 
         def settle_then_take(conn: Any) -> ob.Attempt | None:
@@ -450,14 +450,14 @@ class SyncEngine:
             held = ob.still_holds(conn, attempt.lane, self.owner, now, self.settings.lease_s)
             if not held:
                 return None
-            ob.settle_done(conn, attempt, now, remote)
+            ob.settle_done(conn, attempt, now, remote, offset)
             if attempt.kind == OpKind.SESSION_CREATE and remote is not None:  # created by us, not joined
-                outbox_stamps.enqueue_session_stamp(conn, attempt.record, attempt.lane, remote, now)
+                outbox_stamps.enqueue_session_stamp(conn, attempt.record, attempt.lane, remote, now, offset)
             if not take_more or self._halted() or self.gate.until > now:
                 return None  # throttled: the next mark waits for the throttle first
             try:
                 return ob.take_next(conn, attempt.lane, self.owner, now, self.settings.lease_s, build_body,
-                                    self._offset())
+                                    offset)
             except poison.PoisonRowError:
                 return None  # keep this settle; the lane's next step takes the poison row alone
 
@@ -465,7 +465,7 @@ class SyncEngine:
         if not held:
             log.warning("lease on lane %s lost before settling %s: left to its new holder", attempt.lane, attempt.kind)
             return IDLE
-        self._send_stamp(attempt, remote)
+        self._send_stamp(attempt, remote, offset)
         report.pushed += 1
         return StepOutcome(Step.PUSHED, ahead=ahead)
 

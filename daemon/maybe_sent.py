@@ -86,8 +86,13 @@ class MaybeSent:
         return min(self.answered_grace_s, self.commit_grace_s) if self.answered(attempt) else self.commit_grace_s
 
     def grace_left(self, attempt: ob.Attempt) -> float:
-        """Seconds until the earlier attempt can no longer commit (<= 0: it cannot now)."""
-        server_now = self.clock() + (self.offset() or 0.0)
+        """Seconds until the earlier attempt can no longer commit (<= 0: it cannot now).
+
+        Elapsed time is taken on one offset, the attempt's: the offset is re-estimated on every
+        answer with the ``Date`` header's one-second resolution, and mixing two estimates would
+        add up to a second of noise to a grace of a fraction of one."""
+        offset = attempt.sent_offset_s if attempt.sent_offset_s is not None else (self.offset() or 0.0)
+        server_now = self.clock() + offset
         return self.grace(attempt) - (server_now - self.attempt_start_server(attempt))
 
     def existing_session(self, attempt: ob.Attempt, error: RejectedError) -> dict[str, Any] | None:

@@ -117,6 +117,13 @@ def test_list_filters_paging_and_sort(emulator: EmulatorHandle) -> None:  # noqa
         assert listed(**{"sessionIds[]": sid, "toCreatedAt": "2000-01-01T00:00:00Z"}) == []
         sessions = client.get("/sessions", params={"ids[]": [sid, other]}).json()
         assert [s["id"] for s in sessions] == [sid, other]
+        # A record moved to another session (PATCH sessionId) or deleted is listed where it is now.
+        assert client.patch(f"/inferenceResults/{ids[1]}", json={"sessionId": other}).status_code == 200
+        assert client.delete(f"/inferenceResults/{ids[4]}").status_code == 204
+        assert listed(**{"sessionIds[]": sid}) == [ids[0], ids[2], ids[3]]
+        assert ids[1] in listed(**{"sessionIds[]": other})
+        assert set(listed(**{"sessionIds[]": [sid, other]})) == {ids[0], ids[1], ids[2], ids[3]} | set(
+            listed(**{"sessionIds[]": other}))
 
 
 def test_ambiguous_fault_stores_then_drops(emulator: EmulatorHandle) -> None:  # noqa: F811

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -241,3 +242,21 @@ def test_file_arguments_are_accepted_and_files_refused_until_attachments_exist(g
     # A refused call wrote nothing: one record, with the update that carried no file.
     assert [(r.input, r.actual_output, r.status) for r in galtea.traces.list(session_id="s")] == [
         ("q", "a", "GENERATED")]
+
+
+def test_createdat_is_the_call_time_in_the_servers_clock(store_path: Path, emulator: EmulatorHandle) -> None:  # noqa: F811
+    """A server clock 5 minutes off ours: upstream createdAt is the call in the server's time (within 1 s),
+    as the official SDK, online at the call, would have got."""
+    from galtea_local_daemon.emulator.rules import parse_timestamp
+
+    emulator.set_faults(clock_offset_s=300.0)
+    session_id = new_session(emulator)
+    with Galtea(store=store_path) as local:
+        made = [local.traces.create(session_id=session_id, input=f"q{i}") for i in range(5)]
+    calls = {f"q{i}": parse_timestamp("createdAt", record.created_at) + 300.0 for i, record in enumerate(made)}
+    time.sleep(1.5)  # synced well after the calls: every turn needs its stamp
+    _sync(store_path, emulator)
+    upstream = {r["input"]["user_message"]: parse_timestamp("createdAt", r["createdAt"])
+                for r in emulator.dump(log=False)["inferenceResults"]}
+    assert set(upstream) == set(calls)
+    assert all(abs(upstream[text] - at) < 1.0 for text, at in calls.items()), (upstream, calls)

@@ -72,6 +72,10 @@ class Store:
         self.sessions: dict[str, dict[str, Any]] = {}
         self.deleted_sessions: dict[str, dict[str, Any]] = {}
         self.results: dict[str, dict[str, Any]] = {}
+        # Live result ids by session, in arrival order: a list by session reads its own records,
+        # as the real API's index does, not every record stored (which made reconciliation's
+        # lists slow the whole emulator down as a benchmark's store grew).
+        self._by_session: dict[str, dict[str, None]] = {}
         self.deleted_results: dict[str, dict[str, Any]] = {}
         self.creates_per_session: Counter[str] = Counter()
         self._by_custom_id: dict[tuple[str, str, str], str] = {}
@@ -205,6 +209,7 @@ class Store:
         self._next_index[session_id] += 1
         self._seq[record["id"]] = len(self._seq)
         self.results[record["id"]] = record
+        self._by_session.setdefault(session_id, {})[record["id"]] = None
         self.creates_per_session[session_id] += 1
         return record
 
@@ -248,6 +253,9 @@ class Store:
                 raise bad_request(f"{required} cannot be null")
         if "input" in body:
             body["input"] = wrap_input(body["input"])
+        if body.get("sessionId") not in (None, record["sessionId"]):
+            self._by_session[record["sessionId"]].pop(result_id, None)
+            self._by_session.setdefault(body["sessionId"], {})[result_id] = None
         record.update(body)
         return record
 
@@ -255,13 +263,18 @@ class Store:
         record = self.results.pop(result_id, None)
         if record is None:
             raise not_found("Inference result", result_id)
+        self._by_session[record["sessionId"]].pop(result_id, None)
         record["deletedAt"] = self._stamp()[1]
         self.deleted_results[result_id] = record
 
     def list_results(self, query: ListQuery) -> list[dict[str, Any]]:
         """``GET /inferenceResults``: filtered, sorted by ``createdAt`` (ties in arrival order), paged."""
         self._require_all_found("Inference result", query, self.results)
-        return self._select(self.results.values(), query, lambda r: (r["createdAt"], self._seq[r["id"]]))
+        records: Iterable[dict[str, Any]] = self.results.values()
+        if "sessionId" in query.filters:
+            ids = (i for session in query.filters["sessionId"] for i in self._by_session.get(session, ()))
+            records = [self.results[i] for i in ids]
+        return self._select(records, query, lambda r: (r["createdAt"], self._seq[r["id"]]))
 
     # --- shared ---------------------------------------------------------------------
 

@@ -342,17 +342,19 @@ def _adopt_record(conn: StoreConnection, attempt: Attempt, remote: dict[str, Any
 
 
 @lease_protected
-def settle_done(conn: StoreConnection, attempt: Attempt, now: float, remote: dict[str, Any] | None) -> None:
-    """The operation is applied upstream; for a create, record what the server assigned."""
+def settle_done(conn: StoreConnection, attempt: Attempt, now: float, remote: dict[str, Any] | None,
+                offset_s: float | None = None) -> None:
+    """The operation is applied upstream; for a create, record what the server assigned (and queue
+    its createdAt stamp; ``offset_s``: the server's clock minus ours, as measured)."""
     conn.execute(
         "UPDATE outbox SET state = 'done', settled_at = ?, sent_body = NULL, last_error = NULL WHERE seq = ?",
         (now, attempt.op_seq),
     )
     if attempt.kind == OpKind.CREATE_BATCH and remote is not None:
-        batch.adopt_all(conn, attempt, remote, now)  # type: ignore[arg-type]  (a list of records)
+        batch.adopt_all(conn, attempt, remote, now, offset_s)  # type: ignore[arg-type]  (a list of records)
         return
     if attempt.kind == OpKind.CREATE and remote is not None:
-        stamps.enqueue_stamp(conn, attempt.record, attempt.lane, remote, now)  # before: the record stays queued
+        stamps.enqueue_stamp(conn, attempt.record, attempt.lane, remote, now, offset_s=offset_s)  # before: stays queued
         _adopt_record(conn, attempt, remote)
         return
     if attempt.kind == OpKind.SESSION_CREATE and remote is not None:

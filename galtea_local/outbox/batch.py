@@ -45,14 +45,15 @@ def wire_body(payload: dict[str, Any], lane_session_id: str | None) -> dict[str,
     return body
 
 
-def adopt_all(conn: sqlite3.Connection, attempt: Any, remotes: list[dict[str, Any]], now: float) -> None:
+def adopt_all(conn: sqlite3.Connection, attempt: Any, remotes: list[dict[str, Any]], now: float,
+              offset_s: float | None = None) -> None:
     """Give each record of the batch its upstream twin (same order), and queue their createdAt stamps."""
     from galtea_local.outbox.attempts import _adopt_record  # attempts dispatches here: import late
 
     for seq, remote in zip(attempt.payload["records"], remotes):
         row = dict(conn.execute("SELECT * FROM inference_results WHERE seq = ?", (seq,)).fetchone())
         # No side path sends these: they are due at once, in the lane.
-        stamps.enqueue_stamp(conn, row, attempt.lane, remote, now, due_now=True)
+        stamps.enqueue_stamp(conn, row, attempt.lane, remote, now, due_now=True, offset_s=offset_s)
         _adopt_record(conn, replace(attempt, kind=OpKind.CREATE, record=row), remote)
 
 

@@ -28,7 +28,7 @@ _INSERT_PATCH = (
 
 @ob.lease_protected
 def settle_adopted(conn: StoreConnection, attempt: ob.Attempt, now: float, remote: dict[str, Any],
-                   drifted: bool) -> bool:
+                   drifted: bool, offset_s: float | None = None) -> bool:
     """Settle an adopted create; when the record ``drifted`` from the adopted copy and no update of
     it is queued, queue a PATCH of every field (before settling, so its state reads queued).
     Returns True when a PATCH was queued."""
@@ -38,5 +38,5 @@ def settle_adopted(conn: StoreConnection, attempt: ob.Attempt, now: float, remot
         conn.execute(_INSERT_PATCH, (row["seq"], row["lane"], json.dumps(full_patch(row)), now))
         conn.execute(ACTIVATE_LANE, (row["lane"],))
         queued = True
-    ob.settle_done(conn, attempt, now, remote)
+    ob.settle_done(conn, attempt, now, remote, offset_s)
     return queued

@@ -12,7 +12,9 @@ once, concurrently with the lane's next create, and settles it here. If that
 path fails or the daemon dies, the engine finds it later like any maybe-sent
 operation (after :data:`SIDE_PATH_GRACE_S`) and sends it again: a PATCH of the
 same ``createdAt`` is idempotent.
-A create answered within :data:`TOLERANCE_S` of the call needs no stamp.
+A create answered within :data:`TOLERANCE_S` of the call needs no stamp. Both are in
+server time when the server's clock is measurably off ours (``offset_s``, from the
+API's ``Date`` headers): dashboards read ``createdAt`` beside the server's own stamps.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ TOLERANCE_S = 0.5  # the parity promise is "within a second of the call"; half o
 # The engine leaves a stamp to the side path this long; past it (a failed or crashed side path) the
 # stamp lane is claimed and sends it. Without it the engine would send every stamp a second time.
 SIDE_PATH_GRACE_S = 10.0
+# ``Date`` has whole seconds, so a measured offset within this is no skew at all.
+MEASURABLE_SKEW_S = 1.0
 
 _INSERT = (
     "INSERT INTO outbox (record_seq, lane, kind, payload, state, attempts, not_before, sending_since, sent_body,"
@@ -55,21 +59,28 @@ def stamp_lane(lane: str) -> str:
     return "st:" + lane
 
 
-def stamp_body(record: dict[str, Any], remote: dict[str, Any]) -> dict[str, str] | None:
+def call_time(record: dict[str, Any], offset_s: float | None) -> float:
+    """When ``create()`` was called, in server time (``offset_s``: server minus ours, if measured)."""
+    skewed = offset_s is not None and abs(offset_s) > MEASURABLE_SKEW_S
+    return record["created_at"] + (offset_s if skewed else 0.0)  # type: ignore[operator]
+
+
+def stamp_body(record: dict[str, Any], remote: dict[str, Any], offset_s: float | None = None) -> dict[str, str] | None:
     """The PATCH body that sets ``createdAt`` to the call time; None when the create landed close enough."""
+    called = call_time(record, offset_s)
     arrived = _epoch(remote.get("createdAt"))
-    if arrived is not None and abs(arrived - record["created_at"]) < TOLERANCE_S:
+    if arrived is not None and abs(arrived - called) < TOLERANCE_S:
         return None
-    return {"createdAt": iso_utc(record["created_at"])}
+    return {"createdAt": iso_utc(called)}
 
 
 def enqueue_stamp(conn: sqlite3.Connection, record: dict[str, Any], lane: str, remote: dict[str, Any],
-                  now: float, *, due_now: bool = False) -> None:
+                  now: float, *, due_now: bool = False, offset_s: float | None = None) -> None:
     """In a create's settle transaction: queue its stamp if needed, already marked sending.
 
     ``due_now``: no side path will send it, so the lane does, as soon as it reaches it.
     """
-    body = stamp_body(record, remote)
+    body = stamp_body(record, remote, offset_s)
     if body is None:
         return
     text = json.dumps(body)
@@ -116,13 +127,13 @@ def release_stale_stamps(conn: sqlite3.Connection) -> int:
 
 
 def enqueue_session_stamp(conn: sqlite3.Connection, session: dict[str, Any], lane: str, remote: dict[str, Any],
-                          now: float) -> None:
+                          now: float, offset_s: float | None = None) -> None:
     """In the settle transaction of a session this store created upstream: queue its createdAt PATCH.
 
     In the sibling lane, due at once: it delays none of the session's turns.
     A session joined by ``get_or_create()`` is someone else's: never stamped.
     """
-    body = stamp_body(session, remote)
+    body = stamp_body(session, remote, offset_s)
     if body is None:
         return
     conn.execute(
