@@ -206,6 +206,23 @@ def print_upstream(url: str, before: dict[str, Any], seconds: float, rate_limit:
         served = requests - limited
         print(f"token bucket R = {rate_limit:g}/s: {served / seconds:,.1f} requests/s served ="
               f" {100 * served / seconds / rate_limit:.0f}% of R, {100 * limited / max(1, requests):.2f}% 429'd")
+        print_steady(url, time.time() - seconds + WARM_UP_S, rate_limit)
+
+
+WARM_UP_S = 15.0  # slow start overshoots the bucket's burst once: the steady state is judged after it
+
+
+def print_steady(url: str, since: float, rate_limit: float) -> None:
+    """The same from the emulator's request log, after the warm-up (the log keeps the last 100,000)."""
+    log = httpx.get(f"{url}/_emulator/dump", params={"log": "1", "store": "0"}, timeout=120).json()["log"]
+    steady = [entry for entry in log if entry["t"] >= since]
+    if not steady:
+        return
+    seconds = max(1e-9, time.time() - since)
+    limited = sum(1 for entry in steady if entry["fault"] == "rate_limit")
+    print(f"  after the first {WARM_UP_S:g} s: {(len(steady) - limited) / seconds:,.1f} requests/s served ="
+          f" {100 * (len(steady) - limited) / seconds / rate_limit:.0f}% of R,"
+          f" {100 * limited / len(steady):.2f}% 429'd")
 
 
 # -- runs ---------------------------------------------------------------------------------------------

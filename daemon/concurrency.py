@@ -15,14 +15,19 @@ requests in flight at ``rate x srtt`` (Little's law, with headroom) and at
 - **Decrease** on a 429 (or the smoothed latency passing ``LATENCY_TOLERANCE``
   times the lowest seen, a queue building up in front of the API). The new
   rate is ``BETA`` x the least of the old one and what the API accepted (goodput:
-  answers other than 429 over the last second), and at least half the old one,
-  except when leaving slow start, where the overshoot can be many times the
-  allowed rate. A 429 answering a request sent before the decrease is not
-  counted again.
-- **Increase** (CUBIC's window curve): back to the rate before the decrease
-  along a concave curve over ``RECOVERY_S`` (slow near it, where the last 429
-  came), then beyond it along a convex one, faster the longer no 429 comes, so
-  a raised rate limit is found again within seconds.
+  answers other than 429 over the last second), and at least half the old one.
+  Leaving slow start, the overshoot can be many times the allowed rate and the
+  last second's goodput holds a token bucket's burst: the rate is cut to half
+  the least of the two, and probed up from there. A 429 answering a request
+  sent before the decrease is not counted again.
+- **Increase** (CUBIC's window curve, with a plateau): back to just under the
+  rate before the decrease (``HOLD_SHARE``) along a concave curve over
+  ``RECOVERY_S``, held there for ``HOLD_S`` (each probe above a token bucket's
+  rate costs 429s: rare probes keep them under 1%), then beyond the old rate
+  linearly (``PROBE_SLOPE``: a bucket's burst hides its limit until the probe
+  has overdrawn it, so the probe must be only a little above the limit when the
+  429s start), accelerating after ``PROBE_LINEAR_S``, so a raised rate limit is
+  still found (within about half a minute).
 - **Sporadic vs systematic.** While clearly below the rate that drew the last
   429s, the API has no reason to refuse us: the share of 429s seen there is a
   *background* of sporadic ones. Above it, a 429 decreases only when the share
@@ -54,9 +59,17 @@ from typing import Any
 from galtea_local.errors import NotSentError, RetryLaterError, UpstreamError
 
 BETA = 0.9  # a decrease keeps at most this share of the rate
+SLOW_START_CUT = 0.5  # leaving slow start keeps this share of the least of the rate and the goodput
 RATE_FLOOR = 1.0  # requests/s: never slower, so a refusing API is still probed
 HEADROOM = 1.5  # in-flight cap = rate x srtt x this (+1): the pacing binds, not the cap
 RECOVERY_S = 2.0  # time to climb back to the rate before a decrease; only systematic 429s cut it short
+# Then hold just under that rate this long before probing above it: under a token bucket each
+# probe above the limit costs a few 429s, so probes must be rare to keep 429s under 1%
+# (probing at once after each recovery gave 4-6%). Below BACKGROUND_BELOW: the hold counts
+# toward the background of sporadic 429s, which a real limiter does not send at this rate.
+HOLD_SHARE = 0.93
+HOLD_S = 8.0
+LEVEL_MIN_429 = 3  # 429s since the climb ended before their share is judged (one early 429 is no share)
 SYSTEMATIC_SHARE = 0.05  # more 429s than background + this share of the answers since the last decrease...
 SYSTEMATIC_MIN = 5  # ... and at least this many (a few early 429s are no share): decrease at once
 BACKGROUND_MARGIN = 1.5  # after the hold-off, decrease when the 429 share passes 1.5 x the background...
@@ -69,9 +82,19 @@ MIN_RTT_WINDOW_S = 10.0  # the lowest round trip is forgotten after this: a slow
 LATENCY_TOLERANCE = 4.0
 LATENCY_SLACK_S = 0.25  # plus this: a starved CPU here (GIL, a busy box) is not a queue at the API
 SLOW_START_EXIT = (5, 0.03)  # leave slow start at this many 429s making this share: a limit, not sporadic ones
-PROBE_GROWTH = 0.03  # beyond the old rate: + this share of it RECOVERY_S later, x8 after twice that
+# Past the hold the probe grows linearly by PROBE_SLOPE of the old rate per second: a token bucket's
+# burst hides its limit until the probe has overdrawn it, so a fast probe is far above the limit
+# when the 429s start (a cubic one reached 1.7x, and each probe cost dozens of 429s). After
+# PROBE_LINEAR_S it accelerates (+PROBE_GROWTH of the old rate RECOVERY_S later, x8 after twice
+# that), so a limit raised far above the old rate is still found.
+PROBE_SLOPE = 0.02
+PROBE_LINEAR_S = 10.0
+PROBE_GROWTH = 0.03
 GOODPUT_WINDOW_S = 1.0
 APP_LIMITED = 2.0  # the rate grows to at most this many times what was actually sent over the last second
+# ... and after slow start, to at most this many: a rate grown far past what the lanes could send
+# (each waiting out a Retry-After) let a burst through the bucket when they caught up.
+APP_LIMITED_AFTER = 1.25
 INITIAL_RTT_S = 0.05
 BURST = 2.0  # requests a late thread may start back to back (pacing credit)
 
@@ -106,6 +129,7 @@ class AdaptiveLimit:
         self._r0 = self.rate  # the rate just after it
         self._decreased_at = -math.inf
         self._since_decrease = [0, 0]  # answers, 429s since the last decrease
+        self._at_level = [0, 0]  # answers, 429s since the climb back ended (the hold, then the probe)
         self._next_start = -math.inf
         self._goodput: deque[float] = deque()  # when answers other than 429 came, over the last second
         self._sent: deque[float] = deque()  # when any answer came (429s too): what we actually sent
@@ -194,6 +218,7 @@ class AdaptiveLimit:
         self._note_recovery(now, False)
         self._run_of_429 = 0
         self._since_decrease[0] += 1
+        self._at_level[0] += self._climbed(now)
         self._count(self._goodput, now)
         sent = self._count(self._sent, now) / GOODPUT_WINDOW_S
         self.srtt = rtt if self.srtt is None else 0.875 * self.srtt + 0.125 * rtt
@@ -202,7 +227,8 @@ class AdaptiveLimit:
         queue_building = self.srtt > LATENCY_TOLERANCE * self.min_rtt + LATENCY_SLACK_S
         # Beyond the first the in-flight cap binds anyway; beyond the second we are not using
         # the rate (too few lanes, a starved CPU), and a rate grown unused would burst later.
-        ceiling = min(self.max_limit / self.min_rtt, max(self._w_max, 1 / INITIAL_RTT_S, APP_LIMITED * sent))
+        growth = APP_LIMITED if self.slow_start else APP_LIMITED_AFTER
+        ceiling = min(self.max_limit / self.min_rtt, max(self._w_max, 1 / INITIAL_RTT_S, growth * sent))
         if queue_building and now - self._decreased_at >= RECOVERY_S:
             self._decrease(now, clean=False, cut=self.rate * BETA)  # a queue is building up in front of the API
         elif self.slow_start:
@@ -211,10 +237,20 @@ class AdaptiveLimit:
             self.rate = min(ceiling, max(self.rate, self._curve(now - self._decreased_at)))
 
     def _curve(self, t: float) -> float:
-        """CUBIC's shape: concave up to the old rate within RECOVERY_S, then convex beyond it."""
+        """CUBIC's shape with a plateau: concave up to just under the old rate within RECOVERY_S,
+        held there for HOLD_S, then convex beyond the old rate."""
+        hold = max(self._r0, HOLD_SHARE * self._w_max)
         if t < RECOVERY_S:
-            return self._w_max - (self._w_max - self._r0) * (1 - t / RECOVERY_S) ** 3
-        return self._w_max * (1 + PROBE_GROWTH * ((t - RECOVERY_S) / RECOVERY_S) ** 3)
+            return hold - (hold - self._r0) * (1 - t / RECOVERY_S) ** 3
+        probe = t - RECOVERY_S - HOLD_S
+        if probe < 0:
+            return hold
+        accelerating = PROBE_GROWTH * (max(0.0, probe - PROBE_LINEAR_S) / RECOVERY_S) ** 3
+        return max(hold, self._w_max * (HOLD_SHARE + PROBE_SLOPE * probe + accelerating))
+
+    def _climbed(self, now: float) -> bool:
+        """Back at the hold's level or probing beyond it (not in slow start, not still climbing)."""
+        return not self.slow_start and now - self._decreased_at >= RECOVERY_S
 
     def _on_throttled(self, now: float, started: float) -> None:
         self._run_of_429 += 1
@@ -227,26 +263,42 @@ class AdaptiveLimit:
         answers, throttled = self._since_decrease
         share = throttled / answers
         systematic = throttled >= SYSTEMATIC_MIN and share > self.background + SYSTEMATIC_SHARE
-        above_background = share > BACKGROUND_MARGIN * self.background + BACKGROUND_SLACK
-        probing = now - self._decreased_at >= RECOVERY_S  # above the rate that drew the last 429s
+        probing = now - self._decreased_at >= RECOVERY_S + HOLD_S  # near or above the rate that drew the last 429s
+        climbed = self._climbed(now)
+        if climbed:
+            self._at_level[0] += 1
+            self._at_level[1] += 1
+        # Judged on the answers since the climb back ended, not during it (the bucket may still
+        # be dry from the overshoot). In the hold, 429s above the background mean the old rate
+        # was overestimated (a bucket's burst inflates goodput); in the probe, that it was passed.
+        level_answers, level_429s = self._at_level
+        above_background = level_429s >= LEVEL_MIN_429 and \
+            level_429s / level_answers > BACKGROUND_MARGIN * self.background + BACKGROUND_SLACK
         if self.slow_start:
             if throttled >= SLOW_START_EXIT[0] and share > SLOW_START_EXIT[1]:
                 self._decrease(now, clean=False)
-        elif systematic or (probing and above_background):
+        elif systematic or (climbed and above_background):
             self._decrease(now, clean=probing and not self.slow_start and not systematic)
 
     def _decrease(self, now: float, *, clean: bool, cut: float | None = None) -> None:
         """Cut the rate to ``BETA`` x the least of it and what the API accepted over the last second
-        (``cut`` if given), at most by half (any depth when leaving slow start)."""
+        (``cut`` if given), at most by half. Leaving slow start, to half of that least, and that
+        is the rate to probe up from: the last second's goodput then holds a token bucket's
+        burst (up to a second's worth on top of its rate), so it says little about the limit,
+        and holding just under it drew a cascade of 429s."""
         self._recovery_valid = clean
         goodput = len(self._goodput) / GOODPUT_WINDOW_S
-        lowest = RATE_FLOOR if self.slow_start else self.rate * 0.5
-        new = max(RATE_FLOOR, lowest, min(self.rate * BETA, BETA * goodput if cut is None else cut))
-        self._w_max = max(new, min(self.rate, goodput))
+        if self.slow_start:
+            new = max(RATE_FLOOR, SLOW_START_CUT * min(self.rate, goodput if cut is None else cut))
+            self._w_max = new
+        else:
+            new = max(RATE_FLOOR, self.rate * 0.5, min(self.rate * BETA, BETA * goodput if cut is None else cut))
+            self._w_max = max(new, min(self.rate, goodput))
         self.rate = self._r0 = new
         self.slow_start = False
         self._decreased_at = now
         self._since_decrease = [0, 0]
+        self._at_level = [0, 0]
         self.decreases += 1
 
     # -- Retry-After's reach ---------------------------------------------------------

@@ -514,15 +514,38 @@ class SyncEngine:
     def _halted(self) -> bool:
         return self.stopping or self._halt.is_set()
 
+    # -- what the span and evaluation pushers use (side_queues.PassHost) ------
+
+    def halted(self) -> bool:
+        return self._halted()
+
+    def halt(self) -> None:
+        self._halt.set()
+
+    def wait_for_throttle(self) -> None:
+        self._wait_for_throttle()
+
+    def throttle(self, retry_after: float) -> None:
+        self._throttle(retry_after)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        return self._workers().submit(fn, *args)
+
     # -- throttling ------------------------------------------------------------
 
     def _fresh_or_drop(self) -> None:
-        """Once a request has its slot: wait out a pause, then make sure the lane is still ours. A
-        wait for the slot can outlast the lease; the marked operation is then left "maybe sent"
+        """Once a request has its slot: wait out a pause, then, after a wait, make sure the lane is
+        still ours and move the mark to now (the commit grace runs from when the request leaves).
+        A wait for the slot can outlast the lease; the marked operation is then left "maybe sent"
         for the pusher that holds the lane (it reconciles), and this request never leaves."""
         self._wait_for_throttle()
         taken = getattr(self._sending, "taken", None)
-        if taken is not None and not self._lease_fresh(taken):
+        if taken is None or time.monotonic() - taken.marked_at < min(
+                self.settings.lease_s * _LEASE_TRUSTED, self.settings.commit_grace_s * _GRACE_SLACK):
+            return  # not a marked request, or the hot path: no transaction
+        if not self.store.transaction(ob.leaves_now, taken.attempt, self.owner, self.clock(), self.settings.lease_s,
+                                      self._offset()):
+            log.warning("lease on lane %s lost before sending %s: not sent", taken.attempt.lane, taken.attempt.kind)
             raise LeaseLost()
         if taken is not None:
             self._sending.departed_at = self.clock()  # the grace runs from here, not from the mark
@@ -588,6 +611,9 @@ class LeaseLost(Exception):
 
 # While less than this share of the lease has passed since the mark, the lease is surely ours.
 _LEASE_TRUSTED = 0.5
+# A request that waited for its slot longer than this share of the commit grace moves its mark to
+# when it leaves: the grace is the time a sent request may take to commit (docs/delivery.md).
+_GRACE_SLACK = 0.05
 
 
 @dataclass(frozen=True)

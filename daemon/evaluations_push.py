@@ -14,67 +14,59 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any
 
 from galtea_local.errors import AuthError, RejectedError, UpstreamError
 from galtea_local.outbox import evaluations as queue
 from galtea_local.read_model import iso_utc
 from galtea_local_daemon.backoff import retry_after_of
-from galtea_local_daemon.spans_push import wait_in_pass
+from galtea_local_daemon.side_queues import PassHost, push_rounds
+from galtea_local_daemon.steps import PassReport
 
 log = logging.getLogger("galtea_local.sync")
 PUSHED, DEAD = "pushed", "dead"
 
 
 class EvaluationPusher:
-    """Pushes due evaluation requests for one engine pass, one request per row, in parallel."""
+    """Pushes due evaluation requests for one pass of the engine, one request per row, in parallel."""
 
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-        self.store = engine.store
-        self.client = engine.client
+    def __init__(self, host: PassHost) -> None:
+        self.host = host
+        self.store = host.store
+        self.client = host.client
 
-    def push_due(self, report: Any, deadline: float) -> None:
-        """Claim and send due requests until none is due, the pass budget is spent, or failures call
-        for a wait longer than a pass takes."""
-        engine, tries = self.engine, 0
-        while not engine.stopping and not engine._halt.is_set() and time.monotonic() < deadline:
-            if not self.store.read(queue.due, engine.clock(), 1):
-                return  # a read first: a pass with nothing of ours to send takes no write lock
-            rows = self.store.transaction(queue.claim_due, engine.owner, engine.clock(), engine.settings.lease_s,
-                                          engine.settings.concurrency * 4)
-            if not rows:
-                return
-            outcomes = [f.result() for f in [engine._workers().submit(self._push, row) for row in rows]]
+    def push_due(self, report: PassReport, deadline: float) -> None:
+        """Send due requests until none is due or the pass should stop (:func:`push_rounds`)."""
+
+        def tally(outcomes: list[str | float]) -> list[float]:
             report.evaluations_pushed += outcomes.count(PUSHED)
             report.dead += outcomes.count(DEAD)
-            delays = [outcome for outcome in outcomes if isinstance(outcome, float)]
-            tries += bool(delays)  # rounds with a failure
-            if not wait_in_pass(engine, delays, tries, report):
-                return
+            return [outcome for outcome in outcomes if isinstance(outcome, float)]
+
+        push_rounds(self.host, report, deadline, due=queue.due, claim_due=queue.claim_due,
+                    limit=self.host.settings.concurrency * 4, units=list, send=self._push, tally=tally)
 
     def _push(self, row: dict[str, Any]) -> str | float:
         """Send one request and settle it: PUSHED, DEAD, or the seconds until its retry."""
         try:
-            self.engine._wait_for_throttle()
+            self.host.wait_for_throttle()
             answer = self._adopted(row) if row["sending_since"] is not None else None
             if answer is None:
                 answer = self._send(row)
         except AuthError as error:
-            self.engine._halt.set()
+            self.host.halt()
             return self._retry(row, error, 0.0, maybe_sent=_maybe_sent(row, error))
         except RejectedError as error:
-            self.store.transaction(queue.settle_dead, row["seq"], error.message, self.engine.clock())
+            self.store.transaction(queue.settle_dead, row["seq"], error.message, self.host.clock())
             log.warning("dead-lettered evaluation request %s: %s", row["seq"], error.message)
             return DEAD
         except UpstreamError as error:
             retry_after = retry_after_of(error)
             if retry_after is not None:
-                self.engine._throttle(retry_after)
-            return self._retry(row, error, self.engine.backoff.delay(row["attempts"] + 1, retry_after),
+                self.host.throttle(retry_after)
+            return self._retry(row, error, self.host.backoff.delay(row["attempts"] + 1, retry_after),
                                maybe_sent=_maybe_sent(row, error))
-        self.store.transaction(queue.settle_synced, row["seq"], answer, self.engine.clock())
+        self.store.transaction(queue.settle_synced, row["seq"], answer, self.host.clock())
         return PUSHED
 
     def _send(self, row: dict[str, Any]) -> list[dict[str, Any]]:
@@ -86,13 +78,13 @@ class EvaluationPusher:
     def _adopted(self, row: dict[str, Any]) -> list[dict[str, Any]] | None:
         """What an earlier attempt of this row created upstream, or None (then it is sent again)."""
         session_id = row["upstream_session"] or self.client.get_inference_result(row["upstream_trace"])["sessionId"]
-        since = iso_utc(row["sending_since"] - self.engine.settings.clock_skew_s)
+        since = iso_utc(row["sending_since"] - self.host.settings.clock_skew_s)
         listed = self.client.list_evaluations(session_ids=[session_id], from_created_at=since)
         owned = self.store.read(queue.owned, [e.get("id") for e in listed])
         return match(row, [e for e in listed if e.get("id") not in owned])
 
     def _retry(self, row: dict[str, Any], error: UpstreamError, delay: float, *, maybe_sent: bool) -> float:
-        self.store.transaction(queue.settle_retry, row["seq"], self.engine.clock() + delay, error.message,
+        self.store.transaction(queue.settle_retry, row["seq"], self.host.clock() + delay, error.message,
                                maybe_sent=maybe_sent)
         return float(delay)
 

@@ -58,19 +58,21 @@ class HousekeepingReport:
 class Housekeeper:
     """Runs on the daemon's scheduler thread, between passes (never during one)."""
 
-    def __init__(self, store: Store, settings: RetentionSettings, clock=time.time) -> None:
+    def __init__(self, store: Store, settings: RetentionSettings, clock=time.time,
+                 idle_clock=time.monotonic) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock
+        self.idle_clock = idle_clock  # measures checkpoint_idle_s
         self._last_retention = float("-inf")
         self._last_forget = clock()  # hourly, from the start
-        self._last_activity = time.monotonic()
+        self._last_activity = self.idle_clock()
         self._checkpointed_since_activity = False
         self._full: bool | None = None  # None: not known yet, so the first check writes the flag either way
 
     def note_activity(self) -> None:
         """A pass moved something: the idle clock restarts."""
-        self._last_activity = time.monotonic()
+        self._last_activity = self.idle_clock()
         self._checkpointed_since_activity = False
 
     def run(self, now: float | None = None) -> HousekeepingReport:
@@ -185,7 +187,7 @@ class Housekeeper:
             return 0
 
     def _maybe_checkpoint(self) -> bool:
-        idle = time.monotonic() - self._last_activity >= self.settings.checkpoint_idle_s
+        idle = self.idle_clock() - self._last_activity >= self.settings.checkpoint_idle_s
         if idle and not self._checkpointed_since_activity:
             self._checkpointed_since_activity = True
             return self.checkpoint()

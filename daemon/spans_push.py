@@ -17,13 +17,14 @@ synced), absent means a data problem (dead, with the API's reason). Everything e
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from galtea_local.errors import AuthError, RejectedError, UpstreamError
 from galtea_local.outbox import spans as queue
 from galtea_local.spans.record import wire_body
 from galtea_local_daemon.backoff import retry_after_of
+from galtea_local_daemon.side_queues import PassHost, push_rounds
+from galtea_local_daemon.steps import PassReport
 
 log = logging.getLogger("galtea_local.sync")
 
@@ -32,50 +33,42 @@ _PAGE = 1000
 
 
 class SpanPusher:
-    """Pushes due spans for one :class:`~galtea_local_daemon.engine.SyncEngine` pass."""
+    """Pushes due spans for one pass of the engine (its :class:`PassHost` surface only)."""
 
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-        self.store = engine.store
-        self.client = engine.client
+    def __init__(self, host: PassHost) -> None:
+        self.host = host
+        self.store = host.store
+        self.client = host.client
 
-    def push_due(self, report: Any, deadline: float) -> None:
-        """Claim and send due spans until none is due, the pass budget is spent, or failures
-        call for a wait longer than a pass takes (as for records: short waits happen in the pass)."""
-        engine, tries = self.engine, 0
-        while not engine.stopping and not engine._halt.is_set() and time.monotonic() < deadline:
-            if not self.store.read(queue.due, engine.clock(), 1):
-                return  # a read first: a pass with nothing of ours to send takes no write lock
-            rows = self.store.transaction(queue.claim_due, engine.owner, engine.clock(), engine.settings.lease_s,
-                                          BATCH * engine.settings.concurrency)
-            if not rows:
-                return
-            outcomes = [f.result() for f in [engine._workers().submit(self._send, b) for b in _batches(rows)]]
+    def push_due(self, report: PassReport, deadline: float) -> None:
+        """Send due spans in batches until none is due or the pass should stop (:func:`push_rounds`)."""
+
+        def tally(outcomes: list[tuple[int, int, float | None]]) -> list[float]:
             report.spans_pushed += sum(pushed for pushed, _, _ in outcomes)
             report.spans_dead += sum(dead for _, dead, _ in outcomes)
-            delays = [delay for _, _, delay in outcomes if delay is not None]
-            tries += bool(delays)  # rounds with a failure
-            if not wait_in_pass(engine, delays, tries, report):
-                return
+            return [delay for _, _, delay in outcomes if delay is not None]
+
+        push_rounds(self.host, report, deadline, due=queue.due, claim_due=queue.claim_due,
+                    limit=BATCH * self.host.settings.concurrency, units=_batches, send=self._send, tally=tally)
 
     def _send(self, rows: list[dict[str, Any]]) -> tuple[int, int, float | None]:
         """Send one batch and settle it: (synced, dead, seconds until a retry or None)."""
         try:
-            self.engine._wait_for_throttle()
+            self.host.wait_for_throttle()
             if rows[0]["deleted"]:
                 return self._delete(rows)
             answer = self.client.create_spans([wire_body(row, row["upstream_trace"]) for row in rows])
             created, reasons = _read_answer(answer, rows)
         except AuthError as error:
-            self.engine._halt.set()
+            self.host.halt()
             return 0, 0, self._retry(rows, error, 0.0)
         except RejectedError as error:  # the whole call refused: every span has a problem, or is there
             created, reasons = set(), {row["span_id"]: error.message for row in rows}
         except UpstreamError as error:
             retry_after = retry_after_of(error)
             if retry_after is not None:
-                self.engine._throttle(retry_after)
-            return 0, 0, self._retry(rows, error, self.engine.backoff.delay(rows[0]["attempts"] + 1, retry_after))
+                self.host.throttle(retry_after)
+            return 0, 0, self._retry(rows, error, self.host.backoff.delay(rows[0]["attempts"] + 1, retry_after))
         return self._settle(rows, created, reasons)
 
     def _settle(self, rows: list[dict[str, Any]], created: set[str],
@@ -84,13 +77,13 @@ class SpanPusher:
         present, unknown, error = self._present_upstream(refused)
         retry_in = None
         if error is not None:  # their trace could not be listed: they go again, and a re-send is harmless
-            retry_in = self._retry(unknown, error, self.engine.backoff.delay(rows[0]["attempts"] + 1))
+            retry_in = self._retry(unknown, error, self.host.backoff.delay(rows[0]["attempts"] + 1))
         checked = [row for row in refused if row not in unknown]
         synced = {row["seq"]: row["upstream_trace"] for row in rows
                   if row["span_id"] in created or row["span_id"] in present}
         dead = {row["seq"]: reasons.get(row["span_id"], "refused by the API (no reason given)")
                 for row in checked if row["span_id"] not in present}
-        now = self.engine.clock()
+        now = self.host.clock()
 
         def settle(conn: Any) -> None:
             queue.settle_synced(conn, synced, now)
@@ -128,13 +121,13 @@ class SpanPusher:
     def _delete(self, rows: list[dict[str, Any]]) -> tuple[int, int, bool]:
         for row in rows:
             self.client.delete_span(row["span_id"])  # a span already gone counts as deleted
-        now = self.engine.clock()
+        now = self.host.clock()
         self.store.transaction(queue.settle_synced, {row["seq"]: row["upstream_trace"] for row in rows}, now)
         return len(rows), 0, None
 
     def _retry(self, rows: list[dict[str, Any]], error: UpstreamError, delay: float) -> float:
         seqs = [row["seq"] for row in rows]
-        self.store.transaction(queue.settle_retry, seqs, self.engine.clock() + delay, error.message)
+        self.store.transaction(queue.settle_retry, seqs, self.host.clock() + delay, error.message)
         log.info("will retry %d spans in %.1fs: %s", len(seqs), delay, error.message)
         return delay
 
@@ -166,16 +159,3 @@ def _batches(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 
 def spans_due(store: Any, now: float) -> bool:
     return bool(store.read(queue.due, now, 1))
-
-
-def wait_in_pass(engine: Any, delays: list[float], tries: int, report: Any) -> bool:
-    """After failures (``delays``: their retry waits), sleep until the soonest retry when it is short
-    and tries remain, and say whether to go on claiming in this pass."""
-    if not delays:
-        return True
-    report.retried += len(delays)
-    wait = min(delays)
-    if tries >= engine.settings.in_pass_tries or wait > engine.backoff.in_pass_max_wait_s or engine._halt.is_set():
-        return False
-    engine.backoff.sleep(wait)
-    return True

@@ -6,6 +6,8 @@ database ``test``). Each store gets its own schema ``gl_<random>`` through
 When the server cannot be reached, the PostgreSQL tests are skipped, saying why;
 under CI (``CI=true``) they fail instead: a silent skip would hide a broken path.
 
+``location`` and ``local`` run a test once per backend (SQLite, PostgreSQL).
+
 Load with ``pytest_plugins = ["tests.pg_fixture"]``.
 """
 
@@ -14,8 +16,11 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+
+from galtea_local import Galtea
 
 SERVER = os.environ.get("GALTEA_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -78,3 +83,19 @@ def pg_url_factory(postgres_available: None) -> Iterator[Callable[[], str]]:
 def pg_url(pg_url_factory: Callable[[], str]) -> str:
     """A store URL on a fresh, empty schema."""
     return pg_url_factory()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty store location on each backend: a test using it runs once per backend."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store.db")
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def local(location: str) -> Iterator[Galtea]:
+    """A client on ``location``'s store, closed after the test."""
+    client = Galtea(store=location)
+    yield client
+    client.close()

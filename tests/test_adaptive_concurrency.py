@@ -76,7 +76,8 @@ def test_the_limit_converges_to_the_emulators_token_bucket(
     rate = served / (ended - started - WARM_UP_S)
     # Wide margins for a shared box: the benchmark (bench_soak.py) prints the real figures.
     assert rate >= 0.6 * RATE, (rate, refused, len(steady))
-    assert refused <= 0.1 * len(steady), (rate, refused, len(steady))  # a client at C=32 without it: ~90%
+    # A client at C=32 without it: ~90%; probing at once after each recovery (no hold): 4-6%.
+    assert refused <= 0.03 * len(steady), (rate, refused, len(steady))
 
 
 def test_sporadic_429s_slow_one_request_not_every_session(

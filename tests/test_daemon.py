@@ -61,13 +61,15 @@ def test_exactly_once_with_writer_process_sigterm_mid_drain_and_restart(emulator
 def test_a_fresh_record_goes_up_without_waiting_for_the_interval(emulator, tmp_path):
     sessions = dp.create_sessions(emulator, 1)
     store_path = tmp_path / "store.db"
-    env = dp.daemon_env(emulator, store_path, dp.write_config(tmp_path, dp.FAST_CONFIG.replace("0.3", "60")))
+    env = dp.daemon_env(emulator, store_path, dp.write_config(tmp_path, dp.fast_config(interval_s=60.0)))
+    _prewrite(store_path, sessions, 1)
     daemon = dp.start_daemon(env, stderr=tmp_path / "daemon.log")
     store = Store(str(store_path))
     try:
-        time.sleep(1.0)  # the first pass (at start) has run; the next one is a minute away
+        # The first pass (at start) pushed the first record; the next scheduled one is a minute away.
+        dp.wait_for(lambda: dp.status(store)["synced"] == 1, 30, "the first pass", daemon)
         _prewrite(store_path, sessions, 1)
-        dp.wait_for(lambda: dp.status(store)["synced"] == 1, 10, "the data_version wake-up", daemon)
+        dp.wait_for(lambda: dp.status(store)["synced"] == 2, 30, "the data_version wake-up", daemon)
     finally:
         assert dp.stop(daemon)[0] == 0
 

@@ -4,6 +4,7 @@ server clock, forgotten ownership. Each test asserts 0 lost, 0 duplicated, order
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -16,6 +17,7 @@ import pytest
 from galtea_local import Galtea
 from galtea_local.status import store_status
 from tests.emulator_fixture import EmulatorHandle
+from tests.helpers.daemon_proc import wait_for
 from tests.sync_helpers import drain, make_engine, new_session, open_store, upstream_by_session
 
 SESSIONS, PER_SESSION = 4, 12
@@ -105,6 +107,32 @@ def test_without_a_grace_late_commits_duplicate_and_are_flagged(emulator: Emulat
     counts = Counter(r["retrievalContext"] for r in emulator.dump(log=False)["inferenceResults"])
     assert max(counts.values()) > 1
     assert status["resent_unconfirmed"] > 0
+
+
+def test_the_grace_runs_from_when_a_held_back_request_left(emulator: EmulatorHandle, tmp_path: Path) -> None:
+    """A marked create that waits for its slot in the adaptive limit longer than the whole grace,
+    then commits late, is adopted: the grace counts from when the request left, not from the mark."""
+    session_id = new_session(emulator)
+    store_path = tmp_path / "store.db"
+    with Galtea(store=store_path) as local, closing(open_store(store_path)) as store:
+        local.traces.create(session_id=session_id, input="q", output="a", retrieval_context="held")
+        emulator.set_faults(late_rate=1.0, late_commit_s=0.4)
+        engine = make_engine(store, emulator, concurrency=1, commit_grace_s=1.0, timeouts=(5.0, 0.15, 5.0, 5.0))
+        engine.limit.acquire()  # the only slot: the marked create queues behind it
+        first_pass = threading.Thread(target=engine.run_once)
+        first_pass.start()
+        marked = "SELECT COUNT(*) FROM outbox WHERE state = 'sending'"
+        wait_for(lambda: store.read(lambda conn: conn.execute(marked).fetchone()[0]) == 1, 30, "the mark")
+        time.sleep(1.5)  # the scenario, not a synchronisation: held back longer than the grace
+        engine.limit.free()
+        first_pass.join(30)
+        assert not first_pass.is_alive()
+        emulator.set_faults(late_rate=0.0)  # the held create already drew its fault
+        drain(engine)
+        status = store_status(store)
+    assert emulator.dump(log=False)["faults"]["late"] == 1
+    assert [r["retrievalContext"] for r in emulator.dump(log=False)["inferenceResults"]] == ["held"]
+    assert (status["synced"], status["resent_unconfirmed"]) == (1, 0)
 
 
 def test_ownership_outlives_retention(emulator: EmulatorHandle, tmp_path: Path) -> None:

@@ -6,7 +6,10 @@ from __future__ import annotations
 from contextlib import closing
 from pathlib import Path
 
+import pytest
+
 from galtea_local import Galtea
+from galtea_local_daemon import engine as engine_module
 from tests.emulator_fixture import EmulatorHandle
 from tests.sync_helpers import drain, make_engine, new_session, open_store, upstream_by_session
 
@@ -46,9 +49,15 @@ def test_local_session_and_its_remote_id_share_a_lane(emulator: EmulatorHandle, 
     assert [r["input"]["user_message"] for r in records] == [f"t{n}" for n in range(TURNS)]
 
 
-def test_turns_queued_under_both_names_go_in_creation_order(emulator: EmulatorHandle, tmp_path: Path) -> None:
+def test_turns_queued_under_both_names_go_in_creation_order(emulator: EmulatorHandle, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Turns logged by the remote id while the custom-id lane had not learned it yet are folded
-    into that lane once it has, and go up in creation order with its own."""
+    into that lane once it has, and go up in creation order with its own.
+
+    One push thread: with two, the remote-id lane may go before the custom-id lane has learned
+    that both names are one session, and those turns go up in push order (docs/delivery.md).
+    """
+    monkeypatch.setattr(engine_module, "WORKERS_PER_REQUEST_SLOT", 1)
     remote = new_session(emulator, custom_id="ticket-4")
     store_path = tmp_path / "store.db"
     with Galtea(store=store_path) as local, closing(open_store(store_path)) as store:

@@ -21,7 +21,7 @@ import pytest
 from galtea_local import Galtea
 from galtea_local.status import store_status
 from tests.emulator_fixture import EmulatorHandle
-from tests.helpers.daemon_proc import create_sessions, daemon_env, start_daemon, stop, wait_for, write_config
+from tests.helpers.daemon_proc import create_sessions, daemon_env, fast_config, start_daemon, stop, wait_for, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -29,19 +29,7 @@ WRITERS, DAEMONS, SESSIONS, PER_SESSION = 8, 3, 100, 50
 TOTAL = SESSIONS * PER_SESSION
 # A short lease so the killed daemon's lanes are taken over within seconds; a request never
 # outlasts it (read timeout 2 s), so a live holder never loses its lane mid-request.
-CONFIG = """\
-[upstream]
-read_timeout_s = 2.0
-[sync]
-interval_s = 0.2
-concurrency = 8
-backoff_initial_s = 0.05
-backoff_max_s = 0.5
-backoff_jitter_s = 0.05
-lease_s = 5.0
-shutdown_timeout_s = 5.0
-commit_grace_s = 1.0
-"""
+CONFIG = fast_config(read_timeout_s=2.0, interval_s=0.2, concurrency=8)
 
 # A writer owns its sessions, so "creation order" within a session is its own order.
 WRITER = """

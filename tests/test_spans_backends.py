@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -13,20 +11,6 @@ from galtea_local.store import open_store
 from tests.emulator_fixture import EmulatorHandle
 from tests.sync_helpers import make_engine, new_session
 from tests.test_spans_sync import drain_all
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "store.db")
-    return request.getfixturevalue("pg_url")
-
-
-@pytest.fixture
-def local(location: str) -> Iterator[Galtea]:
-    client = Galtea(store=location)
-    yield client
-    client.close()
 
 
 def test_spans_and_evaluations_round_trip(local: Galtea, location: str, emulator: EmulatorHandle) -> None:

@@ -11,6 +11,10 @@ from galtea_local import Galtea
 from galtea_local.outbox import dead
 from galtea_local.status import store_status
 from galtea_local_daemon.engine import SyncEngine
+from galtea_local_daemon.evaluations_push import EvaluationPusher
+from galtea_local_daemon.side_queues import PassHost
+from galtea_local_daemon.spans_push import SpanPusher
+from galtea_local_daemon.steps import PassReport
 from tests.emulator_fixture import EmulatorHandle
 from tests.sync_helpers import make_engine, new_session, open_store
 
@@ -43,6 +47,44 @@ def record_agent_turn(galtea: Galtea, session_id: str, turn: int) -> str:
     finally:
         galtea.spans.clear_context(token)
     return trace.id
+
+
+class DeclaredSurface:
+    """An engine seen only through :class:`PassHost`: a pusher reaching for anything else fails."""
+
+    def __init__(self, engine: SyncEngine) -> None:
+        for name in PASS_HOST_MEMBERS:
+            setattr(self, name, getattr(engine, name))
+
+
+PASS_HOST_MEMBERS = ("store", "client", "owner", "settings", "backoff", "clock",
+                     "halted", "halt", "wait_for_throttle", "throttle", "submit")
+
+
+def test_spans_and_evaluations_are_pushed_through_the_declared_engine_surface(
+    store_path: Path, emulator: EmulatorHandle
+) -> None:
+    declared = {name for name in dir(PassHost) if not name.startswith("_")} | set(PassHost.__annotations__)
+    assert declared == set(PASS_HOST_MEMBERS)
+    session_id = new_session(emulator)
+    engine = make_engine(open_store(store_path), emulator)
+    with Galtea(store=store_path) as galtea:
+        trace = galtea.traces.create(session_id=session_id, input="q")
+        engine.run_once()  # the trace is upstream: what follows is due at once
+        token = galtea.spans.set_context(trace_id=trace.id)
+        try:
+            for name in ("plan", "act"):
+                with galtea_local.start_span(name, type="AGENT"):
+                    pass
+        finally:
+            galtea.spans.clear_context(token)
+        galtea.evaluations.create(trace_id=trace.id, metrics=["resolution"])
+    assert isinstance(engine, PassHost)
+    host, report = DeclaredSurface(engine), PassReport()
+    SpanPusher(host).push_due(report, time.monotonic() + 60)  # type: ignore[arg-type]
+    EvaluationPusher(host).push_due(report, time.monotonic() + 60)  # type: ignore[arg-type]
+    assert (report.spans_pushed, report.evaluations_pushed) == (2, 1)
+    assert sorted(span["name"] for span in upstream_spans(emulator)) == ["act", "plan"]
 
 
 def upstream_spans(emulator: EmulatorHandle) -> list[dict[str, Any]]:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,21 +26,6 @@ from galtea_local.outbox import dead
 from galtea_local.status import store_status
 
 LEASE_S = 30.0
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty store location on each backend."""
-    if request.param == "sqlite":
-        return str(tmp_path / "store.db")
-    return request.getfixturevalue("pg_url")
-
-
-@pytest.fixture
-def local(location: str) -> Iterator[Galtea]:
-    client = Galtea(store=location)
-    yield client
-    client.close()
 
 
 def body_of(row: dict[str, Any], attempt: ob.Attempt) -> dict[str, Any]:

@@ -155,6 +155,20 @@ def still_holds(conn: StoreConnection, lane: str, owner: str, now: float, lease_
     return _holds(conn, lane, owner, now, lease_s) is not None
 
 
+@lease_protected
+def leaves_now(conn: StoreConnection, attempt: Attempt, owner: str, now: float, lease_s: float,
+               offset_s: float | None) -> bool:
+    """A marked request that waited for its slot leaves now: renew the lease and move the write-ahead
+    mark to ``now``. The commit grace counts from the mark, and a request held back by the adaptive
+    limit must not spend its grace before it is even sent. False (nothing changed) when another
+    pusher took the lane: the request must not leave."""
+    if _holds(conn, attempt.lane, owner, now, lease_s) is None:
+        return False
+    conn.execute("UPDATE outbox SET sending_since = ?, sending_offset_s = ? WHERE seq = ? AND state = 'sending'",
+                 (now, offset_s, attempt.op_seq))
+    return True
+
+
 def _holds(conn: StoreConnection, lane: str, owner: str, now: float, lease_s: float) -> Any | None:
     """Renew our lease on the lane: its row (for ``remote_session_id``), or None when another pusher took it."""
     clock, clock_now = dialects.lease_clock(conn, now)

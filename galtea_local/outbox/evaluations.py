@@ -52,7 +52,7 @@ _UPSTREAM = (
 _DUE = (
     f"SELECT e.*, {_UPSTREAM} FROM evaluations e"
     " LEFT JOIN inference_results r ON r.seq = e.record_seq LEFT JOIN sessions s ON s.seq = e.session_seq"
-    " WHERE e.sync_state = 'queued' AND e.not_before <= ? AND (e.lease_until IS NULL OR e.lease_until < ?)"
+    f" WHERE {leased.due_where('e')}"
     " AND (e.trace_ref IS NULL OR e.record_seq IS NULL OR r.remote_id IS NOT NULL)"
     " AND (e.session_ref IS NULL OR e.session_seq IS NULL OR s.remote_id IS NOT NULL)"
     " ORDER BY e.seq LIMIT ?"
@@ -60,14 +60,13 @@ _DUE = (
 
 
 def due(conn: sqlite3.Connection, now: float, limit: int) -> list[dict[str, Any]]:
-    return [dict(row) for row in conn.execute(_DUE, (now, now, limit))]
+    """Requests that may go now, oldest first (a read: nothing is claimed)."""
+    return leased.due_rows(conn, _DUE, now, limit)
 
 
 def claim_due(conn: sqlite3.Connection, owner: str, now: float, lease_s: float, limit: int) -> list[dict[str, Any]]:
     """Lease due rows to ``owner``, count the attempt and mark it (write-ahead) before any request."""
-    rows = due(conn, now, limit)
-    leased.lease(conn, "evaluations", [row["seq"] for row in rows], owner, now + lease_s, mark_sending_at=now)
-    return rows
+    return leased.claim(conn, "evaluations", _DUE, owner, now, lease_s, limit, mark_sending=True)
 
 
 def settle_synced(conn: sqlite3.Connection, seq: int, answer: list[dict[str, Any]], now: float) -> None:

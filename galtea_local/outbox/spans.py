@@ -66,7 +66,7 @@ def delete_span(conn: sqlite3.Connection, seq: int, now: float) -> None:
 _DUE = (
     "SELECT s.*, COALESCE(s.remote_trace_id, r.remote_id, CASE WHEN s.record_seq IS NULL THEN s.trace_ref END) AS upstream_trace"
     " FROM spans s LEFT JOIN inference_results r ON r.seq = s.record_seq"
-    " WHERE s.sync_state = 'queued' AND s.not_before <= ? AND (s.lease_until IS NULL OR s.lease_until < ?)"
+    f" WHERE {leased.due_where('s')}"
     " AND (s.record_seq IS NULL OR r.remote_id IS NOT NULL OR s.pushed = 1)"
     " ORDER BY s.seq LIMIT ?"
 )
@@ -74,14 +74,12 @@ _DUE = (
 
 def due(conn: sqlite3.Connection, now: float, limit: int) -> list[dict[str, Any]]:
     """Spans that may go now, oldest first (a read: nothing is claimed)."""
-    return [dict(row) for row in conn.execute(_DUE, (now, now, limit))]
+    return leased.due_rows(conn, _DUE, now, limit)
 
 
 def claim_due(conn: sqlite3.Connection, owner: str, now: float, lease_s: float, limit: int) -> list[dict[str, Any]]:
     """Lease up to ``limit`` due spans to ``owner`` and count the attempt; return them."""
-    rows = due(conn, now, limit)
-    leased.lease(conn, "spans", [row["seq"] for row in rows], owner, now + lease_s)
-    return rows
+    return leased.claim(conn, "spans", _DUE, owner, now, lease_s, limit)
 
 
 def _in(seqs: Sequence[int]) -> str:

@@ -96,9 +96,18 @@ _INITIAL = (
 )
 
 
+def statements(sql: tuple[str, ...]) -> Callable[[Any], None]:
+    """A migration that runs these statements in order (both dialects)."""
+
+    def apply(conn: Any) -> None:
+        for statement in sql:
+            conn.execute(statement)
+
+    return apply
+
+
 def _initial(conn: sqlite3.Connection) -> None:
-    for statement in _INITIAL:
-        conn.execute(statement)
+    statements(_INITIAL)(conn)
     write_initial_meta(conn)
 
 
@@ -172,11 +181,6 @@ _SESSIONS = (
 )
 
 
-def _offline_sessions(conn: sqlite3.Connection) -> None:
-    for statement in _SESSIONS:
-        conn.execute(statement)
-
-
 # Air-gap bundles: an imported record or session remembers where it came from, so a bundle
 # imported twice (or two overlapping bundles) adds nothing, and a receipt can name it.
 _ORIGIN = tuple(
@@ -195,11 +199,6 @@ _ORIGIN = tuple(
 )
 
 
-def _bundle_origin(conn: sqlite3.Connection) -> None:
-    for statement in _ORIGIN:
-        conn.execute(statement)
-
-
 # create() inserted into ix_outbox_record on every call. Only settled operations need a lookup by
 # record (retention); open ones are found by lane and dead ones by ix_outbox_dead, so the index
 # now holds done operations only and the hot path writes one index less.
@@ -207,11 +206,6 @@ LIGHTER_OUTBOX_INDEX = (
     """DROP INDEX ix_outbox_record""",
     """CREATE INDEX ix_outbox_record_done ON outbox (record_seq) WHERE state = 'done'""",
 )
-
-
-def _lighter_outbox_index(conn: sqlite3.Connection) -> None:
-    for statement in LIGHTER_OUTBOX_INDEX:
-        conn.execute(statement)
 
 
 # Delivery exactness (issue 11). An attempt remembers the server clock offset measured when it
@@ -239,11 +233,6 @@ DELIVERY = (
 )
 
 
-def _delivery(conn: sqlite3.Connection) -> None:
-    for statement in DELIVERY:
-        conn.execute(statement)
-
-
 # Sustained load (issue 17): statements whose cost does not grow with the backlog.
 # - Operations by record, all states. Deleting a record made SQLite's foreign-key check scan
 #   the whole outbox for children (a partial index cannot serve it): retention held the write
@@ -260,11 +249,6 @@ BOUNDED_PROBES = (
 )
 
 
-def _bounded_probes(conn: sqlite3.Connection) -> None:
-    for statement in BOUNDED_PROBES:
-        conn.execute(statement)
-
-
 # SDK 5.12 session parity: run_id goes upstream as runId, get_or_create() sessions join an
 # upstream session with the same custom id (join_existing), sessions.delete() hides a session
 # locally (deleted), and a session's error is shown as the SDK shows it. Same SQL on both backends.
@@ -274,11 +258,6 @@ SESSION_PARITY = (
     """ALTER TABLE sessions ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0""",
     """ALTER TABLE sessions ADD COLUMN error VARCHAR""",
 )
-
-
-def _session_parity(conn: sqlite3.Connection) -> None:
-    for statement in SESSION_PARITY:
-        conn.execute(statement)
 
 
 # Spans (issue 15): one row per span, written when the span ends. ``span_id`` is the
@@ -327,11 +306,6 @@ SPANS = (
 )
 
 
-def _spans(conn: sqlite3.Connection) -> None:
-    for statement in SPANS:
-        conn.execute(statement)
-
-
 # Evaluations queued offline (issue 15): one row per evaluations.create() call, sent after the
 # trace (or session) it names is upstream. ``remote_json`` keeps the API's answer (one
 # evaluation per metric); ``evaluation_ids`` maps each upstream id back to its row.
@@ -369,11 +343,6 @@ EVALUATIONS = (
 )
 
 
-def _evaluations(conn: sqlite3.Connection) -> None:
-    for statement in EVALUATIONS:
-        conn.execute(statement)
-
-
 # Bundle bookkeeping for signed receipts: which export carried which row (origin), which exports
 # were imported (connected side). The same SQL on both backends (PostgreSQL: seq as BIGINT).
 BUNDLE_LEDGER = (
@@ -392,19 +361,9 @@ BUNDLE_LEDGER = (
 )
 
 
-def _bundle_ledger(conn: sqlite3.Connection) -> None:
-    for statement in BUNDLE_LEDGER:
-        conn.execute(statement.format(int="INTEGER"))
-
-
 # How a maybe-sent attempt ended decides how long it may still commit (daemon/maybe_sent.py).
 # The same SQL on both backends.
 SENT_STATUS = ("ALTER TABLE outbox ADD COLUMN sent_status INTEGER",)
-
-
-def _sent_status(conn: sqlite3.Connection) -> None:
-    for statement in SENT_STATUS:
-        conn.execute(statement)
 
 
 # The version and product cache (issue 14): what versions.get/get_or_create and products.get
@@ -445,24 +404,19 @@ VERSIONS_CACHE = (
 )
 
 
-def _versions_cache(conn: sqlite3.Connection) -> None:
-    for statement in VERSIONS_CACHE:
-        conn.execute(statement)
-
-
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", _initial),
-    ("0002_offline_sessions", _offline_sessions),
-    ("0003_bundle_origin", _bundle_origin),
-    ("0004_lighter_outbox_index", _lighter_outbox_index),
-    ("0005_delivery_exactness", _delivery),
-    ("0006a_bounded_probes", _bounded_probes),
-    ("0007_session_parity", _session_parity),
-    ("0008a_spans", _spans),
-    ("0008b_evaluations", _evaluations),
-    ("0009_bundle_ledger", _bundle_ledger),
-    ("0011_sent_status", _sent_status),
-    ("0013_versions_cache", _versions_cache),
+    ("0002_offline_sessions", statements(_SESSIONS)),
+    ("0003_bundle_origin", statements(_ORIGIN)),
+    ("0004_lighter_outbox_index", statements(LIGHTER_OUTBOX_INDEX)),
+    ("0005_delivery_exactness", statements(DELIVERY)),
+    ("0006a_bounded_probes", statements(BOUNDED_PROBES)),
+    ("0007_session_parity", statements(SESSION_PARITY)),
+    ("0008a_spans", statements(SPANS)),
+    ("0008b_evaluations", statements(EVALUATIONS)),
+    ("0009_bundle_ledger", statements(tuple(sql.format(int="INTEGER") for sql in BUNDLE_LEDGER))),
+    ("0011_sent_status", statements(SENT_STATUS)),
+    ("0013_versions_cache", statements(VERSIONS_CACHE)),
 ]
 
 

@@ -117,32 +117,24 @@ _VERSIONS_CACHE = (
 )
 
 
-def _statements(statements: tuple[str, ...]) -> Callable[[Any], None]:
-    def apply(conn: Any) -> None:
-        for statement in statements:
-            conn.execute(statement)
-
-    return apply
-
-
 def _initial(conn: Any) -> None:
-    _statements(_INITIAL)(conn)
+    migrations.statements(_INITIAL)(conn)
     migrations.write_initial_meta(conn)
 
 
 MIGRATIONS: list[tuple[str, Callable[[Any], None]]] = [
     ("0001_initial", _initial),
-    ("0002_offline_sessions", _statements(_SESSIONS)),
-    ("0003_bundle_origin", _statements(_ORIGIN)),
-    ("0004_lighter_outbox_index", _statements(migrations.LIGHTER_OUTBOX_INDEX)),  # the same SQL on both
-    ("0005_delivery_exactness", _statements(_DELIVERY)),
-    ("0006a_bounded_probes", _statements(migrations.BOUNDED_PROBES)),  # the same SQL on both
-    ("0007_session_parity", _statements(migrations.SESSION_PARITY)),  # the same SQL on both
-    ("0008a_spans", _statements(_SPANS)),
-    ("0008b_evaluations", _statements(_EVALUATIONS)),
-    ("0009_bundle_ledger", _statements(tuple(sql.format(int="BIGINT") for sql in migrations.BUNDLE_LEDGER))),
-    ("0011_sent_status", _statements(migrations.SENT_STATUS)),  # the same SQL on both
-    ("0013_versions_cache", _statements(_VERSIONS_CACHE)),
+    ("0002_offline_sessions", migrations.statements(_SESSIONS)),
+    ("0003_bundle_origin", migrations.statements(_ORIGIN)),
+    ("0004_lighter_outbox_index", migrations.statements(migrations.LIGHTER_OUTBOX_INDEX)),  # the same SQL on both
+    ("0005_delivery_exactness", migrations.statements(_DELIVERY)),
+    ("0006a_bounded_probes", migrations.statements(migrations.BOUNDED_PROBES)),  # the same SQL on both
+    ("0007_session_parity", migrations.statements(migrations.SESSION_PARITY)),  # the same SQL on both
+    ("0008a_spans", migrations.statements(_SPANS)),
+    ("0008b_evaluations", migrations.statements(_EVALUATIONS)),
+    ("0009_bundle_ledger", migrations.statements(tuple(sql.format(int="BIGINT") for sql in migrations.BUNDLE_LEDGER))),
+    ("0011_sent_status", migrations.statements(migrations.SENT_STATUS)),  # the same SQL on both
+    ("0013_versions_cache", migrations.statements(_VERSIONS_CACHE)),
 ]
 assert [name for name, _ in MIGRATIONS] == [name for name, _ in migrations.MIGRATIONS], "one list of names"
 

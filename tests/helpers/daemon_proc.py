@@ -18,18 +18,24 @@ from galtea_local.status import store_status
 from galtea_local.store import Store
 
 # Short waits so faults cost the tests fractions of a second, not production minutes.
-FAST_CONFIG = """\
-[upstream]
-read_timeout_s = 3.0
-[sync]
-interval_s = 0.3
-backoff_initial_s = 0.05
-backoff_max_s = 0.5
-backoff_jitter_s = 0.05
-lease_s = 5.0
-shutdown_timeout_s = 5.0
-commit_grace_s = 1.0
-"""
+FAST_SYNC: dict[str, float] = {
+    "interval_s": 0.3,
+    "backoff_initial_s": 0.05,
+    "backoff_max_s": 0.5,
+    "backoff_jitter_s": 0.05,
+    "lease_s": 5.0,
+    "shutdown_timeout_s": 5.0,
+    "commit_grace_s": 1.0,
+}
+
+
+def fast_config(read_timeout_s: float = 3.0, **sync: float) -> str:
+    """The daemon's config for tests: :data:`FAST_SYNC`, with ``sync`` keys changed or added."""
+    lines = [f"{key} = {value!r}" for key, value in {**FAST_SYNC, **sync}.items()]
+    return "\n".join(["[upstream]", f"read_timeout_s = {read_timeout_s!r}", "[sync]", *lines, ""])
+
+
+FAST_CONFIG = fast_config()
 
 # A writer in another process: ``python -c WRITER STORE N SESSION...`` creates N records
 # round-robin over the sessions, then prints how many it created.
@@ -95,6 +101,11 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, proc: Any
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+def wait_started(proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
+    """Wait until the daemon logged that it runs (its scheduler and signal handlers are in place)."""
+    wait_for(lambda: log.exists() and "daemon started" in log.read_text(), timeout, "the daemon to start", proc)
 
 
 def status(store: Store) -> dict[str, Any]:
