@@ -116,7 +116,7 @@ class Daemon:
         self._write_watch_done = JobDone()
         self._refresh_done = JobDone()
         self.refresher = CacheRefresher(store, engine.unpaced_client, stop=engine.backoff.stop_event,
-                                        before_request=engine._wait_for_throttle)
+                                        before_request=engine.wait_for_throttle)
         self._stop = threading.Event()  # set by a signal; the main loop waits on it
         self._failing: str | None = None  # the kind of store error the last pass met, if any
         self._pass_started: float | None = None  # monotonic; None between passes

@@ -40,7 +40,7 @@ def sync_once(settings: Settings) -> int:
             engine = make_engine(settings, store, client, stop)
             release_stale_leases(store, engine)
             CacheRefresher(store, engine.unpaced_client, stop=stop,
-                           before_request=engine._wait_for_throttle).refresh()  # bounded; an offline API ends it at once
+                           before_request=engine.wait_for_throttle).refresh()  # bounded; an offline API ends it at once
             try:
                 while not stop.is_set():
                     report = engine.run_once()

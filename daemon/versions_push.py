@@ -27,7 +27,8 @@ from galtea_local.errors import AuthError, RejectedError, UpstreamError
 from galtea_local.outbox import versions as queue
 from galtea_local_daemon.backoff import retry_after_of
 from galtea_local_daemon.reconcile import pages
-from galtea_local_daemon.spans_push import wait_in_pass
+from galtea_local_daemon.side_queues import PassHost, push_rounds
+from galtea_local_daemon.steps import PassReport
 
 log = logging.getLogger("galtea_local.sync")
 PUSHED, DEAD = "pushed", "dead"
@@ -45,44 +46,40 @@ def request_body(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class VersionPusher:
-    """Pushes due offline versions for one engine pass."""
+    """Pushes due offline versions for one engine pass (a side-queue pusher: side_queues.PassHost)."""
 
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-        self.store = engine.store
-        self.client = engine.client
+    def __init__(self, host: PassHost) -> None:
+        self.host = host
+        self.store = host.store
+        self.client = host.client
 
-    def push_due(self, report: Any, deadline: float) -> None:
-        engine, tries = self.engine, 0
+    def push_due(self, report: PassReport, deadline: float) -> None:
         if self.store.read(queue.has_stale_holds):
             self.store.transaction(queue.release_resolved)
-        while not engine.stopping and not engine._halt.is_set() and time.monotonic() < deadline:
-            if not self.store.read(queue.due, engine.clock(), 1):
-                return  # a read first: a pass with no offline version takes no write lock
-            rows = self.store.transaction(queue.claim_due, engine.owner, engine.clock(), engine.settings.lease_s,
-                                          engine.settings.concurrency)
-            if not rows:
-                return
-            # One at a time, oldest first: the API numbers a product's versions in arrival order,
-            # so they get the numbers the app's calls would have got online. Versions are few.
-            outcomes = [self._push(row) for row in rows]
-            report.versions_pushed += outcomes.count(PUSHED)
-            report.dead += outcomes.count(DEAD)
-            delays = [outcome for outcome in outcomes if isinstance(outcome, float)]
-            tries += bool(delays)
-            if not wait_in_pass(engine, delays, tries, report):
-                return
+
+        def tally(outcomes: list[list[str | float]]) -> list[float]:
+            flat = [outcome for batch in outcomes for outcome in batch]
+            report.versions_pushed += flat.count(PUSHED)
+            report.dead += flat.count(DEAD)
+            return [outcome for outcome in flat if isinstance(outcome, float)]
+
+        # One unit per claim, its versions sent one at a time, oldest first: the API numbers a
+        # product's versions in arrival order, so they get the numbers the app's calls would have
+        # got online. Versions are few.
+        push_rounds(self.host, report, deadline, due=queue.due, claim_due=queue.claim_due,
+                    limit=self.host.settings.concurrency, units=lambda rows: [rows],
+                    send=lambda rows: [self._push(row) for row in rows], tally=tally)
 
     def _push(self, row: dict[str, Any]) -> str | float:
         """Send one version and settle it: PUSHED, DEAD, or the seconds until its retry."""
         maybe_sent = row["sending_since"] is not None
         try:
-            self.engine._wait_for_throttle()
+            self.host.wait_for_throttle()
             answer = self.find(row) if maybe_sent else None
             if answer is None:
                 answer = self.client.get_or_create_version(request_body(row))
         except AuthError as error:
-            self.engine._halt.set()
+            self.host.halt()
             return self._retry(row, error, 0.0, maybe_sent=maybe_sent or error.maybe_sent)
         except RejectedError as error:
             self.store.transaction(queue.settle_dead, row["seq"], error.message)
@@ -92,10 +89,10 @@ class VersionPusher:
         except UpstreamError as error:
             retry_after = retry_after_of(error)
             if retry_after is not None:
-                self.engine._throttle(retry_after)
-            return self._retry(row, error, self.engine.backoff.delay(row["attempts"] + 1, retry_after),
+                self.host.throttle(retry_after)
+            return self._retry(row, error, self.host.backoff.delay(row["attempts"] + 1, retry_after),
                                maybe_sent=maybe_sent or error.maybe_sent)
-        self.store.transaction(queue.settle_synced, row["seq"], answer, self.engine.clock())
+        self.store.transaction(queue.settle_synced, row["seq"], answer, self.host.clock())
         return PUSHED
 
     def find(self, row: dict[str, Any]) -> dict[str, Any] | None:
@@ -106,7 +103,7 @@ class VersionPusher:
         return next((v for v in listed if queue.facts_key(v.get("facts")) == row["facts_key"]), None)
 
     def _retry(self, row: dict[str, Any], error: UpstreamError, delay: float, *, maybe_sent: bool) -> float:
-        self.store.transaction(queue.settle_retry, row["seq"], self.engine.clock() + delay, error.message,
+        self.store.transaction(queue.settle_retry, row["seq"], self.host.clock() + delay, error.message,
                                maybe_sent=maybe_sent)
         return float(delay)
 
