@@ -232,6 +232,8 @@ class SessionService:
         if stopping_reason is not _UNSET:
             changes["stopping_reason"] = check_text("stopping_reason", stopping_reason)
         if metadata is not _UNSET:
+            if metadata is not None and not isinstance(metadata, dict):  # the API: "metadata must be an object"
+                raise InvalidInputError(f"metadata: expected a dict or None, got {type(metadata).__name__}")
             changes["metadata_json"] = encode_json("metadata", metadata)
         if error is not _UNSET:
             changes["error"] = check_text("error", error)
