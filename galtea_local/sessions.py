@@ -86,10 +86,15 @@ def _check_status(value: Any) -> str | None:
     return text.upper()
 
 
-def _row_values(custom_id: str | None, version_id: str | None, product_id: str | None, **fields: Any) -> dict:
-    metadata = fields.get("metadata")
+def _check_metadata(metadata: Any) -> None:
+    # The API refuses any other JSON value (400 "metadata must be an object"): a session created or
+    # updated with one would be dead-lettered upstream and hold every turn behind it.
     if metadata is not None and not isinstance(metadata, dict):
-        raise InvalidInputError(f"metadata: expected a dict, got {type(metadata).__name__}")
+        raise InvalidInputError(f"metadata: expected a dict (a JSON object) or None, got {type(metadata).__name__}")
+
+
+def _row_values(custom_id: str | None, version_id: str | None, product_id: str | None, **fields: Any) -> dict:
+    _check_metadata(fields.get("metadata"))
     is_production = fields.get("is_production")
     if is_production is not None and not isinstance(is_production, bool):
         raise InvalidInputError(f"is_production: expected a bool, got {type(is_production).__name__}")
@@ -102,7 +107,7 @@ def _row_values(custom_id: str | None, version_id: str | None, product_id: str |
         "product_id": product_id,
         "test_case_id": check_text("test_case_id", fields.get("test_case_id")),
         "context": check_text("context", fields.get("context")),
-        "metadata_json": encode_json("metadata", metadata),
+        "metadata_json": encode_json("metadata", fields.get("metadata")),
         "is_production": None if is_production is None else int(is_production),
         "run_id": check_text("run_id", fields.get("run_id")),
         "join_existing": int(bool(fields.get("join_existing"))),
@@ -232,8 +237,7 @@ class SessionService:
         if stopping_reason is not _UNSET:
             changes["stopping_reason"] = check_text("stopping_reason", stopping_reason)
         if metadata is not _UNSET:
-            if metadata is not None and not isinstance(metadata, dict):  # the API: "metadata must be an object"
-                raise InvalidInputError(f"metadata: expected a dict or None, got {type(metadata).__name__}")
+            _check_metadata(metadata)
             changes["metadata_json"] = encode_json("metadata", metadata)
         if error is not _UNSET:
             changes["error"] = check_text("error", error)

@@ -48,6 +48,16 @@ def test_bad_session_input_names_the_field(galtea: Galtea, kwargs: dict, field: 
     assert galtea.sessions.list() == []
 
 
+@pytest.mark.parametrize("metadata", [[1, 2], "text", 3, True])
+def test_an_update_refuses_metadata_that_is_not_an_object(galtea: Galtea, metadata: object) -> None:
+    """The API answers 400 to a session whose metadata is not an object: refused at the call, nothing
+    written (found by the fuzz test: folded into an unsent create, it dead-lettered the session)."""
+    session = galtea.sessions.create(version_id="v1", metadata={"k": 1})
+    with pytest.raises(InvalidInputError, match="metadata"):
+        galtea.sessions.update(session.id, metadata=metadata)
+    assert galtea.sessions.get(session.id).metadata == {"k": 1}
+
+
 def test_a_custom_id_is_unique_per_version(galtea: Galtea) -> None:
     galtea.sessions.create(version_id="v1", custom_id="dup")
     with pytest.raises(InvalidInputError, match="custom_id"):
