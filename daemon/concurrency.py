@@ -11,7 +11,7 @@ requests in flight at ``rate x srtt`` (Little's law, with headroom) and at
 ``sync.concurrency``. The control law:
 
 - **Slow start.** The rate starts at 20/s and doubles every round trip until 429s
-  make 3% of the answers (``SLOW_START_EXIT``), or latency rises.
+  make 5% of the answers (``SLOW_START_EXIT``), or latency rises.
 - **Decrease** on a 429 (or the smoothed latency passing ``LATENCY_TOLERANCE``
   times the lowest seen, a queue building up in front of the API). The new
   rate is ``BETA`` x the least of the old one and what the API accepted (goodput:
@@ -81,7 +81,7 @@ BACKGROUND_DECAY = 0.998  # per answer counted: the background follows the last 
 MIN_RTT_WINDOW_S = 10.0  # the lowest round trip is forgotten after this: a slower API is not a queue forever
 LATENCY_TOLERANCE = 4.0
 LATENCY_SLACK_S = 0.25  # plus this: a starved CPU here (GIL, a busy box) is not a queue at the API
-SLOW_START_EXIT = (5, 0.03)  # leave slow start at this many 429s making this share: a limit, not sporadic ones
+SLOW_START_EXIT = (10, 0.05)  # leave slow start at this many 429s making this share: a limit, not sporadic ones
 # Past the hold the probe grows linearly by PROBE_SLOPE of the old rate per second: a token bucket's
 # burst hides its limit until the probe has overdrawn it, so a fast probe is far above the limit
 # when the 429s start (a cubic one reached 1.7x, and each probe cost dozens of 429s). After
@@ -194,7 +194,7 @@ class AdaptiveLimit:
         Down there the API has no reason to refuse us, so the 429s that still come are
         a background (sporadic 429s), not our rate: they raise the bar for a decrease.
         Under a real limiter this share is about 0 and every 429 counts. Only after a
-        clean decrease (made while probing just above the last good rate): a cut on
+        clean decrease (made once back at the hold or probing beyond it): a cut on
         leaving slow start, on systematic 429s or on latency may leave us above the limit.
         """
         # Clearly below: within a few percent of the old rate, a limiter's bucket can still be dry.
@@ -263,7 +263,6 @@ class AdaptiveLimit:
         answers, throttled = self._since_decrease
         share = throttled / answers
         systematic = throttled >= SYSTEMATIC_MIN and share > self.background + SYSTEMATIC_SHARE
-        probing = now - self._decreased_at >= RECOVERY_S + HOLD_S  # near or above the rate that drew the last 429s
         climbed = self._climbed(now)
         if climbed:
             self._at_level[0] += 1
@@ -278,7 +277,9 @@ class AdaptiveLimit:
             if throttled >= SLOW_START_EXIT[0] and share > SLOW_START_EXIT[1]:
                 self._decrease(now, clean=False)
         elif systematic or (climbed and above_background):
-            self._decrease(now, clean=probing and not self.slow_start and not systematic)
+            # Clean (the recovery below it learns the background) unless many 429s came at once:
+            # in the hold too, or sporadic 429s that keep cutting it there never teach it theirs.
+            self._decrease(now, clean=climbed and not systematic)
 
     def _decrease(self, now: float, *, clean: bool, cut: float | None = None) -> None:
         """Cut the rate to ``BETA`` x the least of it and what the API accepted over the last second
