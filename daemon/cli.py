@@ -165,9 +165,10 @@ def cmd_dead(args: argparse.Namespace) -> int:
             from galtea_local.status import store_status
 
             status = store_status(store)
-            if status["spans_dead"] or status["evaluations_dead"]:
+            if status["spans_dead"] or status["evaluations_dead"] or status["versions_dead"]:
                 print(f"also dead: {status['spans_dead']} span(s), {status['evaluations_dead']} evaluation "
-                      "request(s) (reasons in the store; `galtea-local dead retry --all` queues them again)")
+                      f"request(s), {status['versions_dead']} version(s) (reasons in the store;"
+                      " `galtea-local dead retry --all` queues them again)")
         return EXIT_OK
     if not args.ids and not args.all:
         raise GaltealocalError(f"dead {args.action}: name record or session ids, or pass --all")
@@ -176,10 +177,11 @@ def cmd_dead(args: argparse.Namespace) -> int:
         count = store.transaction(dead_letters.retry_dead, records, sessions)
         print(f"{count} operation(s) queued again")
         if args.all:  # spans and evaluation requests refused by the API: queued again too
-            from galtea_local.outbox import evaluations, spans
+            from galtea_local.outbox import evaluations, spans, versions
 
             print(f"{store.transaction(spans.retry_dead)} span(s), "
-                  f"{store.transaction(evaluations.retry_dead)} evaluation request(s) queued again")
+                  f"{store.transaction(evaluations.retry_dead)} evaluation request(s), "
+                  f"{store.transaction(versions.retry_dead)} version(s) queued again")
     else:
         count = store.transaction(dead_letters.drop_dead, time.time(), records, sessions)
         print(f"{count} operation(s) dropped")

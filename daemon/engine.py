@@ -24,9 +24,10 @@ from galtea_local.errors import AuthError, RejectedError, StoreError, UpstreamEr
 from galtea_local.outbox import attempts as ob
 from galtea_local.outbox import drift, health, leased
 from galtea_local.outbox import stamps as outbox_stamps
+from galtea_local.outbox import versions as versions_queue
 from galtea_local.outbox.kinds import OpKind
 from galtea_local.store import Store
-from galtea_local_daemon import evaluations_push, poison, reconcile, spans_push, uploads, wire
+from galtea_local_daemon import evaluations_push, poison, reconcile, spans_push, uploads, versions_push, wire
 from galtea_local_daemon.backoff import Backoff, retry_after_of
 from galtea_local_daemon.bodies import build_body, decoded_fields
 from galtea_local_daemon.concurrency import AdaptiveLimit, LimitedClient, ThrottleGate
@@ -78,6 +79,9 @@ class SyncEngine:
         # Stamps (createdAt PATCHes) are paced by the same adaptive limit, in its side slots.
         side_client = LimitedClient(client, self.limit, self.backoff.stop_event, wait_gate=self._wait_for_throttle,
                                     on_throttled=self._on_throttled, side=True)
+        # The version cache's refresh (versions_push.py): a few sequential reads every few minutes,
+        # outside the pacing law so they never hold a lane's create back; they wait out a throttle.
+        self.unpaced_client = client
         self.stamper = Stamper(store, side_client, self.settings.concurrency, clock,
                                wait_for_throttle=self._wait_for_throttle, on_error=self._stamp_failed)
         self.uploader = uploads.Uploader(store, self.client, client, clock)
@@ -116,6 +120,8 @@ class SyncEngine:
         self.store.transaction(ob.deactivate_drained_lanes)
         auth_was_failing = self.store.read(health.get, health.AUTH_FAILING) is not None
         concurrency = 1 if auth_was_failing else self._workers_wanted()  # probe with one lane
+        # Versions made offline first: the sessions and turns that name them are claimable once answered.
+        versions_push.VersionPusher(self).push_due(report, time.monotonic() + self.settings.pass_budget_s)
         self._drain(now, concurrency, report)
         # Spans and evaluations go after the lanes, so a trace created in this pass takes them along.
         spans_push.SpanPusher(self).push_due(report, time.monotonic() + self.settings.pass_budget_s)
@@ -124,7 +130,7 @@ class SyncEngine:
         # A pass that settled nothing (every lane hit an unexpected error) does not ask to run
         # again at once: the scheduler's interval paces it, and `sync` ends.
         progressed = (report.pushed or report.adopted or report.dead or report.retried or report.spans_pushed
-                      or report.spans_dead or report.evaluations_pushed)
+                      or report.spans_dead or report.evaluations_pushed or report.versions_pushed)
         report.more_due = not self.stopping and not self._halt.is_set() and bool(progressed) and self._has_due()
         return report
 
@@ -183,7 +189,8 @@ class SyncEngine:
     def _has_due(self) -> bool:
         lanes = self.store.read(lambda conn: ob.due_lanes(conn, self.clock(), 1))
         now = self.clock()
-        return bool(lanes) or spans_push.spans_due(self.store, now) or evaluations_push.evaluations_due(self.store, now)
+        return (bool(lanes) or spans_push.spans_due(self.store, now) or evaluations_push.evaluations_due(self.store, now)
+                or bool(self.store.read(versions_queue.due, now, 1)))
 
     # -- one lane ------------------------------------------------------------
 

@@ -53,6 +53,7 @@ from galtea_local_daemon.metrics import REFRESH_EVERY_S, DaemonMetrics
 from galtea_local_daemon.runtime import make_client, make_engine, open_store, pusher_guard, release_stale_leases
 from galtea_local_daemon.sdnotify import Notifier
 from galtea_local_daemon.storefile import EXIT_STORE_REPLACED, StoreFile
+from galtea_local_daemon.versions_push import REFRESH_EVERY_S, CacheRefresher
 from galtea_local_daemon.watch import Watcher
 
 log = logging.getLogger("galtea_local.daemon")
@@ -113,6 +114,9 @@ class Daemon:
         self._pass_done = JobDone()
         self._wal_done = JobDone()
         self._write_watch_done = JobDone()
+        self._refresh_done = JobDone()
+        self.refresher = CacheRefresher(store, engine.unpaced_client, stop=engine.backoff.stop_event,
+                                        before_request=engine.wait_for_throttle)
         self._stop = threading.Event()  # set by a signal; the main loop waits on it
         self._failing: str | None = None  # the kind of store error the last pass met, if any
         self._pass_started: float | None = None  # monotonic; None between passes
@@ -279,6 +283,10 @@ class Daemon:
         )
         self.scheduler.add_job(self._tracked(self.write_watch.publish, self._write_watch_done),
                                IntervalTrigger(seconds=PUBLISH_EVERY_S), id="write-watch", max_instances=1, coalesce=True)
+        # The version and product cache: at start, then every few minutes; bounded work per run.
+        self.scheduler.add_job(self._tracked(self.refresher.refresh, self._refresh_done),
+                               IntervalTrigger(seconds=REFRESH_EVERY_S), id="cache-refresh", max_instances=1,
+                               coalesce=True, next_run_time=datetime.now(timezone.utc))
         if self.store.dialect == "sqlite":  # PostgreSQL bounds its own WAL
             self.scheduler.add_job(self._wal_job, IntervalTrigger(seconds=WAL_CHECK_EVERY_S), id=WAL_JOB_ID,
                                    max_instances=1, coalesce=True)
@@ -333,7 +341,7 @@ class Daemon:
         with self._state:
             self.engine.request_stop()  # no new claims; backoff sleeps end now
         self.scheduler.shutdown(wait=False)
-        jobs = (self._pass_done, self._wal_done, self._write_watch_done)
+        jobs = (self._pass_done, self._wal_done, self._write_watch_done, self._refresh_done)
         if not all(job.wait_until(deadline) for job in jobs):
             released = self._release_leases(time.monotonic() + RELEASE_GRACE_S)
             log.warning("in-flight pushes did not finish within %gs; they stay queued (a sent one is "

@@ -79,6 +79,7 @@ class PassReport:
     spans_pushed: int = 0  # the spans and evaluations steps (spans_push.py, evaluations_push.py)
     spans_dead: int = 0
     evaluations_pushed: int = 0
+    versions_pushed: int = 0  # versions made offline (versions_push.py)
     throttled_until: float | None = None
     more_due: bool = False
     errors: list[str] = field(default_factory=list)
@@ -93,5 +94,6 @@ class PassReport:
         self.spans_pushed += other.spans_pushed
         self.spans_dead += other.spans_dead
         self.evaluations_pushed += other.evaluations_pushed
+        self.versions_pushed += other.versions_pushed
         self.auth_failing = self.auth_failing or other.auth_failing
         self.errors.extend(other.errors)

@@ -15,6 +15,7 @@ from typing import Any
 from galtea_local.config import Settings
 from galtea_local.status import store_status
 from galtea_local_daemon.logs import configure_logging
+from galtea_local_daemon.versions_push import CacheRefresher
 from galtea_local_daemon.runtime import make_client, make_engine, open_store, pusher_guard, release_stale_leases
 
 log = logging.getLogger("galtea_local.sync")
@@ -38,6 +39,8 @@ def sync_once(settings: Settings) -> int:
         with make_client(settings) as client:
             engine = make_engine(settings, store, client, stop)
             release_stale_leases(store, engine)
+            CacheRefresher(store, engine.unpaced_client, stop=stop,
+                           before_request=engine.wait_for_throttle).refresh()  # bounded; an offline API ends it at once
             try:
                 while not stop.is_set():
                     report = engine.run_once()
@@ -51,8 +54,9 @@ def sync_once(settings: Settings) -> int:
         + f"; spans queued {status['spans_queued']}, synced {status['spans_synced']}, dead {status['spans_dead']}"
         + f"; evaluations queued {status['evaluations_queued']}, synced {status['evaluations_synced']},"
         f" dead {status['evaluations_dead']}"
+        + f"; versions queued {status['versions_queued']}, dead {status['versions_dead']}"
         + ("; AUTH FAILING" if status["auth_failing"] else ""),
         file=sys.stderr,
     )
-    waiting = status["queued"] + status["spans_queued"] + status["evaluations_queued"]
+    waiting = status["queued"] + status["spans_queued"] + status["evaluations_queued"] + status["versions_queued"]
     return 0 if waiting == 0 else 2

@@ -1,4 +1,4 @@
-"""The span and evaluation calls of :class:`~galtea_local_daemon.upstream.UpstreamClient`.
+"""The span, evaluation, version and product calls of :class:`~galtea_local_daemon.upstream.UpstreamClient`.
 
 A mixin, so ``upstream.py`` stays one screenful per concern: every request still
 goes through the client's one ``_call`` (classification, redaction, logging).
@@ -48,4 +48,23 @@ class SpanAndEvaluationCalls:
         query = query_string([("sessionIds", as_list(session_ids)), ("fromCreatedAt", from_created_at),
                               ("limit", limit), ("sort", ["createdAt", "asc"])])
         return self._call("GET", "/evaluations", query=query, expect=list)
+
+    # -- versions and products (the cache, and versions made offline) ----------
+
+    def get_or_create_version(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """POST /versions/get-or-create ``{productId, facts, name?}``: the product's version holding
+        the facts, made only when none does (so sending it again never makes a second one)."""
+        return self._call("POST", "/versions/get-or-create", body=body, expect=dict)
+
+    def list_versions(self, *, product_ids: Sequence[str], names: Sequence[str] | None = None,
+                      offset: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        """GET /versions of these products (and names): one page, oldest first."""
+        query = query_string([("productIds", as_list(product_ids)), ("names", as_list(names)),
+                              ("offset", offset), ("limit", limit), ("sort", ["createdAt", "asc"])])
+        return self._call("GET", "/versions", query=query, expect=list)
+
+    def list_products(self, *, offset: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        """GET /products: one page, oldest first."""
+        query = query_string([("offset", offset), ("limit", limit), ("sort", ["createdAt", "asc"])])
+        return self._call("GET", "/products", query=query, expect=list)
 

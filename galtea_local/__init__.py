@@ -6,7 +6,9 @@ queue upstream later. This package never imports an HTTP client.
 """
 
 from galtea_local.client import Galtea
+from galtea_local.catalog_read import Product, Version
 from galtea_local.errors import (
+    AmbiguousVersionNameException,
     BundleError,
     ConfigError,
     EntityNotFoundException,
@@ -24,6 +26,7 @@ from galtea_local.errors import (
     StoreReadOnlyError,
     StoreTimeoutError,
     StoreUnavailableError,
+    VersionNameConflictException,
 )
 from galtea_local.read_model import (
     AttachedFile,
@@ -39,6 +42,7 @@ from galtea_local.read_model import (
 # The app-facing surface: the SDK's names for what we return and raise, plus our own errors.
 # The daemon-side errors (UpstreamError and its subclasses) are not part of it: an app never sees them.
 __all__ = [
+    "AmbiguousVersionNameException",
     "AttachedFile",
     "BundleError",
     "ConfigError",
@@ -54,6 +58,7 @@ __all__ = [
     "NotAStoreError",
     "NotFoundError",
     "OutcomeUnknownError",
+    "Product",
     "RecordTooLargeError",
     "Session",
     "SessionStatus",
@@ -67,6 +72,8 @@ __all__ = [
     "SyncState",
     "Trace",
     "TraceStatus",
+    "Version",
+    "VersionNameConflictException",
     "clear_context",
     "get_trace_id",
     "set_context",

@@ -16,6 +16,7 @@ from galtea_local.store import open_configured
 if TYPE_CHECKING:
     from galtea_local.evaluations import EvaluationService
     from galtea_local.spans.service import SpanService
+    from galtea_local.versions import ProductService, VersionService
 
 
 class Galtea:
@@ -44,8 +45,6 @@ class Galtea:
         self.inference_results = InferenceResultService(self._store, settings.max_record_bytes)
         self.traces = self.inference_results  # the official SDK's new name for the same service
         self.sessions = SessionService(self._store)
-        # versions/products (planned, docs/sdk-parity.md): a local cache the daemon refreshes, served
-        # as cached properties like `spans` below. Until then `g.versions` is an AttributeError.
         provider.use_store(self._store)  # spans that end from now on land in this store (no OTel import)
         if "opentelemetry.sdk.trace" in sys.modules:
             # Loaded already (by the official SDK, Langfuse...): spans of their helpers land here too.
@@ -57,6 +56,20 @@ class Galtea:
         from galtea_local.spans.service import SpanService
 
         return SpanService(self._store)
+
+    @functools.cached_property
+    def versions(self) -> VersionService:
+        """Versions from the cache the daemon refreshes; ``get_or_create`` queues a new one offline."""
+        from galtea_local.versions import VersionService
+
+        return VersionService(self._store)
+
+    @functools.cached_property
+    def products(self) -> ProductService:
+        """Products from the cache the daemon refreshes."""
+        from galtea_local.versions import ProductService
+
+        return ProductService(self._store)
 
     @functools.cached_property
     def evaluations(self) -> EvaluationService:

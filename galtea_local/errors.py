@@ -85,6 +85,23 @@ class NotFoundError(EntityNotFoundHTTPError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class VersionNameConflictException(InvalidInputError):
+    """``versions.get_or_create(name=...)``: another version of the product already holds the name.
+
+    The official SDK's name; raised locally when this store knows that version, else the
+    daemon dead-letters the push with the API's 409 message.
+    """
+
+    name: str = "VersionNameConflictException"
+    status_code: int = 409
+
+
+class AmbiguousVersionNameException(InvalidInputError):
+    """``versions.get_by_name``: more than one version of the product answers to the name (the SDK's name)."""
+
+    name: str = "AmbiguousVersionNameException"
+
+
 class StoreError(GaltealocalError):
     """The store cannot be used."""
 

@@ -24,6 +24,7 @@ from typing import Optional
 from sqlalchemy import BigInteger, Index, text
 from sqlmodel import Field, SQLModel
 
+from galtea_local.catalog_models import ProductRow, VersionRow
 from galtea_local.outbox.kinds import OPEN
 
 
@@ -143,6 +144,7 @@ class OutboxOperation(SQLModel, table=True):
             sqlite_where=text("session_seq IS NOT NULL"),
             postgresql_where=text("session_seq IS NOT NULL"),
         ),
+        _partial_index("ix_outbox_waits_version", "waits_version", "waits_version IS NOT NULL"),
     )
 
     seq: Optional[int] = Field(default=None, primary_key=True)
@@ -165,6 +167,9 @@ class OutboxOperation(SQLModel, table=True):
     sending_offset_s: Optional[float] = None
     # The HTTP status that answered a maybe-sent attempt (None: no answer): its commit grace (issue 17).
     sent_status: Optional[int] = None
+    # A version made offline that this operation names and that upstream has not answered yet
+    # (0013_versions_cache): the operation is not claimed until the version's push settles.
+    waits_version: Optional[int] = None
 
 
 class OwnedRemoteId(SQLModel, table=True):
@@ -393,5 +398,7 @@ TABLES = [
     BundleExported.__table__,
     BundleImport.__table__,
     AttachmentRow.__table__,
+    VersionRow.__table__,
+    ProductRow.__table__,
 ]
 COLUMNS = [c.name for c in InferenceResultRow.__table__.columns]

@@ -19,6 +19,7 @@ from galtea_local.store.dialects import NO_LIMIT
 from galtea_local.errors import InvalidInputError, NotFoundError, OutcomeUnknownError
 from galtea_local.outbox import batch as batch_queue
 from galtea_local.outbox import sessions as sessions_queue
+from galtea_local.outbox import versions as versions_queue
 from galtea_local.read_model import Trace, build, from_row
 from galtea_local.store import StorageBackend, named_outcome
 from galtea_local.validation import (
@@ -69,6 +70,10 @@ def _insert(conn: sqlite3.Connection, row: dict[str, Any], prefix: str | None = 
     outbox.open_lane(conn, row["lane"])
     seq = conn.execute(_INSERT_RECORD, tuple(map(row.get, _CREATE_COLUMNS))).lastrowid
     outbox.enqueue_create(conn, seq, row["lane"], row["created_at"])
+    if row["lane"].startswith("c:v:"):  # by custom id on a version: maybe one made offline
+        waits = versions_queue.waiting_for(conn, row["version_id"])
+        if waits is not None:
+            versions_queue.hold(conn, waits, record_seq=seq)
     return seq
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from galtea_local.errors import InvalidInputError, NotFoundError
 from galtea_local.outbox import sessions as queue
+from galtea_local.outbox import versions as versions_queue
 from galtea_local.read_model import Session, iso_utc, session_status, stored_json
 from galtea_local.session_list import list_query
 from galtea_local.store import StorageBackend, named_outcome
@@ -128,6 +129,9 @@ def _insert(conn: sqlite3.Connection, values: dict[str, Any], now: float) -> int
         (*values.values(), now, now, "queued", 0),
     ).lastrowid
     queue.enqueue_session_create(conn, seq, now)
+    waits = versions_queue.waiting_for(conn, values["version_id"])
+    if waits is not None:  # a version get_or_create made offline: the session goes up after it
+        versions_queue.hold(conn, waits, session_seq=seq)
     return seq
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from galtea_local.outbox import custody, health
 from galtea_local.outbox import evaluations as evaluation_queue
 from galtea_local.outbox import spans as span_queue
+from galtea_local.outbox import versions as version_queue
 from galtea_local.store import Store
 
 _STATES = ("queued", "synced", "dead", "dropped", "cancelled")
@@ -36,7 +37,10 @@ def _queue_facts(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
     in_flight, oldest = conn.execute(_HEADS).fetchone()
     dead_ops = conn.execute("SELECT COUNT(*) FROM outbox WHERE state = 'dead'").fetchone()[0]
     sessions = dict(conn.execute("SELECT sync_state, COUNT(*) FROM sessions GROUP BY sync_state").fetchall())
+    versions = version_queue.counts(conn)
     return {
+        "versions_queued": versions["queued"],  # made offline, not answered yet: what names them waits
+        "versions_dead": versions["dead"],
         "sessions_queued": sessions.get("queued", 0),
         "sessions_synced": sessions.get("synced", 0),
         "sessions_dead": sessions.get("dead", 0),
@@ -115,6 +119,8 @@ def format_status(status: dict[str, Any]) -> str:
         f"dead        {status['dead']} records ({status['dead_operations']} operations; see `galtea-local dead list`)",
         f"sessions    {status['sessions_queued']} queued, {status['sessions_synced']} synced,"
         f" {status['sessions_dead']} dead (a dead session holds its turns)",
+        f"versions    {status['versions_queued']} made offline and queued, {status['versions_dead']} dead"
+        " (a dead version holds the sessions and turns that name it)",
         f"spans       {status['spans_queued']} queued, {status['spans_synced']} synced, {status['spans_dead']} dead",
         f"evaluations {status['evaluations_queued']} queued, {status['evaluations_synced']} synced,"
         f" {status['evaluations_dead']} dead",

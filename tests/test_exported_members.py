@@ -12,12 +12,12 @@ def test_all_is_exactly_the_public_surface():
     modules = {name for name in public if type(getattr(galtea_local, name)).__name__ == "module"}
     assert exported == public - modules
     assert exported == {
-        "AttachedFile", "BundleError", "ConfigError", "EntityNotFoundException", "EntityNotFoundHTTPError",
+        "AmbiguousVersionNameException", "AttachedFile", "BundleError", "ConfigError", "EntityNotFoundException", "EntityNotFoundHTTPError",
         "Galtea", "GalteaSpan", "GaltealocalError", "InferenceResult", "InferenceResultStatus", "InvalidInputError",
-        "InvalidTypeError", "NotAStoreError", "NotFoundError", "OutcomeUnknownError", "RecordTooLargeError",
+        "InvalidTypeError", "NotAStoreError", "NotFoundError", "OutcomeUnknownError", "Product", "RecordTooLargeError",
         "Session", "SessionStatus", "Span", "StoreError", "StoreFullError", "StoreOpenError", "StoreReadOnlyError",
         "StoreTimeoutError", "StoreUnavailableError", "SyncState", "Trace", "TraceStatus",
-        "clear_context", "get_trace_id", "set_context", "start_span", "traced",
+        "Version", "VersionNameConflictException", "clear_context", "get_trace_id", "set_context", "start_span", "traced",
     }  # fmt: skip
     assert len(galtea_local.__all__) == len(exported), "no name listed twice"
     assert all(getattr(galtea_local, name) is not None for name in exported), "every name resolves (lazy ones too)"

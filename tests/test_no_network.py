@@ -24,6 +24,9 @@ PROBE = NETWORK_TRAP + textwrap.dedent(
         service.create_batch(session_id="s", conversation_turns=[{"role": "user", "content": "hi"}])
         service.list(session_id="s")
         service.delete(service.get(record.id).id)
+        version = galtea.versions.get_or_create("p", {"model": "m"}, auto_detect_commit_hash=True)
+        galtea.sessions.create(version_id=galtea.versions.get(version.id).id)
+        galtea.products.list()
 
     clients = sorted({"httpx", "requests", "urllib3", "http.client", "aiohttp"} & set(sys.modules))
     print("clients:", clients, "calls:", calls)

@@ -1,7 +1,7 @@
 """The emulator's HTTP surface: the Galtea API routes the SDK calls, plus control endpoints.
 
 API routes (camelCase JSON, as the official SDK 5.12 sends and reads them):
-``/inferenceResults[/{id}|/batch]``, ``/sessions[/{id}[/finish]]``, ``/traces[/{id}|/batch]`` (spans), ``/evaluations[/{id}|/fromInferenceResult|/fromSession|/singleTurn]`` and
+``/inferenceResults[/{id}|/batch]``, ``/sessions[/{id}[/finish]]``, ``/products``, ``/versions`` (emulator/catalog.py), ``/traces[/{id}|/batch]`` (spans), ``/evaluations[/{id}|/fromInferenceResult|/fromSession|/singleTurn]`` and
 ``GET /minimum-sdk-version``, ``/storage/generate-put-presigned-url`` and the presigned links
 it hands out (emulator/storage.py). Control routes live under ``/_emulator/`` and are
 never delayed, faulted or authenticated:
@@ -13,6 +13,7 @@ never delayed, faulted or authenticated:
   ``"throttle_next": N`` answers exactly the next N API requests 429).
 - ``POST /_emulator/storage``: ``{"hold_put_s": N}`` holds each upload's answer (emulator/storage.py).
 - ``POST /_emulator/reset``: forget everything stored and zero the counters.
+- ``POST /_emulator/products``: seed a product (the SDK cannot create one).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from galtea_local_daemon.emulator import rules
 from galtea_local_daemon.emulator.faults import FaultConfig, FaultInjector
 from galtea_local_daemon.emulator.layer import FaultLayer
 from galtea_local_daemon.emulator.rules import ApiError
+from galtea_local_daemon.emulator.catalog import PRODUCT_FILTERS, VERSION_FILTERS, Catalog
 from galtea_local_daemon.emulator.evaluations import EvaluationStore
 from galtea_local_daemon.emulator.spans import SpanStore
 from galtea_local_daemon.emulator.storage import OBJECT_PATH
@@ -70,6 +72,7 @@ class EmulatorApp:
         self.injector = injector
         self.spans = SpanStore(store)
         self.evaluations = EvaluationStore(store)
+        self.catalog = Catalog(store)
 
     def routes(self) -> list[Route]:
         return [
@@ -96,6 +99,7 @@ class EmulatorApp:
             Route("/evaluations", self.list_evaluations, methods=["GET"]),
             Route("/evaluations/{id}", self.get_evaluation, methods=["GET"]),
             Route("/evaluations/{id}", self.delete_evaluation, methods=["DELETE"]),
+            *self.catalog_routes(),
             Route("/minimum-sdk-version", self.sdk_versions, methods=["GET"]),
             Route("/storage/generate-put-presigned-url", self.presign_put, methods=["GET"]),
             Route(OBJECT_PATH + "{key:path}", self.store.storage.put_object, methods=["PUT"]),
@@ -106,6 +110,20 @@ class EmulatorApp:
             Route("/_emulator/faults", self.set_faults, methods=["POST"]),
             Route("/_emulator/reset", self.reset, methods=["POST"]),
             Route("/_emulator/versions", self.set_versions, methods=["POST"]),
+            Route("/_emulator/products", self.seed_product, methods=["POST"]),
+        ]
+
+    def catalog_routes(self) -> list[Route]:
+        return [
+            Route("/products", self.list_products, methods=["GET"]),
+            Route("/products/{id}", self.get_product, methods=["GET"]),
+            Route("/products/{id}", self.delete_product, methods=["DELETE"]),
+            Route("/versions", self.create_version, methods=["POST"]),
+            Route("/versions", self.list_versions, methods=["GET"]),
+            Route("/versions/get-or-create", self.get_or_create_version, methods=["POST"]),
+            Route("/versions/{id}", self.get_version, methods=["GET"]),
+            Route("/versions/{id}", self.update_version, methods=["PATCH"]),
+            Route("/versions/{id}", self.delete_version, methods=["DELETE"]),
         ]
 
     # --- what a read shows ----------------------------------------------------------
@@ -215,6 +233,44 @@ class EmulatorApp:
     async def set_storage(self, request: Request) -> Response:
         return await self.store.storage.control(request, await read_object(request))
 
+    # --- products and versions (see emulator/catalog.py) -------------------------------
+
+    async def seed_product(self, request: Request) -> Response:
+        return JSONResponse(self.catalog.seed_product(await read_object(request)), status_code=201)
+
+    async def list_products(self, request: Request) -> Response:
+        query = self._capped(rules.parse_list_query(request.query_params.multi_items(), PRODUCT_FILTERS))
+        return JSONResponse(self.catalog.list_products(query))
+
+    async def get_product(self, request: Request) -> Response:
+        return JSONResponse(self.catalog.product(request.path_params["id"]))
+
+    async def delete_product(self, request: Request) -> Response:
+        self.catalog.delete_product(request.path_params["id"])
+        return Response(status_code=204)
+
+    async def create_version(self, request: Request) -> Response:
+        return JSONResponse(self.catalog.create_version(await read_object(request)), status_code=201)
+
+    async def get_or_create_version(self, request: Request) -> Response:
+        version, made = self.catalog.get_or_create(await read_object(request))
+        return JSONResponse(version, status_code=201 if made else 200)
+
+    async def list_versions(self, request: Request) -> Response:
+        query = self._capped(rules.parse_list_query(request.query_params.multi_items(), VERSION_FILTERS))
+        return JSONResponse(self.catalog.list_versions(query))
+
+    async def get_version(self, request: Request) -> Response:
+        return JSONResponse(self.catalog.version(request.path_params["id"]))
+
+    async def update_version(self, request: Request) -> Response:
+        body = await read_object(request)
+        return JSONResponse(self.catalog.update_version(request.path_params["id"], body))
+
+    async def delete_version(self, request: Request) -> Response:
+        self.catalog.delete_version(request.path_params["id"])
+        return Response(status_code=204)
+
     async def sdk_versions(self, request: Request) -> Response:
         return JSONResponse(SDK_VERSIONS)
 
@@ -227,7 +283,7 @@ class EmulatorApp:
             return JSONResponse({**counts, **self.injector.snapshot(with_log)})
         spans = {"spans": list(self.spans.spans.values()), "deletedSpans": list(self.spans.deleted.values()),
                  "refusedDuplicateSpans": self.spans.refused_duplicates,
-                 "evaluations": list(self.evaluations.evaluations.values())}
+                 "evaluations": list(self.evaluations.evaluations.values()), **self.catalog.snapshot()}
         spans.update(self.store.storage.snapshot())
         return JSONResponse({**self.store.snapshot(), **spans, **self.injector.snapshot(with_log)})
 
@@ -260,6 +316,7 @@ class EmulatorApp:
         self.store.reset()
         self.spans.reset()
         self.evaluations.reset()
+        self.catalog.reset()
         self.injector.reset()
         return JSONResponse({"reset": True})
 

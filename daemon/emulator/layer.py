@@ -26,14 +26,14 @@ from galtea_local_daemon.emulator.faults import (
 )
 
 Scope = dict[str, Any]
-API_PREFIXES = ("/inferenceResults", "/sessions", "/traces", "/evaluations", "/storage/")
+API_PREFIXES = ("/inferenceResults", "/sessions", "/traces", "/evaluations", "/storage/", "/products", "/versions")
 
 
 def route_of(path: str) -> str:
     """``/inferenceResults/abc`` -> ``/inferenceResults/{id}``: a stable name to count requests by."""
     parts = path.rstrip("/").split("/")
     if len(parts) >= 3 and parts[2] not in ("batch", "fromInferenceResult", "fromSession", "singleTurn",
-                                            "generate-put-presigned-url"):
+                                            "generate-put-presigned-url", "get-or-create"):
         parts[2] = "{id}"
     return "/".join(parts)
 

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from galtea_local.outbox import batch, lanes, probes, stamps
 from galtea_local.attachments import adopt_uris, has_files
+from galtea_local.outbox import batch, lanes, probes, stamps, versions
 from galtea_local.outbox.kinds import OPEN, OpKind, OpState, held_behind_session, held_behind_session_sql, open_in
 from galtea_local.store import dialects
 from galtea_local.store.contract import StoreConnection
@@ -83,7 +83,7 @@ def due_lanes(conn: StoreConnection, now: float, limit: int) -> list[str]:
         "   ORDER BY o.seq LIMIT 1) AS head"
         "   , l.remote_session_id, COALESCE(l.lease_until, 0) AS served"
         f" FROM lanes l WHERE l.active = 1 AND (l.lease_owner IS NULL OR l.lease_until < {clock})) AS heads"
-        " JOIN outbox h ON h.seq = heads.head WHERE h.not_before <= ?"
+        " JOIN outbox h ON h.seq = heads.head WHERE h.not_before <= ? AND h.waits_version IS NULL"
         # A session created offline whose create is dead holds its turns: nothing to claim there.
         f" AND NOT {held_behind_session_sql('heads.key', 'heads.remote_session_id', 'h.kind')}"
         " ORDER BY heads.served, heads.head LIMIT ?",
@@ -189,8 +189,8 @@ def next_attempt(conn: StoreConnection, lane: str, owner: str, now: float, lease
     if not lanes.fold_siblings(conn, lane, lane_row["remote_session_id"], now):
         return None  # an older turn of this upstream session waits in a lane another pusher holds
     op = conn.execute(_HEAD, (lane,)).fetchone()
-    if op is None or op["not_before"] > now:
-        return None
+    if op is None or op["not_before"] > now or op["waits_version"] is not None:
+        return None  # not due, or it names a version made offline that upstream has not answered yet
     if held_behind_session(lane, lane_row["remote_session_id"], op["kind"]):
         return None
     maybe = op["state"] == OpState.SENDING
@@ -250,7 +250,8 @@ def _mark(conn: StoreConnection, attempt: Attempt, target: dict[str, Any], now: 
     PATCH. This holds at READ COMMITTED too, where the engine runs on PostgreSQL.
     """
     if attempt.kind in _CLOSE_FOLDING:
-        target = dict(conn.execute(_CLOSE_FOLDING[attempt.kind], (target["seq"],)).fetchall()[0])
+        target = versions.with_remote_version(
+            conn, dict(conn.execute(_CLOSE_FOLDING[attempt.kind], (target["seq"],)).fetchall()[0]))
     body = build_body(target, attempt)
     marked = conn.execute(
         "UPDATE outbox SET state = 'sending', attempts = attempts + 1, sending_since = ?, sent_body = ?,"
@@ -299,9 +300,12 @@ def take_next(
 
 
 def _target(conn: StoreConnection, op: Any) -> dict[str, Any]:
+    """The op's record or session as it is now, naming its version upstream's way (the body is built from it)."""
     if op["session_seq"] is not None:
-        return dict(conn.execute("SELECT * FROM sessions WHERE seq = ?", (op["session_seq"],)).fetchone())
-    return dict(conn.execute("SELECT * FROM inference_results WHERE seq = ?", (op["record_seq"],)).fetchone())
+        row = conn.execute("SELECT * FROM sessions WHERE seq = ?", (op["session_seq"],)).fetchone()
+    else:
+        row = conn.execute("SELECT * FROM inference_results WHERE seq = ?", (op["record_seq"],)).fetchone()
+    return versions.with_remote_version(conn, dict(row))
 
 
 def _is_session(attempt: Attempt) -> bool:

@@ -59,4 +59,4 @@ def release_all(conn: sqlite3.Connection) -> int:
     """Drop every lease on spans and evaluation requests: for a pusher holding the store's exclusive
     lock, each one is a dead pusher's (a SIGKILLed sync must not hold its rows for a lease's length)."""
     return sum(conn.execute(f"UPDATE {table} SET lease_owner = NULL, lease_until = NULL"
-                            " WHERE lease_until IS NOT NULL").rowcount for table in ("spans", "evaluations"))
+                            " WHERE lease_until IS NOT NULL").rowcount for table in ("spans", "evaluations", "versions"))

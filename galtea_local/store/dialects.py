@@ -75,9 +75,11 @@ def read_committed(fn: F) -> F:
 # is read from the statement's snapshot; next_attempt re-reads it under the lease anyway.
 PG_CLAIM_LANES = (
     "SELECT l.key FROM lanes l"
-    " CROSS JOIN LATERAL (SELECT o.seq, o.kind, o.not_before FROM outbox o"
+    " CROSS JOIN LATERAL (SELECT o.seq, o.kind, o.not_before"
+    "    , o.waits_version FROM outbox o"
     "   WHERE o.lane = l.key AND o.state IN ('pending', 'sending') ORDER BY o.seq LIMIT 1) h"
     f" WHERE l.active = 1 AND (l.lease_owner IS NULL OR l.lease_until < {_PG_CLOCK}) AND h.not_before <= ?"
+    " AND h.waits_version IS NULL"  # a head naming a version made offline waits for its push
     " AND NOT (l.key LIKE 'ls:%' AND l.remote_session_id IS NULL AND h.kind != 'session_create')"
     " ORDER BY COALESCE(l.lease_until, 0), h.seq LIMIT ?"  # round robin, as due_lanes
     " FOR UPDATE OF l SKIP LOCKED"

@@ -393,6 +393,44 @@ BLOBS = (
 )
 
 
+# The version and product cache (issue 14): what versions.get/get_or_create and products.get
+# answer offline, refreshed by the daemon; a version made offline is queued in its own row and the
+# operations that name it wait for it (outbox.waits_version). SQLite text; pg_migrations adapts it.
+VERSIONS_CACHE = (
+    """CREATE TABLE versions (
+    seq INTEGER NOT NULL,
+    local_id VARCHAR,
+    remote_id VARCHAR,
+    product_id VARCHAR NOT NULL,
+    name VARCHAR,
+    facts_key VARCHAR,
+    remote_json VARCHAR,
+    sync_state VARCHAR NOT NULL,
+    attempts INTEGER NOT NULL,
+    not_before FLOAT NOT NULL,
+    sending_since FLOAT,
+    lease_owner VARCHAR,
+    lease_until FLOAT,
+    last_error VARCHAR,
+    created_at FLOAT NOT NULL,
+    refreshed_at FLOAT,
+    PRIMARY KEY (seq)
+)""",
+    """CREATE UNIQUE INDEX ix_versions_local_id ON versions (local_id) WHERE local_id IS NOT NULL""",
+    """CREATE INDEX ix_versions_remote_id ON versions (remote_id)""",
+    """CREATE INDEX ix_versions_facts ON versions (product_id, facts_key)""",
+    """CREATE INDEX ix_versions_queued ON versions (seq) WHERE sync_state = 'queued'""",
+    """CREATE TABLE products (
+    id VARCHAR NOT NULL,
+    remote_json VARCHAR NOT NULL,
+    refreshed_at FLOAT NOT NULL,
+    PRIMARY KEY (id)
+)""",
+    """ALTER TABLE outbox ADD COLUMN waits_version INTEGER""",
+    """CREATE INDEX ix_outbox_waits_version ON outbox (waits_version) WHERE waits_version IS NOT NULL""",
+)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_offline_sessions", statements(_SESSIONS)),
@@ -406,6 +444,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0009_bundle_ledger", statements(tuple(sql.format(int="INTEGER") for sql in BUNDLE_LEDGER))),
     ("0011_sent_status", statements(SENT_STATUS)),
     ("0012_blobs", statements(tuple(sql.format(int="INTEGER", float="FLOAT") for sql in BLOBS))),
+    ("0013_versions_cache", statements(VERSIONS_CACHE)),
 ]
 
 

@@ -107,6 +107,15 @@ _DELIVERY = (
     " FOR EACH ROW EXECUTE FUNCTION galtea_own_remote_id()",
 )
 
+_VERSIONS_CACHE = (
+    migrations.VERSIONS_CACHE[0].replace("seq INTEGER NOT NULL,", _SEQ + ",", 1).replace("    PRIMARY KEY (seq)\n", "")
+    .replace("FLOAT", "DOUBLE PRECISION").replace(",\n)", "\n)"),
+    *migrations.VERSIONS_CACHE[1:5],
+    migrations.VERSIONS_CACHE[5].replace("FLOAT", "DOUBLE PRECISION"),
+    migrations.VERSIONS_CACHE[6].replace("INTEGER", "BIGINT"),
+    migrations.VERSIONS_CACHE[7],
+)
+
 
 def _initial(conn: Any) -> None:
     migrations.statements(_INITIAL)(conn)
@@ -127,6 +136,7 @@ MIGRATIONS: list[tuple[str, Callable[[Any], None]]] = [
     ("0011_sent_status", migrations.statements(migrations.SENT_STATUS)),  # the same SQL on both
     ("0012_blobs", migrations.statements(
         tuple(sql.format(int="BIGINT", float="DOUBLE PRECISION") for sql in migrations.BLOBS))),
+    ("0013_versions_cache", migrations.statements(_VERSIONS_CACHE)),
 ]
 assert [name for name, _ in MIGRATIONS] == [name for name, _ in migrations.MIGRATIONS], "one list of names"
 
