@@ -278,8 +278,7 @@ class SyncEngine:
         except RejectedError as error:
             return self._reject(attempt, error, report)
         except UpstreamError as error:  # the send's own answer (or none): how long it may still commit
-            return self._retry(attempt, error, report, maybe_sent=error.maybe_sent, sent_status=error.status,
-                               departed_at=getattr(self._sending, "departed_at", None))
+            return self._retry(attempt, error, report, maybe_sent=error.maybe_sent, sent_status=error.status)
 
     def _push(self, taken: _Taken, report: PassReport, take_more: bool) -> StepOutcome:
         """Reconcile or settle locally if needed, mark, re-check the lease, send, settle."""
@@ -292,7 +291,6 @@ class SyncEngine:
         if not self._lease_fresh(taken):
             return IDLE  # another pusher may hold the lane: it reconciles what we marked
         self._sending.taken = taken  # the adaptive limit may hold the request: re-checked after (_fresh_or_drop)
-        self._sending.departed_at = None  # set when it leaves
         try:
             answer = self._send(attempt, body)
         except LeaseLost:
@@ -488,7 +486,7 @@ class SyncEngine:
         return True
 
     def _retry(self, attempt: ob.Attempt, error: UpstreamError, report: PassReport, *,
-               maybe_sent: bool, sent_status: int | None = None, departed_at: float | None = None) -> StepOutcome:
+               maybe_sent: bool, sent_status: int | None = None) -> StepOutcome:
         retry_after = self.gate.capped(retry_after_of(error))
         if retry_after is not None:
             self._throttle(retry_after)
@@ -498,7 +496,7 @@ class SyncEngine:
             delay = max(delay, self.maybe_sent.answered_grace_s)
         self.store.transaction(
             ob.settle_retry, attempt, self.clock() + delay, error.message, error.status, maybe_sent=maybe_sent,
-            sent_status=sent_status, departed_at=departed_at,
+            sent_status=sent_status,
         )
         report.retried += 1
         log.info("will retry %s of record %s in %.1fs: %s", attempt.kind, attempt.record["seq"], delay, error.message)
@@ -549,8 +547,6 @@ class SyncEngine:
                                       self._offset()):
             log.warning("lease on lane %s lost before sending %s: not sent", taken.attempt.lane, taken.attempt.kind)
             raise LeaseLost()
-        if taken is not None:
-            self._sending.departed_at = self.clock()  # the grace runs from here, not from the mark
 
     def _on_throttled(self, error: BaseException) -> None:
         retry_after = self.gate.capped(retry_after_of(error))

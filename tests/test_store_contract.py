@@ -144,8 +144,8 @@ class TestStoreContract:
         store, marked = local._store, time.time() - 5.0
         local.traces.create(session_id="s1", input="q")
         attempt, _ = begin(store, "a", marked)
-        store.transaction(ob.settle_retry, attempt, 0.0, "read timeout", None, maybe_sent=True,
-                          departed_at=marked + 2.0)
+        assert store.transaction(ob.leaves_now, attempt, "a", marked + 2.0, LEASE_S, None)  # it left 2 s later
+        store.transaction(ob.settle_retry, attempt, 0.0, "read timeout", None, maybe_sent=True)
         store.transaction(ob.release_lane, attempt.lane, "a")
         again = store.transaction(ob.next_attempt, store.transaction(ob.claim_lanes, "b", time.time(), LEASE_S, 1)[0],
                                   "b", time.time(), LEASE_S)

@@ -385,22 +385,19 @@ def settle_done(conn: StoreConnection, attempt: Attempt, now: float, remote: dic
 @lease_protected
 def settle_retry(
     conn: StoreConnection, attempt: Attempt, not_before: float, error: str, status: int | None, *, maybe_sent: bool,
-    sent_status: int | None = None, departed_at: float | None = None,
+    sent_status: int | None = None,
 ) -> None:
     """Try again later. A maybe-sent operation stays ``sending``: the next attempt reconciles.
 
     ``sent_status`` is the status that answered the request that may have been applied (None:
-    no answer); a failed reconciliation read passes the stored one on. ``departed_at``: when
-    that request actually left, after waiting for a slot (later than its write-ahead mark). It
-    cannot have been applied before, so the commit grace and the reconciliation window start there.
+    no answer); a failed reconciliation read passes the stored one on. The mark's time is when
+    the request left (:func:`leaves_now` moved it if it waited for a slot): the commit grace and
+    the reconciliation window start there.
     """
     if maybe_sent:
-        since = "?" if departed_at is not None else "sending_since"
         conn.execute(
-            f"UPDATE outbox SET not_before = ?, last_error = ?, last_status = ?, sent_status = ?, sending_since = {since}"
-            " WHERE seq = ?",
-            (not_before, error, status, sent_status, *([departed_at] if departed_at is not None else []),
-             attempt.op_seq),
+            "UPDATE outbox SET not_before = ?, last_error = ?, last_status = ?, sent_status = ? WHERE seq = ?",
+            (not_before, error, status, sent_status, attempt.op_seq),
         )
     else:
         conn.execute(
