@@ -89,9 +89,10 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def _store(args: argparse.Namespace, settings: Any = None, *, must_exist: bool = False) -> Any:
-    from galtea_local.store import open_configured
+    from galtea_local.store import WriterRole, open_configured
 
-    return open_configured((settings or _settings(args)).store, must_exist=must_exist)
+    # Import and export write in bulk: like the daemon's, their writes give way to the apps'.
+    return open_configured((settings or _settings(args)).store, must_exist=must_exist, role=WriterRole.DAEMON)
 
 
 def _signing(settings: Any, unsigned: bool) -> Any:

@@ -23,11 +23,12 @@ requests in flight at ``rate x srtt`` (Little's law, with headroom) and at
 - **Increase** (CUBIC's window curve, with a plateau): back to just under the
   rate before the decrease (``HOLD_SHARE``) along a concave curve over
   ``RECOVERY_S``, held there for ``HOLD_S`` (each probe above a token bucket's
-  rate costs 429s: rare probes keep them under 1%), then beyond the old rate
+  rate costs 429s: rare probes keep them under 1%; the hold doubles, up to
+  ``HOLD_MAX_S``, while each probe finds the limit where the last one did), then beyond the old rate
   linearly (``PROBE_SLOPE``: a bucket's burst hides its limit until the probe
   has overdrawn it, so the probe must be only a little above the limit when the
   429s start), accelerating after ``PROBE_LINEAR_S``, so a raised rate limit is
-  still found (within about half a minute).
+  still found (within about a minute).
 - **Sporadic vs systematic.** While clearly below the rate that drew the last
   429s, the API has no reason to refuse us: the share of 429s seen there is a
   *background* of sporadic ones. Above it, a 429 decreases only when the share
@@ -69,6 +70,11 @@ RECOVERY_S = 2.0  # time to climb back to the rate before a decrease; only syste
 # toward the background of sporadic 429s, which a real limiter does not send at this rate.
 HOLD_SHARE = 0.93
 HOLD_S = 8.0
+# Each probe that finds the limit where the last one did (within STABLE_LIMIT) doubles the hold,
+# up to HOLD_MAX_S: a limit that does not move needs few probes, and each costs 429s (1.3% of all
+# requests against a bucket with the hold fixed at 8 s). A limit found elsewhere starts over at HOLD_S.
+HOLD_MAX_S = 32.0
+STABLE_LIMIT = 0.1
 LEVEL_MIN_429 = 3  # 429s since the climb ended before their share is judged (one early 429 is no share)
 SYSTEMATIC_SHARE = 0.05  # more 429s than background + this share of the answers since the last decrease...
 SYSTEMATIC_MIN = 5  # ... and at least this many (a few early 429s are no share): decrease at once
@@ -136,6 +142,7 @@ class AdaptiveLimit:
         self._run_of_429 = 0
         self._recovery = [0.0, 0.0]  # answers, 429s while climbing back after clean decreases (decayed)
         self._recovery_valid = False  # the last decrease was a clean one (see _note_recovery)
+        self.hold_s = HOLD_S
         self.decreases = 0
 
     @property
@@ -242,7 +249,7 @@ class AdaptiveLimit:
         hold = max(self._r0, HOLD_SHARE * self._w_max)
         if t < RECOVERY_S:
             return hold - (hold - self._r0) * (1 - t / RECOVERY_S) ** 3
-        probe = t - RECOVERY_S - HOLD_S
+        probe = t - RECOVERY_S - self.hold_s
         if probe < 0:
             return hold
         accelerating = PROBE_GROWTH * (max(0.0, probe - PROBE_LINEAR_S) / RECOVERY_S) ** 3
@@ -294,7 +301,10 @@ class AdaptiveLimit:
             self._w_max = new
         else:
             new = max(RATE_FLOOR, self.rate * 0.5, min(self.rate * BETA, BETA * goodput if cut is None else cut))
-            self._w_max = max(new, min(self.rate, goodput))
+            found = max(new, min(self.rate, goodput))
+            stable = clean and abs(found - self._w_max) <= STABLE_LIMIT * self._w_max
+            self.hold_s = min(HOLD_MAX_S, 2 * self.hold_s) if stable else HOLD_S
+            self._w_max = found
         self.rate = self._r0 = new
         self.slow_start = False
         self._decreased_at = now

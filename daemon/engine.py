@@ -42,6 +42,7 @@ __all__ = ["EngineSettings", "PassReport", "SyncEngine", "build_body"]
 log = logging.getLogger("galtea_local.sync")
 _limited = RateLimitedLog(log)  # an error that repeats every pass is logged once a minute, with a count
 WORKERS_PER_REQUEST_SLOT = 2
+RELEASE_BATCH = 200  # stamps made due per write transaction at start
 
 
 class SyncEngine:
@@ -101,7 +102,9 @@ class SyncEngine:
 
     def release_stale_leases(self) -> int:
         """For a pusher holding the store's exclusive lock: every existing lease is a dead pusher's."""
-        self.store.transaction(outbox_stamps.release_stale_stamps)  # and so is every side path
+        stale = self.store.read(outbox_stamps.stale_stamps)  # and so is every side path's
+        for start in range(0, len(stale), RELEASE_BATCH):  # short writes: apps never wait on a long one
+            self.store.transaction(outbox_stamps.release_stamps, stale[start:start + RELEASE_BATCH])
         return self.store.transaction(ob.release_all_leases) + self.store.transaction(leased.release_all)
 
     # -- one pass ------------------------------------------------------------

@@ -16,9 +16,10 @@ Policy (``[retention]``; docs/daemon.md has the operator's view):
   WAL never restarts and keeps growing); :meth:`Housekeeper.bound_wal`, run by
   the daemon's scheduler every :data:`WAL_CHECK_EVERY_S`, then runs a ``PASSIVE``
   checkpoint (it never blocks a writer) as soon as the file passes
-  :data:`WAL_LIMIT_BYTES`, and forces a ``TRUNCATE`` (writers wait for it, at most
-  :data:`CHECKPOINT_BUSY_MS` plus the copy) only when that one could not copy every
-  frame, or past :data:`WAL_FORCE_BYTES`.
+  :data:`WAL_LIMIT_BYTES`, and a ``TRUNCATE`` that waits for readers at most
+  :data:`TRUNCATE_BUSY_MS` (writers wait for it: the copy of the few frames left
+  plus that) when that one could not copy every frame; :data:`CHECKPOINT_BUSY_MS`
+  past :data:`WAL_FORCE_BYTES`.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ DAY_S = 86_400.0
 WAL_LIMIT_BYTES = 8 * 1024 * 1024  # 2x SQLite's auto-checkpoint size: past it, readers starved the checkpoints
 WAL_FORCE_BYTES = 2 * WAL_LIMIT_BYTES  # passive checkpoints did not keep up: block writers to truncate
 RETENTION_EVERY_S = 60.0  # an age limit in days needs no finer clock
-CHECKPOINT_BUSY_MS = 200  # wait this long for readers, then give up until the next try
+CHECKPOINT_BUSY_MS = 50  # wait this long for readers, then give up until the next try
+TRUNCATE_BUSY_MS = 5  # the same under a load, after a passive checkpoint: apps wait while it holds the lock
 CHECKPOINT_TRIES = 5
 WAL_CHECK_EVERY_S = 0.1  # under a heavy load the WAL can grow by megabytes per second
 DROP_BATCH = 500
@@ -213,31 +215,31 @@ class Housekeeper:
         Run every :data:`WAL_CHECK_EVERY_S` alongside the passes, not after them: one
         pass can last many seconds under load. A ``PASSIVE`` checkpoint first: it never
         blocks a writer, and once it has copied every frame the next write starts the
-        WAL over and cuts the file to ``journal_size_limit``. ``TRUNCATE`` holds the
-        write lock while it waits for readers and copies, so the apps' ``create()`` waits
-        with it: only when a passive one could not copy every frame (readers held older
-        snapshots), or past :data:`WAL_FORCE_BYTES`.
+        WAL over and cuts the file to ``journal_size_limit``. Under a steady load writers
+        add frames while it copies, so it rarely ends: a ``TRUNCATE`` then copies what is
+        left (a few frames, just after the passive one) with the write lock held, waiting
+        for readers at most :data:`TRUNCATE_BUSY_MS` (an app's ``create()`` waits with
+        it), and gives up until the next check when they are slower. Past
+        :data:`WAL_FORCE_BYTES` it waits :data:`CHECKPOINT_BUSY_MS`.
         """
         size = self.wal_bytes()
         if size <= WAL_LIMIT_BYTES:
             return False
-        if size <= WAL_FORCE_BYTES and self.checkpoint(mode="PASSIVE"):
+        if self.checkpoint(mode="PASSIVE"):
             return True
-        return self.checkpoint()  # readers starved the passive one, or it is far past the limit
+        return self.checkpoint(busy_ms=TRUNCATE_BUSY_MS if size <= WAL_FORCE_BYTES else CHECKPOINT_BUSY_MS)
 
-    def checkpoint(self, tries: int = CHECKPOINT_TRIES, mode: str = "TRUNCATE") -> bool:
+    def checkpoint(self, tries: int = CHECKPOINT_TRIES, mode: str = "TRUNCATE",
+                   busy_ms: int = CHECKPOINT_BUSY_MS) -> bool:
         """``wal_checkpoint(mode)`` on a private connection; True when every frame was copied."""
         if self.store.dialect != "sqlite":
             return False  # PostgreSQL checkpoints by itself
-        conn = sqlite3.connect(self.store.path, timeout=CHECKPOINT_BUSY_MS / 1000, isolation_level=None)
+        conn = sqlite3.connect(self.store.path, timeout=busy_ms / 1000, isolation_level=None)
         try:
             # A short busy wait: a checkpoint is worth less than a writer's progress.
-            conn.execute(f"PRAGMA busy_timeout={CHECKPOINT_BUSY_MS}")
+            conn.execute(f"PRAGMA busy_timeout={busy_ms}")
             for _ in range(tries):
-                began = time.perf_counter()
-                busy, frames, done = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
-                if mode != "PASSIVE":  # it held the write lock: count it with the daemon's writes
-                    self._note_write(time.perf_counter() - began, f"wal_checkpoint({mode})")
+                busy, frames, done = self._checkpoint_once(conn, mode)
                 if frames != -1:
                     break
                 # -1: another connection's automatic checkpoint holds the checkpointer
@@ -250,6 +252,15 @@ class Housekeeper:
             conn.close()
         log.debug("WAL checkpoint: busy=%s frames=%s checkpointed=%s", busy, frames, done)
         return not busy and frames == done
+
+    def _checkpoint_once(self, conn: sqlite3.Connection, mode: str) -> tuple[int, int, int]:
+        if mode == "PASSIVE":
+            return conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        with self.store.write_turn():  # it takes the write lock: a daemon write, after the apps'
+            began = time.perf_counter()
+            row = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            self._note_write(time.perf_counter() - began, f"wal_checkpoint({mode})")
+        return row
 
     def _note_write(self, seconds: float, name: str) -> None:
         stats = getattr(self.store, "write_stats", None)

@@ -10,7 +10,7 @@ import threading
 from contextlib import AbstractContextManager, nullcontext
 
 from galtea_local.config import Settings
-from galtea_local.store import Store, open_configured
+from galtea_local.store import Store, WriterRole, open_configured
 from galtea_local_daemon.backoff import Backoff
 from galtea_local_daemon.engine import EngineSettings, SyncEngine
 from galtea_local_daemon.lock import PusherLock
@@ -18,7 +18,8 @@ from galtea_local_daemon.upstream import UpstreamClient
 
 
 def open_store(settings: Settings) -> Store:
-    return open_configured(settings.store)
+    """The store, with the daemon's writes giving way to the apps' (galtea_local/store/turns.py)."""
+    return open_configured(settings.store, role=WriterRole.DAEMON)
 
 
 def make_client(settings: Settings) -> UpstreamClient:

@@ -26,6 +26,7 @@ once, with the same guarantee.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -380,6 +381,20 @@ def _flush_logs() -> None:
     sys.stderr.flush()
 
 
+def _run_as_batch_job() -> None:
+    """SCHED_BATCH: the same CPU share, but a woken app thread preempts the daemon rather than
+    waiting for its time slice (no privilege needed to ask for less). An app's create() then
+    starts at once on a busy box. Linux only; elsewhere, and in a container that refuses it,
+    the daemon runs as it was started."""
+    policy = getattr(os, "SCHED_BATCH", None)
+    if policy is None:
+        return
+    try:
+        os.sched_setscheduler(0, policy, os.sched_param(0))
+    except OSError as exc:
+        log.debug("SCHED_BATCH refused (%s): the daemon keeps the default policy", exc)
+
+
 def run_daemon(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT, then end the process: exit status 0 after a warm stop.
 
@@ -391,6 +406,7 @@ def run_daemon(settings: Settings) -> int:
     # must win it back from dozens of threads: at the default 5 ms per hand-over, one short write
     # transaction held the lock (and the apps' create()) for 100+ ms. 1 ms bounds that wait.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    _run_as_batch_job()
     configure_logging(settings.log.level, settings.log.format, secrets=[key])
     store = open_store(settings)  # opens and migrates
     notifier = Notifier()
@@ -399,6 +415,10 @@ def run_daemon(settings: Settings) -> int:
         released = release_stale_leases(store, engine)  # SQLite: we hold the lock, any lease is a dead pusher's
         if released:
             log.info("released %d lease(s) left by a previous pusher", released)
+        # What start-up built lives until the end: out of the collector's sight, a full collection
+        # walks only what the pushes allocate (it took 50-78 ms with all the modules in view).
+        gc.collect()
+        gc.freeze()
         try:
             code = Daemon(settings, store, engine, notifier).run()
         finally:

@@ -24,6 +24,7 @@ from galtea_local.store import Store
 from galtea_local_daemon.upstream import UpstreamClient
 
 log = logging.getLogger("galtea_local.sync")
+SETTLE_BATCH = 16  # answered stamps settled per write transaction
 
 
 def send_stamp(client: UpstreamClient, remote_id: str, body: dict[str, Any]) -> None:
@@ -91,8 +92,8 @@ class Stamper:
 
     def _settle(self) -> None:
         while True:
-            with self._lock:
-                batch, self._answered = self._answered, []
+            with self._lock:  # a few at a time: an app waits on each write transaction of ours
+                batch, self._answered = self._answered[:SETTLE_BATCH], self._answered[SETTLE_BATCH:]
             if not batch:
                 return
             self._store.transaction(outbox_stamps.settle_stamps, batch, self._clock())

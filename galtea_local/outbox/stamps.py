@@ -119,11 +119,17 @@ def hand_to_lane(conn: sqlite3.Connection, lane: str, record_seq: int, *, sent: 
     )
 
 
-def release_stale_stamps(conn: sqlite3.Connection) -> int:
-    """For a pusher holding the store's exclusive lock: no side path is alive, every waiting stamp is due."""
-    return conn.execute(
-        "UPDATE outbox SET not_before = 0 WHERE kind = 'stamp' AND state IN ('pending', 'sending') AND not_before > 0"
-    ).rowcount
+def stale_stamps(conn: sqlite3.Connection) -> list[int]:
+    """A read: the stamps a side path left waiting (for a pusher holding the store's exclusive
+    lock, no side path is alive, so every one is due). Read outside the write lock: it scans."""
+    return [row[0] for row in conn.execute(
+        "SELECT seq FROM outbox WHERE kind = 'stamp' AND state IN ('pending', 'sending') AND not_before > 0")]
+
+
+def release_stamps(conn: sqlite3.Connection, seqs: list[int]) -> int:
+    """Make these waiting stamps due now: one lookup each, in a short write transaction."""
+    return conn.executemany("UPDATE outbox SET not_before = 0 WHERE seq = ? AND kind = 'stamp' AND not_before > 0",
+                            [(seq,) for seq in seqs]).rowcount
 
 
 def enqueue_session_stamp(conn: sqlite3.Connection, session: dict[str, Any], lane: str, remote: dict[str, Any],

@@ -22,17 +22,20 @@ from galtea_local.errors import MissingExtraError, OutcomeUnknownError, StoreOpe
 from galtea_local.store import dialects
 from galtea_local.store.contract import StorageBackend, StoreConnection
 from galtea_local.store.sqlite import Store, sqlite_path_from
+from galtea_local.store.turns import WriterRole
 
-__all__ = ["StorageBackend", "Store", "StoreConnection", "named_outcome", "open_configured", "open_store",
-           "sqlite_path_from"]
+__all__ = ["StorageBackend", "Store", "StoreConnection", "WriterRole", "named_outcome", "open_configured",
+           "open_store", "sqlite_path_from"]
 
 
-def open_configured(settings: StoreSettings, *, must_exist: bool = False) -> StorageBackend:
+def open_configured(settings: StoreSettings, *, must_exist: bool = False,
+                    role: WriterRole = WriterRole.APP) -> StorageBackend:
     """The store ``settings`` point at, created (0600 in a 0700 folder) when missing.
 
     ``must_exist`` is for commands that only read (``status``, ``dead list``,
     ``export``): a missing SQLite file is then a :class:`StoreOpenError` naming the
-    path and the setting it came from, and nothing is created.
+    path and the setting it came from, and nothing is created. ``role`` says whose
+    writes these are: the daemon's give way to the apps' (:mod:`.turns`).
     """
     location = settings.location()
     if must_exist and not dialects.is_postgres_url(location):
@@ -50,6 +53,7 @@ def open_configured(settings: StoreSettings, *, must_exist: bool = False) -> Sto
         dir_mode=settings.dir_mode,
         pool_size=settings.pool_size,
         pool_idle_s=settings.pool_idle_s,
+        role=role,
     )
 
 
@@ -61,6 +65,7 @@ def open_store(location: str, **settings: Any) -> StorageBackend:
     """
     pool = {name: settings.pop(name) for name in ("pool_size", "pool_idle_s") if name in settings}
     if dialects.is_postgres_url(location):
+        settings.pop("role", None)  # row locks, not one write lock: nobody waits on the daemon's turn
         try:
             import psycopg  # noqa: F401  (only to name the extra when it is missing)
         except ImportError:

@@ -13,6 +13,7 @@ named ``:param`` placeholders.
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import sqlite3
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from galtea_local.store import dialects, migrations
+from galtea_local.store.turns import WriterRole, WriteTurns
 from galtea_local.store.writestats import WriteStats
 from galtea_local.errors import NotAStoreError, StoreError, StoreOpenError, StoreTimeoutError
 
@@ -33,6 +35,7 @@ T = TypeVar("T")
 
 DURABILITY_SYNCHRONOUS = {"process": "NORMAL", "power": "FULL"}
 JOURNAL_SIZE_LIMIT = 8 * 1024 * 1024
+AUTO_CHECKPOINT_PAGES = 4096  # 16 MB of 4 KB pages: twice the daemon's own bound (SQLite's default: 1000)
 
 
 def sqlite_path_from(location: str) -> str:
@@ -105,6 +108,7 @@ class Store:
         busy_timeout_s: float = 30.0,
         file_mode: int = 0o600,
         dir_mode: int = 0o700,
+        role: WriterRole = WriterRole.APP,
     ) -> None:
         if durability not in DURABILITY_SYNCHRONOUS:
             raise StoreOpenError(f"durability {durability!r}: use 'process' or 'power'")
@@ -117,6 +121,8 @@ class Store:
         # Writers of this process queue here: a released lock wakes the next one at once, where
         # SQLite's busy handler would have it sleep 1, 2, 5 … 25 ms between tries.
         self._writer = threading.Lock()
+        # ... and across processes, an app's write goes before the daemon's next one (turns.py).
+        self._turns = WriteTurns(self.path, role, file_mode)
         self.write_stats = WriteStats()  # how long this process held the write lock at most
         # Weak: a thread's connection closes with the thread (an app that churns threads
         # must not pile up open files); close() still reaches every live one.
@@ -160,6 +166,10 @@ class Store:
         # When a checkpoint lets the WAL start over, cut the file back to this: passive
         # checkpoints then bound it without the write lock a TRUNCATE takes (housekeeping.py).
         conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+        # SQLite's automatic checkpoint runs inside the COMMIT that passes it: an app's create()
+        # copied megabytes and synced the file. The daemon bounds the WAL below this, between
+        # transactions (housekeeping.py); this one is for apps running without a daemon.
+        conn.execute(f"PRAGMA wal_autocheckpoint={AUTO_CHECKPOINT_PAGES}")
         conn.row_factory = sqlite3.Row
         with self._lock:
             self._connections.add(conn)
@@ -183,6 +193,7 @@ class Store:
             except sqlite3.Error:
                 pass
         self._local = threading.local()
+        self._turns.close()
 
     # -- transactions ------------------------------------------------------
 
@@ -196,12 +207,19 @@ class Store:
         deadline = time.monotonic() + self.busy_timeout_s
         while True:
             try:
-                with self._writer:
+                with self.write_turn():
                     return self._run(conn, fn, args, kwargs)
             except sqlite3.Error as exc:
                 if not _is_busy(exc) or time.monotonic() > deadline:
                     raise _translate(exc, self.path, self.busy_timeout_s) from exc
                 time.sleep(random.uniform(0.001, 0.01))
+
+    @contextmanager
+    def write_turn(self) -> Iterator[None]:
+        """This process's and this writer's turn for the write lock: held around every write
+        transaction, and by the daemon around a checkpoint that takes the write lock."""
+        with self._writer, _collection_paused(), self._turns.turn():
+            yield
 
     def _run(self, conn: sqlite3.Connection, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
         conn.execute("BEGIN IMMEDIATE")
@@ -237,6 +255,21 @@ class Store:
                 conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise _translate(exc, self.path, self.busy_timeout_s) from exc
+
+
+@contextmanager
+def _collection_paused() -> Iterator[None]:
+    """No garbage collection while this thread holds the write lock or the turn: a full collection
+    of the daemon's heap took 50-78 ms of CPU, and every app's ``create()`` waited it out. It runs
+    at the next allocation after. Safe to toggle: a process's writers take turns under ``_writer``."""
+    collecting = gc.isenabled()
+    if collecting:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:

@@ -1,0 +1,182 @@
+"""Apps write first: the daemon's write transactions give way to an app's ``create()``.
+
+SQLite has one write lock and no queue. A process that finds the lock taken sleeps
+in SQLite's busy handler (1, 2, 5, 10 … 100 ms between tries), while the daemon's
+threads hand the lock to one another within microseconds. Under a drain, an app's
+``create()`` waited for whole runs of daemon transactions: the soak measured its
+lock wait as the whole of its tail (p99.9 130 ms, max 831 ms, docs/benchmarks-soak.md §6).
+
+Two lock files beside the store turn that into "one daemon transaction at most".
+They use ``flock(2)``: the locks belong to an open file description, so the
+threads of a process share one (``Store`` serialises them already) and a forked
+child opens its own.
+
+- ``<store>-apps``: an app holds it *shared* from when it wants the write lock
+  until its ``COMMIT``.
+- ``<store>-daemon``: the daemon holds it *exclusive* for each write transaction
+  (and each checkpoint that takes the write lock).
+
+A daemon write takes ``-daemon``, then tries ``-apps`` exclusive without
+blocking: if that works, no app waits, and it writes. If it fails, an app is
+waiting or writing: the daemon lets go of ``-daemon``, waits until ``-apps`` is
+free, and tries again. An app takes ``-apps``, then waits (polling every
+:data:`POLL_S`) until ``-daemon`` is free: at most the rest of one daemon
+transaction, since the daemon starts none while ``-apps`` is held. (An app takes
+``-apps`` before it looks at ``-daemon``, and the daemon takes ``-daemon`` before
+it looks at ``-apps``: whichever order they come in, one of them sees the other.)
+
+The turns are advisory. SQLite's lock still decides, so correctness never depends
+on them, and every wait has a bound: an app stopped while holding ``-apps`` holds
+the daemon back at most :data:`DAEMON_YIELD_MAX_S` (and after that, the daemon
+stops yielding for :data:`DAEMON_IGNORE_S`), and a daemon frozen between its turn
+and its ``BEGIN`` holds an app back at most :data:`APP_WAIT_MAX_S`. Where the
+files cannot be opened (a read-only folder), writers go straight to SQLite's lock,
+as before.
+"""
+
+from __future__ import annotations
+
+import enum
+import fcntl
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+log = logging.getLogger("galtea_local.store")
+
+POLL_S = 0.0001  # ~0.2 ms in practice: the wait is one daemon transaction, a few ms
+APP_WAIT_MAX_S = 1.0  # a daemon frozen mid-turn: go to SQLite's own lock (and its busy timeout)
+DAEMON_YIELD_MAX_S = 0.05  # apps writing flat out still leave the daemon a write every 50 ms
+DAEMON_IGNORE_S = 1.0  # after a yield ran out: an app is stopped mid-write, do not pay 50 ms per write
+
+
+class WriterRole(enum.Enum):
+    """Who a store's writes belong to: an app goes first, the daemon gives way."""
+
+    APP = "app"
+    DAEMON = "daemon"
+
+
+class WriteTurns:
+    """The two lock files of one store, opened on the first write of each process."""
+
+    def __init__(self, store_path: Path, role: WriterRole, file_mode: int) -> None:
+        self.role = role
+        self._paths = (Path(f"{store_path}-apps"), Path(f"{store_path}-daemon"))
+        self._file_mode = file_mode
+        self._fds: tuple[int, int] | None = None
+        self._pid = 0
+        self._open_lock = threading.Lock()
+        self._ignore_until = 0.0
+        self._finalizer: weakref.finalize | None = None
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        """Hold this writer's turn around one write transaction (the caller holds the process's writer lock)."""
+        fds = self._files()
+        if fds is None:
+            yield
+            return
+        apps, daemon = fds
+        if self.role is WriterRole.APP:
+            _poll(apps, fcntl.LOCK_SH, APP_WAIT_MAX_S)  # refused only for the instant of a daemon's look
+            try:
+                if _poll(daemon, fcntl.LOCK_SH, APP_WAIT_MAX_S):  # free: the daemon is between transactions
+                    fcntl.flock(daemon, fcntl.LOCK_UN)
+                yield
+            finally:
+                fcntl.flock(apps, fcntl.LOCK_UN)
+        else:
+            self._daemon_turn(apps, daemon)
+            try:
+                yield
+            finally:
+                fcntl.flock(daemon, fcntl.LOCK_UN)
+
+    def _daemon_turn(self, apps: int, daemon: int) -> None:
+        deadline = time.monotonic() + DAEMON_YIELD_MAX_S
+        while True:
+            _poll(daemon, fcntl.LOCK_EX, APP_WAIT_MAX_S)  # apps hold it shared only for a look
+            if time.monotonic() < self._ignore_until or _try(apps, fcntl.LOCK_EX):
+                fcntl.flock(apps, fcntl.LOCK_UN)  # (a no-op when ignoring: we never took it)
+                return
+            if time.monotonic() >= deadline:
+                self._ignore_until = time.monotonic() + DAEMON_IGNORE_S
+                return  # an app held its turn for 50 ms: stopped, or a flood; write anyway
+            fcntl.flock(daemon, fcntl.LOCK_UN)
+            if _poll(apps, fcntl.LOCK_EX, max(0.0, deadline - time.monotonic())):
+                fcntl.flock(apps, fcntl.LOCK_UN)
+
+    def _files(self) -> tuple[int, int] | None:
+        if self._pid == os.getpid():
+            return self._fds
+        with self._open_lock:
+            if self._pid != os.getpid():  # first write here, or a forked child: its own descriptions
+                self._fds, self._pid = self._open(), os.getpid()
+        return self._fds
+
+    def _open(self) -> tuple[int, int] | None:
+        fds: list[int] = []
+        try:
+            for path in self._paths:
+                fds.append(_open_lock_file(path, self._file_mode))
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            log.warning("store: cannot open %s (%s); writes go straight to SQLite's lock, and an app's "
+                        "create() may wait on several daemon transactions", path, exc.strerror or exc)
+            return None
+        # A store dropped without close() keeps no files open; close() runs it once, and only once.
+        self._finalizer = weakref.finalize(self, _close_all, tuple(fds))
+        return fds[0], fds[1]
+
+    def close(self) -> None:
+        with self._open_lock:
+            finalizer, self._finalizer = (self._finalizer if self._pid == os.getpid() else None), None
+            self._fds, self._pid = None, 0
+        if finalizer is not None:
+            finalizer()
+
+
+def _close_all(fds: tuple[int, ...]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def _open_lock_file(path: Path, mode: int) -> int:
+    """Open (creating with the store's mode) a lock file; read-only is enough for flock."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        os.fchmod(fd, mode)  # the umask may have narrowed it; be exact, as for the store
+        return fd
+    except FileExistsError:
+        pass
+    try:
+        return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def _try(fd: int, kind: int) -> bool:
+    try:
+        fcntl.flock(fd, kind | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _poll(fd: int, kind: int, max_s: float) -> bool:
+    """Take ``kind`` on ``fd``, polling (a blocking flock has no timeout); False when ``max_s`` ran out."""
+    if _try(fd, kind):
+        return True
+    deadline = time.monotonic() + max_s
+    while time.monotonic() < deadline:
+        time.sleep(POLL_S)
+        if _try(fd, kind):
+            return True
+    return False

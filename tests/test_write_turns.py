@@ -1,0 +1,156 @@
+"""Apps write first (galtea_local/store/turns.py): the daemon's writes give way to an app's.
+
+Two ``WriteTurns`` on one store in one process open separate file descriptions, so their
+``flock`` locks conflict exactly as two processes' do. Order is asserted with events, not
+timings; the bounds that exist so that nothing waits for ever are widened where a test
+must not reach them, and narrowed where it must.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import stat
+import threading
+import time
+
+import pytest
+
+from galtea_local.store import Store, WriterRole, turns
+from galtea_local.store.turns import WriteTurns
+
+WAIT_S = 5.0
+
+
+@pytest.fixture
+def store_path(tmp_path):
+    return tmp_path / "store.db"
+
+
+def _enter_in_thread(writer: WriteTurns) -> tuple[threading.Event, threading.Event, threading.Thread]:
+    """Take ``writer``'s turn in a thread; set ``entered`` once it has it, leave when ``leave`` is set."""
+    entered, leave = threading.Event(), threading.Event()
+
+    def run() -> None:
+        with writer.turn():
+            entered.set()
+            leave.wait(WAIT_S)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return entered, leave, thread
+
+
+def test_the_daemon_starts_no_write_while_an_app_holds_its_turn(store_path, monkeypatch):
+    monkeypatch.setattr(turns, "DAEMON_YIELD_MAX_S", WAIT_S)  # the cap must not be what lets it in
+    app, daemon = WriteTurns(store_path, WriterRole.APP, 0o600), WriteTurns(store_path, WriterRole.DAEMON, 0o600)
+    with app.turn():
+        entered, leave, thread = _enter_in_thread(daemon)
+        assert not entered.wait(0.3)  # the daemon waits for the app
+    assert entered.wait(WAIT_S)  # and goes once the app is done
+    leave.set()
+    thread.join(WAIT_S)
+
+
+def test_an_app_waits_for_the_daemon_write_in_progress_and_no_more(store_path, monkeypatch):
+    monkeypatch.setattr(turns, "APP_WAIT_MAX_S", WAIT_S)
+    monkeypatch.setattr(turns, "DAEMON_YIELD_MAX_S", WAIT_S)
+    app, daemon = WriteTurns(store_path, WriterRole.APP, 0o600), WriteTurns(store_path, WriterRole.DAEMON, 0o600)
+    daemon_in, daemon_leave, daemon_thread = _enter_in_thread(daemon)
+    assert daemon_in.wait(WAIT_S)
+    app_in, app_leave, app_thread = _enter_in_thread(app)
+    assert not app_in.wait(0.3)  # the daemon's transaction is in progress: the app waits for its end
+    # The daemon's next write, asked for while the app waits, comes after the app's.
+    daemon_leave.set()
+    daemon_thread.join(WAIT_S)
+    next_in, next_leave, next_thread = _enter_in_thread(daemon)
+    assert app_in.wait(WAIT_S)
+    assert not next_in.wait(0.3)
+    app_leave.set()
+    assert next_in.wait(WAIT_S)
+    next_leave.set()
+    for thread in (app_thread, next_thread):
+        thread.join(WAIT_S)
+
+
+def test_an_app_stopped_mid_write_holds_the_daemon_back_only_briefly(store_path, monkeypatch):
+    monkeypatch.setattr(turns, "DAEMON_YIELD_MAX_S", 0.05)
+    app, daemon = WriteTurns(store_path, WriterRole.APP, 0o600), WriteTurns(store_path, WriterRole.DAEMON, 0o600)
+    with app.turn():  # held for the whole test: a stopped app
+        for _ in range(3):  # the first waits out the cap; then the daemon stops yielding for a while
+            entered, leave, thread = _enter_in_thread(daemon)
+            assert entered.wait(WAIT_S)
+            leave.set()
+            thread.join(WAIT_S)
+    assert time.monotonic() < daemon._ignore_until
+
+
+def test_two_apps_do_not_wait_on_each_other_for_a_turn(store_path):
+    first, second = WriteTurns(store_path, WriterRole.APP, 0o600), WriteTurns(store_path, WriterRole.APP, 0o600)
+    with first.turn():
+        entered, leave, thread = _enter_in_thread(second)  # shared: SQLite's own lock orders apps
+        assert entered.wait(WAIT_S)
+        leave.set()
+        thread.join(WAIT_S)
+
+
+def test_turn_files_are_private_like_the_store(store_path):
+    store = Store(str(store_path))  # opening migrates: a write, so the files exist
+    try:
+        for suffix in ("-apps", "-daemon"):
+            mode = stat.S_IMODE(os.stat(f"{store_path}{suffix}").st_mode)
+            assert mode == 0o600, (suffix, oct(mode))
+    finally:
+        store.close()
+
+
+def test_stores_of_both_roles_write_one_file(store_path):
+    """The roles change who goes first, never what is written."""
+    app, daemon = Store(str(store_path)), Store(str(store_path), role=WriterRole.DAEMON)
+    try:
+        app.transaction(lambda conn: conn.execute("CREATE TABLE t (n INTEGER)"))
+        threads = [threading.Thread(target=lambda s=s: [s.transaction(lambda c: c.execute("INSERT INTO t VALUES (1)"))
+                                                        for _ in range(200)]) for s in (app, daemon, app)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert app.read(lambda conn: conn.execute("SELECT COUNT(*) FROM t").fetchone()[0]) == 600
+    finally:
+        app.close()
+        daemon.close()
+
+
+def test_no_garbage_collection_while_a_write_transaction_holds_the_lock(store_path):
+    store = Store(str(store_path))
+    try:
+        assert gc.isenabled()
+        assert store.transaction(lambda conn: gc.isenabled()) is False
+        assert gc.isenabled()
+        with pytest.raises(ZeroDivisionError):
+            store.transaction(lambda conn: 1 / 0)
+        assert gc.isenabled()  # and back on after a failed one
+    finally:
+        store.close()
+
+
+def test_a_forked_child_takes_turns_with_its_own_file_descriptions(store_path, monkeypatch):
+    """A child inherits the parent's descriptors: were they shared, the child's unlock would
+    drop the parent's lock too (flock locks belong to the description)."""
+    monkeypatch.setattr(turns, "DAEMON_YIELD_MAX_S", WAIT_S)
+    app = WriteTurns(store_path, WriterRole.APP, 0o600)
+    daemon = WriteTurns(store_path, WriterRole.DAEMON, 0o600)
+    with app.turn():  # the parent holds an app's turn throughout
+        pid = os.fork()
+        if pid == 0:
+            try:
+                with app.turn():  # the child takes and leaves one
+                    pass
+            finally:
+                os._exit(0)
+        assert os.waitpid(pid, 0)[1] == 0
+        entered, leave, thread = _enter_in_thread(daemon)
+        assert not entered.wait(0.3)  # the parent's turn still holds the daemon back
+    assert entered.wait(WAIT_S)
+    leave.set()
+    thread.join(WAIT_S)
