@@ -85,19 +85,22 @@ def test_an_app_stopped_mid_write_holds_the_daemon_back_only_briefly(store_path,
     assert time.monotonic() < daemon._ignore_until
 
 
-def test_two_apps_do_not_wait_on_each_other_for_a_turn(store_path):
+def test_apps_take_turns_with_each_other_too(store_path, monkeypatch):
+    """Polled, where SQLite's busy handler would have the second sleep 1, 2, 5 ms between tries."""
+    monkeypatch.setattr(turns, "APP_WAIT_MAX_S", WAIT_S)
     first, second = WriteTurns(store_path, WriterRole.APP, 0o600), WriteTurns(store_path, WriterRole.APP, 0o600)
     with first.turn():
-        entered, leave, thread = _enter_in_thread(second)  # shared: SQLite's own lock orders apps
-        assert entered.wait(WAIT_S)
-        leave.set()
-        thread.join(WAIT_S)
+        entered, leave, thread = _enter_in_thread(second)
+        assert not entered.wait(0.3)
+    assert entered.wait(WAIT_S)
+    leave.set()
+    thread.join(WAIT_S)
 
 
 def test_turn_files_are_private_like_the_store(store_path):
     store = Store(str(store_path))  # opening migrates: a write, so the files exist
     try:
-        for suffix in ("-apps", "-daemon"):
+        for suffix in ("-apps", "-writer"):
             mode = stat.S_IMODE(os.stat(f"{store_path}{suffix}").st_mode)
             assert mode == 0o600, (suffix, oct(mode))
     finally:
@@ -138,13 +141,14 @@ def test_a_forked_child_takes_turns_with_its_own_file_descriptions(store_path, m
     """A child inherits the parent's descriptors: were they shared, the child's unlock would
     drop the parent's lock too (flock locks belong to the description)."""
     monkeypatch.setattr(turns, "DAEMON_YIELD_MAX_S", WAIT_S)
+    monkeypatch.setattr(turns, "APP_WAIT_MAX_S", 0.05)  # the child's wait for the parent's write runs out
     app = WriteTurns(store_path, WriterRole.APP, 0o600)
     daemon = WriteTurns(store_path, WriterRole.DAEMON, 0o600)
     with app.turn():  # the parent holds an app's turn throughout
         pid = os.fork()
         if pid == 0:
             try:
-                with app.turn():  # the child takes and leaves one
+                with app.turn():  # the child takes and leaves one (its wait for the parent's runs out)
                     pass
             finally:
                 os._exit(0)

@@ -13,25 +13,26 @@ child opens its own.
 
 - ``<store>-apps``: an app holds it *shared* from when it wants the write lock
   until its ``COMMIT``.
-- ``<store>-daemon``: the daemon holds it *exclusive* for each write transaction
-  (and each checkpoint that takes the write lock).
+- ``<store>-writer``: whoever writes holds it *exclusive* for the transaction (and
+  the daemon for each checkpoint that takes the write lock). Waiting for it is
+  polled every :data:`POLL_S`, where SQLite's busy handler sleeps milliseconds:
+  apps that wake together after a daemon write no longer sleep 1, 2, 5 ms apart.
 
-A daemon write takes ``-daemon``, then tries ``-apps`` exclusive without
+A daemon write takes ``-writer``, then tries ``-apps`` exclusive without
 blocking: if that works, no app waits, and it writes. If it fails, an app is
-waiting or writing: the daemon lets go of ``-daemon``, waits until ``-apps`` is
-free, and tries again. An app takes ``-apps``, then waits (polling every
-:data:`POLL_S`) until ``-daemon`` is free: at most the rest of one daemon
-transaction, since the daemon starts none while ``-apps`` is held. (An app takes
-``-apps`` before it looks at ``-daemon``, and the daemon takes ``-daemon`` before
-it looks at ``-apps``: whichever order they come in, one of them sees the other.)
+waiting or writing: the daemon lets go of ``-writer``, waits until ``-apps`` is
+free, and tries again. An app takes ``-apps``, then ``-writer``: it waits for at
+most the rest of one daemon transaction (the daemon starts none while ``-apps`` is
+held) and the other apps' short writes. (An app takes ``-apps`` before ``-writer``,
+and the daemon takes ``-writer`` before it looks at ``-apps``: whichever order they
+come in, one of them sees the other.)
 
 The turns are advisory. SQLite's lock still decides, so correctness never depends
 on them, and every wait has a bound: an app stopped while holding ``-apps`` holds
 the daemon back at most :data:`DAEMON_YIELD_MAX_S` (and after that, the daemon
-stops yielding for :data:`DAEMON_IGNORE_S`), and a daemon frozen between its turn
-and its ``BEGIN`` holds an app back at most :data:`APP_WAIT_MAX_S`. Where the
-files cannot be opened (a read-only folder), writers go straight to SQLite's lock,
-as before.
+stops yielding for :data:`DAEMON_IGNORE_S`), and a writer frozen in its turn holds
+an app back at most :data:`APP_WAIT_MAX_S`. Where the files cannot be opened (a
+read-only folder), writers go straight to SQLite's lock, as before.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class WriteTurns:
 
     def __init__(self, store_path: Path, role: WriterRole, file_mode: int) -> None:
         self.role = role
-        self._paths = (Path(f"{store_path}-apps"), Path(f"{store_path}-daemon"))
+        self._paths = (Path(f"{store_path}-apps"), Path(f"{store_path}-writer"))
         self._file_mode = file_mode
         self._fds: tuple[int, int] | None = None
         self._pid = 0
@@ -82,33 +83,33 @@ class WriteTurns:
         if fds is None:
             yield
             return
-        apps, daemon = fds
+        apps, writer = fds
         if self.role is WriterRole.APP:
             _poll(apps, fcntl.LOCK_SH, APP_WAIT_MAX_S)  # refused only for the instant of a daemon's look
             try:
-                if _poll(daemon, fcntl.LOCK_SH, APP_WAIT_MAX_S):  # free: the daemon is between transactions
-                    fcntl.flock(daemon, fcntl.LOCK_UN)
+                _poll(writer, fcntl.LOCK_EX, APP_WAIT_MAX_S)  # the daemon's write in progress, other apps'
                 yield
             finally:
+                fcntl.flock(writer, fcntl.LOCK_UN)  # (a no-op if the wait ran out)
                 fcntl.flock(apps, fcntl.LOCK_UN)
         else:
-            self._daemon_turn(apps, daemon)
+            self._daemon_turn(apps, writer)
             try:
                 yield
             finally:
-                fcntl.flock(daemon, fcntl.LOCK_UN)
+                fcntl.flock(writer, fcntl.LOCK_UN)
 
-    def _daemon_turn(self, apps: int, daemon: int) -> None:
+    def _daemon_turn(self, apps: int, writer: int) -> None:
         deadline = time.monotonic() + DAEMON_YIELD_MAX_S
         while True:
-            _poll(daemon, fcntl.LOCK_EX, APP_WAIT_MAX_S)  # apps hold it shared only for a look
+            _poll(writer, fcntl.LOCK_EX, APP_WAIT_MAX_S)  # an app's write in progress (it holds -apps too)
             if time.monotonic() < self._ignore_until or _try(apps, fcntl.LOCK_EX):
                 fcntl.flock(apps, fcntl.LOCK_UN)  # (a no-op when ignoring: we never took it)
                 return
             if time.monotonic() >= deadline:
                 self._ignore_until = time.monotonic() + DAEMON_IGNORE_S
                 return  # an app held its turn for 50 ms: stopped, or a flood; write anyway
-            fcntl.flock(daemon, fcntl.LOCK_UN)
+            fcntl.flock(writer, fcntl.LOCK_UN)
             if _poll(apps, fcntl.LOCK_EX, max(0.0, deadline - time.monotonic())):
                 fcntl.flock(apps, fcntl.LOCK_UN)
 
