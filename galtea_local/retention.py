@@ -34,7 +34,7 @@ HELD_BY_SPANS = (
 )
 
 PAGE_ROWS = 2000  # candidates examined per read transaction
-DELETE_BATCH = 20  # records deleted per write transaction: 200 took 8-11 ms of CPU with the lock held, 50 up to 8
+DELETE_BATCH = 10  # records deleted per write transaction: 200 took 8-11 ms of CPU with the lock held, 20 up to 6
 
 # A record ``r`` that retention may delete (given ``:cutoff``). Each probe is one index lookup
 # (settled by record, dead by record, open by record), so checking a record costs the same
