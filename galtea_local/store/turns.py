@@ -30,7 +30,7 @@ come in, one of them sees the other.)
 The turns are advisory. SQLite's lock still decides, so correctness never depends
 on them, and every wait has a bound: an app stopped while holding ``-apps`` holds
 the daemon back at most :data:`DAEMON_YIELD_MAX_S` (and after that, the daemon
-stops yielding for :data:`DAEMON_IGNORE_S`), and a writer frozen in its turn holds
+stops yielding for :data:`DAEMON_IGNORE_S`), and a daemon frozen in its turn holds
 an app back at most :data:`APP_WAIT_MAX_S`. Where the files cannot be opened (a
 read-only folder), writers go straight to SQLite's lock, as before.
 """
@@ -51,7 +51,7 @@ from pathlib import Path
 log = logging.getLogger("galtea_local.store")
 
 POLL_S = 0.0001  # ~0.2 ms in practice: the wait is one daemon transaction, a few ms
-APP_WAIT_MAX_S = 1.0  # a daemon frozen mid-turn: go to SQLite's own lock (and its busy timeout)
+APP_WAIT_MAX_S = 1.0  # a writer frozen mid-turn: go to SQLite's own lock (and its busy timeout)
 DAEMON_YIELD_MAX_S = 0.05  # apps writing flat out still leave the daemon a write every 50 ms
 DAEMON_IGNORE_S = 1.0  # after a yield ran out: an app is stopped mid-write, do not pay 50 ms per write
 
@@ -100,18 +100,21 @@ class WriteTurns:
                 fcntl.flock(writer, fcntl.LOCK_UN)
 
     def _daemon_turn(self, apps: int, writer: int) -> None:
+        if time.monotonic() < self._ignore_until:  # an app stopped in its turn: SQLite's lock alone, a while
+            _try(writer, fcntl.LOCK_EX)
+            return
         deadline = time.monotonic() + DAEMON_YIELD_MAX_S
-        while True:
-            _poll(writer, fcntl.LOCK_EX, APP_WAIT_MAX_S)  # an app's write in progress (it holds -apps too)
-            if time.monotonic() < self._ignore_until or _try(apps, fcntl.LOCK_EX):
-                fcntl.flock(apps, fcntl.LOCK_UN)  # (a no-op when ignoring: we never took it)
-                return
-            if time.monotonic() >= deadline:
-                self._ignore_until = time.monotonic() + DAEMON_IGNORE_S
-                return  # an app held its turn for 50 ms: stopped, or a flood; write anyway
-            fcntl.flock(writer, fcntl.LOCK_UN)
-            if _poll(apps, fcntl.LOCK_EX, max(0.0, deadline - time.monotonic())):
+        while _poll(writer, fcntl.LOCK_EX, max(0.0, deadline - time.monotonic())):  # an app's write
+            if _try(apps, fcntl.LOCK_EX):  # no app waits
                 fcntl.flock(apps, fcntl.LOCK_UN)
+                return
+            fcntl.flock(writer, fcntl.LOCK_UN)  # an app waits: it goes first
+            if not _poll(apps, fcntl.LOCK_EX, max(0.0, deadline - time.monotonic())):
+                break
+            fcntl.flock(apps, fcntl.LOCK_UN)
+        # Apps held their turns for 50 ms: one is stopped in it, or they write flat out. Write anyway
+        # (SQLite's lock decides), and stop yielding for a while rather than pay 50 ms per write.
+        self._ignore_until = time.monotonic() + DAEMON_IGNORE_S
 
     def _files(self) -> tuple[int, int] | None:
         if self._pid == os.getpid():
