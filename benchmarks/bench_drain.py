@@ -40,6 +40,7 @@ import httpx
 
 from galtea_local.outbox import attempts as ob
 from galtea_local.outbox import stamps
+from galtea_local.outbox.enqueue import ACTIVATE_LANE
 from galtea_local.store import Store
 from galtea_local_daemon.engine import EngineSettings, SyncEngine
 from galtea_local_daemon.upstream import UpstreamClient
@@ -80,22 +81,33 @@ def prefill(path: Path, sessions: list[str], per_session: int, chunk: int = 100_
     """Queue ``per_session`` creates in each session, interleaved, as create() leaves them; seconds."""
     started = time.perf_counter()
     Store(str(path)).close()  # creates the file and runs every migration
-    total, now = len(sessions) * per_session, time.time()
+    total = len(sessions) * per_session
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
         for first in range(0, total, chunk):
-            rows = [(i + 1, f"s:{sessions[i % len(sessions)]}", sessions[i % len(sessions)], "GENERATED", INPUT,
-                     OUTPUT, 150.5, now, now, "queued", 0, 0) for i in range(first, min(total, first + chunk))]  # fmt: skip
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(INSERT_RECORD, rows)
-            conn.execute(
-                "INSERT INTO outbox (record_seq, lane, kind, payload, state, attempts, not_before, created_at)"
-                " SELECT seq, lane, 'create', NULL, 'pending', 0, 0, created_at FROM inference_results"
-                " WHERE seq > ? AND seq <= ? ORDER BY seq", (first, first + len(rows)),
-            )
+            queue_creates(conn, sessions, first, min(total, first + chunk), time.time())
             conn.execute("COMMIT")
-        conn.execute("INSERT OR IGNORE INTO lanes (key, active) SELECT DISTINCT lane, 1 FROM inference_results")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return time.perf_counter() - started
+
+
+def queue_creates(conn: sqlite3.Connection, sessions: list[str], first: int, last: int, now: float) -> None:
+    """Records ``seq`` first+1..last, round robin over ``sessions``, with their pending creates and
+    their lanes active, as create() leaves them (in the caller's transaction)."""
+    count = len(sessions)
+    # Active (again), as create()'s open_lane makes them: the daemon marks a lane it drained inactive
+    # and claims only active ones, so a lane topped up after that would otherwise never be served.
+    # One turn of the round robin touches every lane the range does.
+    lanes = range(first, min(last, first + count))
+    conn.executemany(ACTIVATE_LANE, [(f"s:{sessions[i % count]}",) for i in lanes])
+    rows = [(i + 1, f"s:{sessions[i % count]}", sessions[i % count], "GENERATED", INPUT, OUTPUT, 150.5, now, now,
+             "queued", 0, 0) for i in range(first, last)]  # fmt: skip
+    conn.executemany(INSERT_RECORD, rows)
+    conn.execute(
+        "INSERT INTO outbox (record_seq, lane, kind, payload, state, attempts, not_before, created_at)"
+        " SELECT seq, lane, 'create', NULL, 'pending', 0, 0, created_at FROM inference_results"
+        " WHERE seq > ? AND seq <= ? ORDER BY seq", (first, last),
+    )
 
 
 def open_ops(store: Store) -> int:

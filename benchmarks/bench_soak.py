@@ -17,7 +17,7 @@ the writers' ``create()`` p50/p99/p99.9/max and failed creates, and what the emu
     python benchmarks/bench_soak.py [--minutes 3] [--backlog 100000] [--writers 3] [--rate 70]
     python benchmarks/bench_soak.py --short                      # 1 minute, 20k backlog
     python benchmarks/bench_soak.py --faults none --rate-limit 200 --writers 0 --minutes 1
-    python benchmarks/bench_soak.py --drain-scaling 1000,100000  # drain rate vs queue size, no writers
+    python benchmarks/bench_soak.py --drain-scaling 1000,100000  # drain rate, queue held at each size
     python benchmarks/bench_soak.py --fault-cost 20000          # drain with the fault mix vs none
 """
 
@@ -28,20 +28,21 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_drain import API_KEY, emulator, make_sessions, prefill  # noqa: E402
+from bench_drain import API_KEY, emulator, make_sessions, prefill, queue_creates  # noqa: E402
 
 FAULT_MIX = {"fail_rate": 0.03, "throttle_rate": 0.02, "ambiguous_rate": 0.03}
 CONFIG = """
@@ -285,6 +286,80 @@ def drain_rate(args: argparse.Namespace, backlog: int, faults: dict[str, float] 
         return (last[1] - first[1]) / (last[0] - first[0])
 
 
+class Tick(NamedTuple):
+    when: float  # time.monotonic()
+    upstream: int  # records the emulator holds beyond those it had when the feeder started
+    before: int  # queued before this tick's top-up
+    after: int  # queued after it
+
+
+class Feeder:
+    """Holds the daemon's queue near ``size``: each tick tops it up by what went upstream since the last."""
+
+    def __init__(self, url: str, path: Path, sessions: list[str], size: int, inserted: int) -> None:
+        self.url, self.sessions, self.size, self.inserted = url, sessions, size, inserted
+        # Waits out the daemon's write transactions rather than failing on SQLITE_BUSY.
+        self.conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+        self.base = emulator_counts(url)["inferenceResultCount"]
+
+    def tick(self) -> Tick:
+        # Queued from the emulator's count: a COUNT on the store would compete with the daemon.
+        upstream = emulator_counts(self.url)["inferenceResultCount"] - self.base
+        when, queued = time.monotonic(), self.inserted - upstream
+        if queued < self.size:
+            top = self.inserted + self.size - queued
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                queue_creates(self.conn, self.sessions, self.inserted, top, time.time())
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")  # the daemon's data_version watch sees it and starts a pass
+            self.inserted = top
+        return Tick(when, upstream, queued, max(queued, self.size))
+
+    def feed_until(self, daemon: subprocess.Popen[bytes], done: Callable[[Tick], bool]) -> list[Tick]:
+        """Tick every ``FEED_S`` until ``done`` says so; the ticks."""
+        ticks: list[Tick] = []
+        while daemon.poll() is None:
+            time.sleep(FEED_S)
+            ticks.append(self.tick())
+            if done(ticks[-1]):
+                return ticks
+        raise RuntimeError("the daemon exited")
+
+
+FEED_S = 0.25  # at ~400 records/s the queue dips ~100 records between top-ups: 10% of a 1k queue
+
+
+def held_drain(args: argparse.Namespace, size: int) -> tuple[float, list[int]]:
+    """Records/s the daemon drains while a feeder holds its queue at ``size``, and the queue sizes
+    seen in the window (before and after each top-up: the sawtooth's ends). The window is
+    ``--drain-s`` s after a warm-up of max(3 s, 2,000 records): slow start is left out."""
+    with ExitStack() as stack:
+        url = stack.enter_context(emulator(args.latency_ms))
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=args.dir)))
+        sessions = make_sessions(url, args.sessions)
+        path = folder / "store.db"
+        per_session = max(1, size // args.sessions)
+        prefill(path, sessions, per_session)
+        feeder = Feeder(url, path, sessions, size, per_session * len(sessions))
+        stack.callback(feeder.conn.close)
+        daemon = stack.enter_context(_running(start_daemon(url, path, folder)))
+        started = time.monotonic()
+        first = feeder.feed_until(daemon, lambda tick: tick.when - started >= 3 and tick.upstream >= 2000)[-1]
+        window = feeder.feed_until(daemon, lambda tick: tick.when - first.when >= args.drain_s)
+        rate = (window[-1].upstream - first.upstream) / (window[-1].when - first.when)
+        return rate, [queued for tick in window for queued in (tick.before, tick.after)]
+
+
+def drain_scaling(args: argparse.Namespace, sizes: list[int]) -> None:
+    for size in sizes:
+        rate, queue = held_drain(args, size)
+        print(f"queued ~{size:,} (held {min(queue):,}-{max(queue):,}, mean {statistics.mean(queue):,.0f}):"
+              f" drained {rate:,.1f} records/s", flush=True)
+
+
 def fault_cost(args: argparse.Namespace, backlog: int, rounds: int = 2) -> None:
     """Drain rate with the soak's fault mix vs none, alternated in one run (the box's noise hits both)."""
     rates: dict[str, list[float]] = {"none": [], "mix": []}
@@ -328,7 +403,8 @@ def main() -> None:
     parser.add_argument("--rate-limit", type=float, default=0.0, help="emulator token bucket, requests/s (0: off)")
     parser.add_argument("--every-s", type=float, default=60.0)
     parser.add_argument("--short", action="store_true", help="1 minute, a 20k backlog, a line every 15 s")
-    parser.add_argument("--drain-scaling", help="comma-separated queue sizes: drain rate at each, no writers")
+    parser.add_argument("--drain-scaling",
+                        help="comma-separated queue sizes: drain rate with the queue held at each, no writers")
     parser.add_argument("--drain-s", type=float, default=20.0)
     parser.add_argument("--fault-cost", type=int, metavar="QUEUED",
                         help="drain rate with the fault mix vs none, alternated, from QUEUED records, no writers")
@@ -345,9 +421,7 @@ def main() -> None:
     if args.fault_cost:
         return fault_cost(args, args.fault_cost)
     if args.drain_scaling:
-        for size in (int(value) for value in args.drain_scaling.split(",")):
-            print(f"queued {size:>9,}: drained {drain_rate(args, size):,.1f} records/s", flush=True)
-        return
+        return drain_scaling(args, [int(value) for value in args.drain_scaling.split(",")])
     soak(args)
 
 
