@@ -52,18 +52,42 @@ def test_the_daemon_starts_no_write_while_an_app_holds_its_turn(store_path, monk
     thread.join(WAIT_S)
 
 
-def test_an_app_waits_for_the_daemon_write_in_progress_and_no_more(store_path, monkeypatch):
+def _write_in_thread(store: Store) -> tuple[threading.Event, threading.Event, threading.Thread]:
+    """One write transaction of ``store`` in a thread: ``entered`` once it holds SQLite's lock,
+    committed when ``leave`` is set."""
+    entered, leave = threading.Event(), threading.Event()
+
+    def hold(conn) -> None:
+        conn.execute("INSERT INTO t VALUES (1)")
+        entered.set()
+        leave.wait(WAIT_S)
+
+    thread = threading.Thread(target=store.transaction, args=(hold,), daemon=True)
+    thread.start()
+    return entered, leave, thread
+
+
+@pytest.fixture
+def both_roles(store_path):
+    app, daemon = Store(str(store_path)), Store(str(store_path), role=WriterRole.DAEMON)
+    app.transaction(lambda conn: conn.execute("CREATE TABLE t (n INTEGER)"))
+    yield app, daemon
+    app.close()
+    daemon.close()
+
+
+def test_an_app_waits_for_the_daemon_write_in_progress_and_no_more(both_roles, monkeypatch):
     monkeypatch.setattr(turns, "APP_WAIT_MAX_S", WAIT_S)
     monkeypatch.setattr(turns, "DAEMON_YIELD_MAX_S", WAIT_S)
-    app, daemon = WriteTurns(store_path, WriterRole.APP, 0o600), WriteTurns(store_path, WriterRole.DAEMON, 0o600)
-    daemon_in, daemon_leave, daemon_thread = _enter_in_thread(daemon)
+    app, daemon = both_roles
+    daemon_in, daemon_leave, daemon_thread = _write_in_thread(daemon)
     assert daemon_in.wait(WAIT_S)
-    app_in, app_leave, app_thread = _enter_in_thread(app)
+    app_in, app_leave, app_thread = _write_in_thread(app)
     assert not app_in.wait(0.3)  # the daemon's transaction is in progress: the app waits for its end
     # The daemon's next write, asked for while the app waits, comes after the app's.
     daemon_leave.set()
     daemon_thread.join(WAIT_S)
-    next_in, next_leave, next_thread = _enter_in_thread(daemon)
+    next_in, next_leave, next_thread = _write_in_thread(daemon)
     assert app_in.wait(WAIT_S)
     assert not next_in.wait(0.3)
     app_leave.set()
@@ -71,6 +95,31 @@ def test_an_app_waits_for_the_daemon_write_in_progress_and_no_more(store_path, m
     next_leave.set()
     for thread in (app_thread, next_thread):
         thread.join(WAIT_S)
+    assert app.read(lambda conn: conn.execute("SELECT COUNT(*) FROM t").fetchone()[0]) == 3
+
+
+def test_an_app_polls_sqlites_lock_then_waits_in_the_busy_handler(both_roles, monkeypatch):
+    """``BEGIN IMMEDIATE`` with no busy timeout, tried again and again (SQLite's handler would sleep
+    1, 2, 5 ms between tries) for ``APP_WAIT_MAX_S``; then the busy handler, with the store's
+    timeout back."""
+    monkeypatch.setattr(turns, "APP_WAIT_MAX_S", 0.2)
+    app, daemon = both_roles
+    daemon_in, daemon_leave, daemon_thread = _write_in_thread(daemon)
+    assert daemon_in.wait(WAIT_S)
+    ran: list[str] = []
+    conn = app.connection()  # this thread's: the one the transaction below runs on
+    conn.set_trace_callback(ran.append)
+    threading.Timer(0.5, daemon_leave.set).start()  # the daemon commits after the polling ran out
+    try:
+        timeout = app.transaction(lambda c: c.execute("PRAGMA busy_timeout").fetchone()[0])
+    finally:
+        conn.set_trace_callback(None)
+    daemon_thread.join(WAIT_S)
+    assert timeout == 30_000
+    assert ran[0] == "PRAGMA busy_timeout=0"
+    restored = ran.index("PRAGMA busy_timeout=30000")
+    assert ran[1:restored].count("BEGIN IMMEDIATE") == restored - 1 > 10  # polled, nothing else ran
+    assert ran[restored + 1] == "BEGIN IMMEDIATE"  # the wait goes on in the busy handler
 
 
 def test_an_app_stopped_mid_write_holds_the_daemon_back_only_briefly(store_path, monkeypatch):
@@ -85,16 +134,23 @@ def test_an_app_stopped_mid_write_holds_the_daemon_back_only_briefly(store_path,
     assert time.monotonic() < daemon._ignore_until
 
 
-def test_apps_take_turns_with_each_other_too(store_path, monkeypatch):
-    """Polled, where SQLite's busy handler would have the second sleep 1, 2, 5 ms between tries."""
+def test_apps_take_turns_with_each_other_too(both_roles, store_path, monkeypatch):
+    """Through SQLite's lock, polled: the second app writes once the first commits."""
     monkeypatch.setattr(turns, "APP_WAIT_MAX_S", WAIT_S)
-    first, second = WriteTurns(store_path, WriterRole.APP, 0o600), WriteTurns(store_path, WriterRole.APP, 0o600)
-    with first.turn():
-        entered, leave, thread = _enter_in_thread(second)
-        assert not entered.wait(0.3)
-    assert entered.wait(WAIT_S)
-    leave.set()
-    thread.join(WAIT_S)
+    first, _ = both_roles
+    second = Store(str(store_path))
+    try:
+        first_in, first_leave, first_thread = _write_in_thread(first)
+        assert first_in.wait(WAIT_S)
+        second_in, second_leave, second_thread = _write_in_thread(second)
+        assert not second_in.wait(0.3)
+        first_leave.set()
+        assert second_in.wait(WAIT_S)
+        second_leave.set()
+        for thread in (first_thread, second_thread):
+            thread.join(WAIT_S)
+    finally:
+        second.close()
 
 
 def test_turn_files_are_private_like_the_store(store_path):

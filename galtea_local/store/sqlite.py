@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from galtea_local.store import dialects, migrations
+from galtea_local.store import dialects, migrations, turns
 from galtea_local.store.turns import WriterRole, WriteTurns
 from galtea_local.store.writestats import WriteStats
 from galtea_local.errors import NotAStoreError, StoreError, StoreOpenError, StoreTimeoutError
@@ -222,7 +222,7 @@ class Store:
             yield
 
     def _run(self, conn: sqlite3.Connection, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
-        conn.execute("BEGIN IMMEDIATE")
+        self._begin(conn)
         locked = time.perf_counter()  # the write lock is ours from here to COMMIT
         stats = self.write_stats
         cpu = time.thread_time() if stats.track_cpu else 0.0
@@ -236,6 +236,14 @@ class Store:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """``BEGIN IMMEDIATE``. An app polls SQLite's lock every ``turns.POLL_S`` for up to
+        ``turns.APP_WAIT_MAX_S``, where the busy handler would sleep 1, 2, 5 ms between tries,
+        and then waits in the busy handler (turns.py says why apps poll the lock itself)."""
+        if self._turns.role is WriterRole.APP and _begin_polled(conn, turns.APP_WAIT_MAX_S, self.busy_timeout_s):
+            return
+        conn.execute("BEGIN IMMEDIATE")
 
     def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` in a read transaction (one consistent snapshot)."""
@@ -270,6 +278,26 @@ def _collection_paused() -> Iterator[None]:
     finally:
         if collecting:
             gc.enable()
+
+
+def _begin_polled(conn: sqlite3.Connection, max_s: float, busy_timeout_s: float) -> bool:
+    """Try ``BEGIN IMMEDIATE`` without a busy timeout every ``turns.POLL_S``; True once begun,
+    False when ``max_s`` ran out (the timeout is back either way)."""
+    conn.execute("PRAGMA busy_timeout=0")
+    try:
+        deadline = time.monotonic() + max_s
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return True
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    return False
+            time.sleep(turns.POLL_S)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:

@@ -13,26 +13,32 @@ child opens its own.
 
 - ``<store>-apps``: an app holds it *shared* from when it wants the write lock
   until its ``COMMIT``.
-- ``<store>-writer``: whoever writes holds it *exclusive* for the transaction (and
-  the daemon for each checkpoint that takes the write lock). Waiting for it is
-  polled every :data:`POLL_S`, where SQLite's busy handler sleeps milliseconds:
-  apps that wake together after a daemon write no longer sleep 1, 2, 5 ms apart.
+- ``<store>-writer``: the daemon's side (the daemon, ``sync``, import and export)
+  holds it *exclusive* for each transaction, and for each checkpoint that takes the
+  write lock.
 
 A daemon write takes ``-writer``, then tries ``-apps`` exclusive without
 blocking: if that works, no app waits, and it writes. If it fails, an app is
 waiting or writing: the daemon lets go of ``-writer``, waits until ``-apps`` is
-free, and tries again. An app takes ``-apps``, then ``-writer``: it waits for at
-most the rest of one daemon transaction (the daemon starts none while ``-apps`` is
-held) and the other apps' short writes. (An app takes ``-apps`` before ``-writer``,
-and the daemon takes ``-writer`` before it looks at ``-apps``: whichever order they
-come in, one of them sees the other.)
+free, and tries again. An app takes ``-apps`` and then waits for SQLite's lock
+itself, polling ``BEGIN IMMEDIATE`` every :data:`POLL_S` with no busy timeout
+(``Store._begin``), where SQLite's busy handler sleeps 1, 2, 5 ms between tries. It
+waits for at most the rest of one daemon transaction (the daemon starts none while
+``-apps`` is held) and the other apps' short writes. It does not wait for the
+daemon's turn around that transaction: that turn also holds the GIL hand-backs
+around ``BEGIN`` and ``COMMIT``. Waiting on ``-writer`` gave app writes a p99.9 of
+21 ms against 12 ms with the lock polled, switched every 7 s in one soak
+(docs/benchmarks-soak.md §7). (An app takes ``-apps`` before it asks for the lock,
+and the daemon looks at ``-apps`` after it took ``-writer`` and before it asks:
+whichever order they come in, one of them sees the other.)
 
 The turns are advisory. SQLite's lock still decides, so correctness never depends
 on them, and every wait has a bound: an app stopped while holding ``-apps`` holds
 the daemon back at most :data:`DAEMON_YIELD_MAX_S` (and after that, the daemon
-stops yielding for :data:`DAEMON_IGNORE_S`), and a daemon frozen in its turn holds
-an app back at most :data:`APP_WAIT_MAX_S`. Where the files cannot be opened (a
-read-only folder), writers go straight to SQLite's lock, as before.
+stops yielding for :data:`DAEMON_IGNORE_S`), and an app polls SQLite's lock for at
+most :data:`APP_WAIT_MAX_S` before it waits in SQLite's busy handler (up to the
+store's busy timeout). Where the files cannot be opened (a read-only folder),
+writers go straight to SQLite's lock, as before.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ from pathlib import Path
 log = logging.getLogger("galtea_local.store")
 
 POLL_S = 0.0001  # ~0.2 ms in practice: the wait is one daemon transaction, a few ms
-APP_WAIT_MAX_S = 1.0  # a writer frozen mid-turn: go to SQLite's own lock (and its busy timeout)
+APP_WAIT_MAX_S = 1.0  # a writer frozen mid-write: go to SQLite's busy handler (and its busy timeout)
 DAEMON_YIELD_MAX_S = 0.05  # apps writing flat out still leave the daemon a write every 50 ms
 DAEMON_IGNORE_S = 1.0  # after a yield ran out: an app is stopped mid-write, do not pay 50 ms per write
 
@@ -87,10 +93,8 @@ class WriteTurns:
         if self.role is WriterRole.APP:
             _poll(apps, fcntl.LOCK_SH, APP_WAIT_MAX_S)  # refused only for the instant of a daemon's look
             try:
-                _poll(writer, fcntl.LOCK_EX, APP_WAIT_MAX_S)  # the daemon's write in progress, other apps'
-                yield
+                yield  # the caller polls SQLite's lock: the daemon's write in progress, other apps'
             finally:
-                fcntl.flock(writer, fcntl.LOCK_UN)  # (a no-op if the wait ran out)
                 fcntl.flock(apps, fcntl.LOCK_UN)
         else:
             self._daemon_turn(apps, writer)
