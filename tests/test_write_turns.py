@@ -67,6 +67,13 @@ def _write_in_thread(store: Store) -> tuple[threading.Event, threading.Event, th
     return entered, leave, thread
 
 
+def _waits_then_goes(waiter_in: threading.Event, release: threading.Event) -> None:
+    """The waiter is not in while the holder holds on; it is once ``release`` lets the holder commit."""
+    assert not waiter_in.wait(0.3)
+    release.set()
+    assert waiter_in.wait(WAIT_S)
+
+
 @pytest.fixture
 def both_roles(store_path):
     app, daemon = Store(str(store_path)), Store(str(store_path), role=WriterRole.DAEMON)
@@ -89,9 +96,7 @@ def test_an_app_waits_for_the_daemon_write_in_progress_and_no_more(both_roles, m
     daemon_thread.join(WAIT_S)
     next_in, next_leave, next_thread = _write_in_thread(daemon)
     assert app_in.wait(WAIT_S)
-    assert not next_in.wait(0.3)
-    app_leave.set()
-    assert next_in.wait(WAIT_S)
+    _waits_then_goes(next_in, app_leave)
     next_leave.set()
     for thread in (app_thread, next_thread):
         thread.join(WAIT_S)
@@ -143,9 +148,7 @@ def test_apps_take_turns_with_each_other_too(both_roles, store_path, monkeypatch
         first_in, first_leave, first_thread = _write_in_thread(first)
         assert first_in.wait(WAIT_S)
         second_in, second_leave, second_thread = _write_in_thread(second)
-        assert not second_in.wait(0.3)
-        first_leave.set()
-        assert second_in.wait(WAIT_S)
+        _waits_then_goes(second_in, first_leave)
         second_leave.set()
         for thread in (first_thread, second_thread):
             thread.join(WAIT_S)
