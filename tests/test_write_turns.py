@@ -122,9 +122,29 @@ def test_an_app_polls_sqlites_lock_then_waits_in_the_busy_handler(both_roles, mo
     daemon_thread.join(WAIT_S)
     assert timeout == 30_000
     assert ran[0] == "PRAGMA busy_timeout=0"
-    restored = ran.index("PRAGMA busy_timeout=30000")
-    assert ran[1:restored].count("BEGIN IMMEDIATE") == restored - 1 > 10  # polled, nothing else ran
-    assert ran[restored + 1] == "BEGIN IMMEDIATE"  # the wait goes on in the busy handler
+    rest = ran.index("PRAGMA busy_timeout=29800")  # the rest of the store's 30 s
+    assert ran[1:rest].count("BEGIN IMMEDIATE") == rest - 1 > 10  # polled, nothing else ran
+    assert ran[rest + 1:rest + 3] == ["BEGIN IMMEDIATE", "PRAGMA busy_timeout=30000"]  # the busy handler's wait
+
+
+def test_an_apps_short_busy_timeout_stays_short(both_roles, store_path):
+    """Polling counts against ``busy_timeout_s``: a store opened with 0.3 s gives up after about
+    that, not after the polling's own second on top of it."""
+    from galtea_local.errors import StoreTimeoutError
+
+    _, daemon = both_roles
+    hasty = Store(str(store_path), busy_timeout_s=0.3)
+    daemon_in, daemon_leave, daemon_thread = _write_in_thread(daemon)
+    try:
+        assert daemon_in.wait(WAIT_S)
+        started = time.monotonic()
+        with pytest.raises(StoreTimeoutError):
+            hasty.transaction(lambda conn: conn.execute("INSERT INTO t VALUES (2)"))
+        assert time.monotonic() - started < 0.9  # 0.3 s and the retry loop's last sleep, with a margin
+    finally:
+        daemon_leave.set()
+        daemon_thread.join(WAIT_S)
+        hasty.close()
 
 
 def test_an_app_stopped_mid_write_holds_the_daemon_back_only_briefly(store_path, monkeypatch):

@@ -240,10 +240,11 @@ class Store:
     def _begin(self, conn: sqlite3.Connection) -> None:
         """``BEGIN IMMEDIATE``. An app polls SQLite's lock every ``turns.POLL_S`` for up to
         ``turns.APP_WAIT_MAX_S``, where the busy handler would sleep 1, 2, 5 ms between tries,
-        and then waits in the busy handler (turns.py says why apps poll the lock itself)."""
-        if self._turns.role is WriterRole.APP and _begin_polled(conn, turns.APP_WAIT_MAX_S, self.busy_timeout_s):
-            return
-        conn.execute("BEGIN IMMEDIATE")
+        and then waits the rest of the busy timeout there (turns.py says why apps poll the lock)."""
+        if self._turns.role is WriterRole.APP:
+            _begin_polled(conn, min(turns.APP_WAIT_MAX_S, self.busy_timeout_s), self.busy_timeout_s)
+        else:
+            conn.execute("BEGIN IMMEDIATE")
 
     def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` in a read transaction (one consistent snapshot)."""
@@ -280,24 +281,31 @@ def _collection_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _begin_polled(conn: sqlite3.Connection, max_s: float, busy_timeout_s: float) -> bool:
-    """Try ``BEGIN IMMEDIATE`` without a busy timeout every ``turns.POLL_S``; True once begun,
-    False when ``max_s`` ran out (the timeout is back either way)."""
+def _begin_polled(conn: sqlite3.Connection, polled_s: float, busy_timeout_s: float) -> None:
+    """``BEGIN IMMEDIATE`` tried with no busy timeout every ``turns.POLL_S`` for ``polled_s``, then
+    once more with the rest of ``busy_timeout_s`` in SQLite's busy handler (which raises when that
+    runs out too). The connection's busy timeout is back to ``busy_timeout_s`` either way."""
     conn.execute("PRAGMA busy_timeout=0")
     try:
-        deadline = time.monotonic() + max_s
-        while True:
-            try:
+        deadline = time.monotonic() + polled_s
+        while not _try_begin(conn):
+            if time.monotonic() > deadline:
+                conn.execute(f"PRAGMA busy_timeout={int((busy_timeout_s - polled_s) * 1000)}")
                 conn.execute("BEGIN IMMEDIATE")
-                return True
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
-                    raise
-                if time.monotonic() > deadline:
-                    return False
+                return
             time.sleep(turns.POLL_S)
     finally:
         conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+
+
+def _try_begin(conn: sqlite3.Connection) -> bool:
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        return True
+    except sqlite3.OperationalError as exc:
+        if not _is_busy(exc):
+            raise
+        return False
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
