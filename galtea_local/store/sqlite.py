@@ -287,13 +287,9 @@ def _begin_polled(conn: sqlite3.Connection, polled_s: float, busy_timeout_s: flo
     runs out too). The connection's busy timeout is back to ``busy_timeout_s`` either way."""
     conn.execute("PRAGMA busy_timeout=0")
     try:
-        deadline = time.monotonic() + polled_s
-        while not _try_begin(conn):
-            if time.monotonic() > deadline:
-                conn.execute(f"PRAGMA busy_timeout={int((busy_timeout_s - polled_s) * 1000)}")
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            time.sleep(turns.POLL_S)
+        if not turns.poll(lambda: _try_begin(conn), polled_s):
+            conn.execute(f"PRAGMA busy_timeout={int((busy_timeout_s - polled_s) * 1000)}")
+            conn.execute("BEGIN IMMEDIATE")
     finally:
         conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
 

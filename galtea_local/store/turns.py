@@ -50,7 +50,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -180,11 +180,17 @@ def _try(fd: int, kind: int) -> bool:
 
 def _poll(fd: int, kind: int, max_s: float) -> bool:
     """Take ``kind`` on ``fd``, polling (a blocking flock has no timeout); False when ``max_s`` ran out."""
-    if _try(fd, kind):
+    return poll(lambda: _try(fd, kind), max_s)
+
+
+def poll(attempt: Callable[[], bool], max_s: float) -> bool:
+    """Call ``attempt`` now and every :data:`POLL_S` until it returns True (True) or ``max_s`` ran
+    out (False): the turns' wait, and an app's wait for SQLite's lock (``Store._begin``)."""
+    if attempt():
         return True
     deadline = time.monotonic() + max_s
     while time.monotonic() < deadline:
         time.sleep(POLL_S)
-        if _try(fd, kind):
+        if attempt():
             return True
     return False
