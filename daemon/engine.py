@@ -450,7 +450,8 @@ class SyncEngine:
 
         def settle_then_take(conn: Any) -> ob.Attempt | None:
             nonlocal held
-            held = ob.still_holds(conn, attempt.lane, self.owner, now, self.settings.lease_s)
+            lane_row = ob.renew_lease(conn, attempt.lane, self.owner, now, self.settings.lease_s)
+            held = lane_row is not None
             if not held:
                 return None
             ob.settle_done(conn, attempt, now, remote, offset)
@@ -459,8 +460,11 @@ class SyncEngine:
             if not take_more or self._halted() or self.gate.until > now:
                 return None  # throttled: the next mark waits for the throttle first
             try:
+                # The lease was just renewed: no second renewal, unless this settle may have told the
+                # lane its remote session (a session's create, or a lane's first create).
+                known = lane_row if lane_row["remote_session_id"] and attempt.kind != OpKind.SESSION_CREATE else None
                 return ob.take_next(conn, attempt.lane, self.owner, now, self.settings.lease_s, build_body,
-                                    offset)
+                                    offset, known)
             except poison.PoisonRowError:
                 return None  # keep this settle; the lane's next step takes the poison row alone
 

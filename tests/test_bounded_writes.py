@@ -15,12 +15,14 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from galtea_local import retention
+from galtea_local import Galtea, retention
 from galtea_local.bundle import export
 from galtea_local.outbox import attempts as ob
 from galtea_local.store import Store
 from galtea_local_daemon.housekeeping import Housekeeper
 from galtea_local.config import RetentionSettings
+from tests.emulator_fixture import EmulatorHandle
+from tests.sync_helpers import make_engine, new_session, upstream_by_session
 
 STEP = 100
 LANES = 5
@@ -140,3 +142,32 @@ def test_the_daemons_longest_write_is_in_status(tmp_path: Path) -> None:
     assert status["longest_write_ms"] > 0 and status["longest_write_name"] in ("delete_verified", "upgrade")
     assert status["longest_write_cpu_ms"] > 0 and status["longest_write_recent_ms"] > 0
     assert "longest write transaction" in format_status(status)
+
+
+def test_a_settle_renews_the_lease_once(emulator: EmulatorHandle, tmp_path: Path) -> None:
+    """Settling a create and taking the lane's next one is the drain's most frequent write: the lease
+    is renewed once in it, not again by the take (only while the lane does not know its remote
+    session yet, which the first settled create may teach it)."""
+    session_id = new_session(emulator)
+    path = tmp_path / "store.db"
+    with Galtea(store=path) as app:
+        ids = [app.traces.create(session_id=session_id, input=f"turn {n}").id for n in range(6)]
+    ran: list[str] = []
+    with closing(Store(str(path))) as store:
+        opened = store._open
+
+        def traced() -> sqlite3.Connection:
+            conn = opened()
+            conn.set_trace_callback(ran.append)
+            return conn
+
+        store._open = traced  # type: ignore[method-assign]  (every thread's connection, traced)
+        report = make_engine(store, emulator, concurrency=1).run_once()
+    assert report.pushed == 6
+    upstream = upstream_by_session(emulator)[session_id]
+    assert [record["input"]["user_message"] for record in upstream] == [f"turn {n}" for n in range(6)]
+    transactions = "\n".join(ran).split("BEGIN IMMEDIATE")
+    settles = [tx for tx in transactions if "UPDATE outbox SET state = 'done'" in tx]
+    renewals = [tx.count("UPDATE lanes SET lease_until") for tx in settles]
+    # Once each; twice in the settle that told the lane its remote session (twice in each before).
+    assert len(settles) == len(ids) and sorted(renewals) == [1] * (len(ids) - 1) + [2], renewals

@@ -127,6 +127,33 @@ def test_an_app_polls_sqlites_lock_then_waits_in_the_busy_handler(both_roles, mo
     assert ran[rest + 1:rest + 3] == ["BEGIN IMMEDIATE", "PRAGMA busy_timeout=30000"]  # the busy handler's wait
 
 
+class _Clock:
+    """``turns``' view of time, for a test of the polling's schedule alone: sleeping moves it on."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_polling_starts_every_tenth_of_a_millisecond_and_backs_off_to_one(monkeypatch):
+    """A short wait is seen at once; a long one costs the lock's holder no CPU for retries every 0.1 ms."""
+    clock = _Clock()
+    monkeypatch.setattr(turns, "time", clock)
+    assert turns.poll(lambda: False, 0.02) is False
+    assert clock.slept[:4] == pytest.approx([0.0001, 0.0002, 0.0004, 0.0008])
+    assert set(clock.slept[4:]) == {turns.POLL_MAX_S} and 15 < len(clock.slept) < 25
+    answers = iter([False, False, True])
+    assert turns.poll(lambda: next(answers), 1.0) is True
+    assert clock.slept[-2:] == pytest.approx([0.0001, 0.0002])  # each wait starts again at 0.1 ms
+
+
 def test_an_apps_short_busy_timeout_stays_short(both_roles, store_path):
     """Polling counts against ``busy_timeout_s``: a store opened with 0.3 s gives up after about
     that, not after the polling's own second on top of it."""

@@ -170,6 +170,12 @@ def leaves_now(conn: StoreConnection, attempt: Attempt, owner: str, now: float, 
     return True
 
 
+def renew_lease(conn: StoreConnection, lane: str, owner: str, now: float, lease_s: float) -> Any | None:
+    """Renew our lease on the lane: its row (for ``remote_session_id``), or None when another pusher took it.
+    A row that knows its remote session may be handed to :func:`take_next` in the same transaction."""
+    return _holds(conn, lane, owner, now, lease_s)
+
+
 def _holds(conn: StoreConnection, lane: str, owner: str, now: float, lease_s: float) -> Any | None:
     """Renew our lease on the lane: its row (for ``remote_session_id``), or None when another pusher took it."""
     clock, clock_now = dialects.lease_clock(conn, now)
@@ -181,9 +187,12 @@ def _holds(conn: StoreConnection, lane: str, owner: str, now: float, lease_s: fl
 
 
 @lease_protected
-def next_attempt(conn: StoreConnection, lane: str, owner: str, now: float, lease_s: float) -> Attempt | None:
-    """The lane's head operation if it is due and the lease is still ours, else None."""
-    lane_row = _holds(conn, lane, owner, now, lease_s)
+def next_attempt(conn: StoreConnection, lane: str, owner: str, now: float, lease_s: float,
+                 lane_row: Any | None = None) -> Attempt | None:
+    """The lane's head operation if it is due and the lease is still ours, else None. ``lane_row``:
+    the lease was renewed in this transaction already (:func:`renew_lease`), and this is the row."""
+    if lane_row is None:
+        lane_row = _holds(conn, lane, owner, now, lease_s)
     if lane_row is None:
         return None
     if not lanes.fold_siblings(conn, lane, lane_row["remote_session_id"], now):
@@ -285,13 +294,14 @@ def take_next(
     lease_s: float,
     build_body: Callable[[dict[str, Any], Attempt], dict[str, Any]],
     offset_s: float | None = None,
+    lane_row: Any | None = None,
 ) -> Attempt | None:
     """The lane's due head, already marked ``sending`` with its body when it can go as is.
 
     One write transaction instead of two (find, then mark): with many lanes in
     flight, every avoided write transaction is less time queued for the lock.
     """
-    attempt = next_attempt(conn, lane, owner, now, lease_s)
+    attempt = next_attempt(conn, lane, owner, now, lease_s, lane_row)
     if attempt is None or _needs_care(attempt):
         return attempt
     # Same transaction: the lease and the head were just read.

@@ -238,9 +238,9 @@ class Store:
             raise
 
     def _begin(self, conn: sqlite3.Connection) -> None:
-        """``BEGIN IMMEDIATE``. An app polls SQLite's lock every ``turns.POLL_S`` for up to
-        ``turns.APP_WAIT_MAX_S``, where the busy handler would sleep 1, 2, 5 ms between tries,
-        and then waits the rest of the busy timeout there (turns.py says why apps poll the lock)."""
+        """``BEGIN IMMEDIATE``. An app polls SQLite's lock (``turns.poll``: every 0.1 ms at first, then
+        up to every 1 ms) for up to ``turns.APP_WAIT_MAX_S``, where the busy handler would sleep 1, 2,
+        5 ms between tries, and then waits the rest of the busy timeout there (turns.py says why apps poll the lock)."""
         if self._turns.role is WriterRole.APP:
             _begin_polled(conn, min(turns.APP_WAIT_MAX_S, self.busy_timeout_s), self.busy_timeout_s)
         else:
@@ -282,7 +282,7 @@ def _collection_paused() -> Iterator[None]:
 
 
 def _begin_polled(conn: sqlite3.Connection, polled_s: float, busy_timeout_s: float) -> None:
-    """``BEGIN IMMEDIATE`` tried with no busy timeout every ``turns.POLL_S`` for ``polled_s``, then
+    """``BEGIN IMMEDIATE`` tried with no busy timeout (``turns.poll``) for ``polled_s``, then
     once more with the rest of ``busy_timeout_s`` in SQLite's busy handler (which raises when that
     runs out too). The connection's busy timeout is back to ``busy_timeout_s`` either way."""
     conn.execute("PRAGMA busy_timeout=0")

@@ -21,8 +21,9 @@ A daemon write takes ``-writer``, then tries ``-apps`` exclusive without
 blocking: if that works, no app waits, and it writes. If it fails, an app is
 waiting or writing: the daemon lets go of ``-writer``, waits until ``-apps`` is
 free, and tries again. An app takes ``-apps`` and then waits for SQLite's lock
-itself, polling ``BEGIN IMMEDIATE`` every :data:`POLL_S` with no busy timeout
-(``Store._begin``), where SQLite's busy handler sleeps 1, 2, 5 ms between tries. It
+itself, polling ``BEGIN IMMEDIATE`` with no busy timeout (``Store._begin``), every
+:data:`POLL_S` at first and then less often, up to every :data:`POLL_MAX_S`, where
+SQLite's busy handler sleeps 1, 2, 5 … 100 ms between tries. It
 waits for at most the rest of one daemon transaction (the daemon starts none while
 ``-apps`` is held) and the other apps' short writes. It does not wait for the
 daemon's turn around that transaction: that turn also holds the GIL hand-backs
@@ -56,7 +57,8 @@ from pathlib import Path
 
 log = logging.getLogger("galtea_local.store")
 
-POLL_S = 0.0001  # ~0.2 ms in practice: the wait is one daemon transaction, a few ms
+POLL_S = 0.0001  # the first wait between tries (~0.2 ms in practice): most waits are one short transaction
+POLL_MAX_S = 0.001  # ... doubling up to this: a waiter that tries every 0.1 ms takes CPU from the lock's holder
 APP_WAIT_MAX_S = 1.0  # a writer frozen mid-write: go to SQLite's busy handler (and its busy timeout)
 DAEMON_YIELD_MAX_S = 0.05  # apps writing flat out still leave the daemon a write every 50 ms
 DAEMON_IGNORE_S = 1.0  # after a yield ran out: an app is stopped mid-write, do not pay 50 ms per write
@@ -184,13 +186,21 @@ def _poll(fd: int, kind: int, max_s: float) -> bool:
 
 
 def poll(attempt: Callable[[], bool], max_s: float) -> bool:
-    """Call ``attempt`` now and every :data:`POLL_S` until it returns True (True) or ``max_s`` ran
-    out (False): the turns' wait, and an app's wait for SQLite's lock (``Store._begin``)."""
+    """Call ``attempt`` until it returns True (True) or ``max_s`` ran out (False): the turns' wait,
+    and an app's wait for SQLite's lock (``Store._begin``).
+
+    The waits between tries start at :data:`POLL_S` and double up to :data:`POLL_MAX_S`. A short
+    wait is seen at once. A long one is a daemon transaction that lost its CPU on a busy box, and
+    three apps retrying every 0.1 ms took CPU from it: switched every 7 s in one soak, the apps'
+    ``create()`` p99.9 was 21 ms at a fixed 0.1 ms against 15 ms at 1 ms (docs/benchmarks-soak.md §8).
+    """
     if attempt():
         return True
     deadline = time.monotonic() + max_s
+    every = POLL_S
     while time.monotonic() < deadline:
-        time.sleep(POLL_S)
+        time.sleep(every)
         if attempt():
             return True
+        every = min(2 * every, POLL_MAX_S)
     return False
