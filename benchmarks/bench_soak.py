@@ -14,7 +14,7 @@ Every ``--every-s`` seconds it prints: drained/min, queued, oldest age, the daem
 and open fds, WAL and store size, and the daemon's longest write transaction. At the end:
 the writers' ``create()`` p50/p99/p99.9/max and failed creates, and what the emulator saw.
 
-    python benchmarks/bench_soak.py [--minutes 3] [--backlog 100000] [--writers 3] [--rate 70]
+    python benchmarks/bench_soak.py [--minutes 3] [--backlog 100000] [--writers 3] [--rate 70] [--concurrency 16]
     python benchmarks/bench_soak.py --short                      # 1 minute, 20k backlog
     python benchmarks/bench_soak.py --faults none --rate-limit 200 --writers 0 --minutes 1
     python benchmarks/bench_soak.py --drain-scaling 1000,100000  # drain rate, queue held at each size
@@ -41,13 +41,15 @@ from typing import Any, NamedTuple
 
 import httpx
 
+from galtea_local.config import SyncSettings
+
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_drain import API_KEY, emulator, make_sessions, prefill, queue_creates  # noqa: E402
 
 FAULT_MIX = {"fail_rate": 0.03, "throttle_rate": 0.02, "ambiguous_rate": 0.03}
 CONFIG = """
 [sync]
-concurrency = 32
+concurrency = {concurrency}
 [retention]
 synced_days = 0
 [log]
@@ -115,9 +117,9 @@ def store_figures(path: Path) -> dict[str, Any]:
     return {**status, "created": top}
 
 
-def start_daemon(url: str, path: Path, folder: Path) -> subprocess.Popen[bytes]:
+def start_daemon(url: str, path: Path, folder: Path, concurrency: int) -> subprocess.Popen[bytes]:
     config = folder / "soak.toml"
-    config.write_text(CONFIG)
+    config.write_text(CONFIG.format(concurrency=concurrency))
     env = {**os.environ, "GALTEA_API_KEY": API_KEY, "GALTEA_API_URL": url, "GALTEA_LOCAL_STORE": str(path),
            "GALTEA_LOCAL_CONFIG": str(config)}
     return subprocess.Popen([sys.executable, "-m", "galtea_local_daemon.cli", "daemon"], env=env)
@@ -248,7 +250,7 @@ def soak(args: argparse.Namespace) -> None:
               f" {prefill(path, sessions, args.backlog // args.sessions):.1f} s")
         httpx.post(f"{url}/_emulator/faults", json={**faults, "rate_limit_rps": args.rate_limit}, timeout=10)
         before = emulator_counts(url)
-        daemon = start_daemon(url, path, folder)
+        daemon = start_daemon(url, path, folder, args.concurrency)
         stack.callback(stop, daemon)
         started = time.time()
         until = started + args.minutes * 60
@@ -276,7 +278,7 @@ def drain_rate(args: argparse.Namespace, backlog: int, faults: dict[str, float] 
         if faults:
             httpx.post(f"{url}/_emulator/faults", json=faults, timeout=10).raise_for_status()
         base = emulator_counts(url)["inferenceResultCount"]
-        daemon = stack.enter_context(_running(start_daemon(url, path, folder)))
+        daemon = stack.enter_context(_running(start_daemon(url, path, folder, args.concurrency)))
         first = wait_for_count(url, base + min(2000, backlog // 10), daemon)
         deadline = first[0] + args.drain_s
         last = first
@@ -345,7 +347,7 @@ def held_drain(args: argparse.Namespace, size: int) -> tuple[float, list[int]]:
         prefill(path, sessions, per_session)
         feeder = Feeder(url, path, sessions, size, per_session * len(sessions))
         stack.callback(feeder.conn.close)
-        daemon = stack.enter_context(_running(start_daemon(url, path, folder)))
+        daemon = stack.enter_context(_running(start_daemon(url, path, folder, args.concurrency)))
         started = time.monotonic()
         first = feeder.feed_until(daemon, lambda tick: tick.when - started >= 3 and tick.upstream >= 2000)[-1]
         window = feeder.feed_until(daemon, lambda tick: tick.when - first.when >= args.drain_s)
@@ -399,6 +401,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=70.0, help="create() calls per second per writer")
     parser.add_argument("--pending-share", type=float, default=0.2)
     parser.add_argument("--latency-ms", type=float, default=30.0)
+    parser.add_argument("--concurrency", type=int, default=SyncSettings().concurrency,
+                        help="the daemon's sync.concurrency (default: the shipped default)")
     parser.add_argument("--faults", choices=("mix", "none"), default="mix")
     parser.add_argument("--rate-limit", type=float, default=0.0, help="emulator token bucket, requests/s (0: off)")
     parser.add_argument("--every-s", type=float, default=60.0)

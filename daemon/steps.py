@@ -47,7 +47,7 @@ IDLE = StepOutcome(Step.IDLE)
 
 @dataclass(frozen=True)
 class EngineSettings:
-    concurrency: int = 32
+    concurrency: int = 16  # sync.concurrency's default (config/schema.py says why 16)
     batch_size: int = 10  # operations of one lane per claim, so lanes take turns
     lease_s: float = 60.0
     clock_skew_s: float = 10.0
