@@ -20,6 +20,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
+from galtea_local.batching import batched
 from galtea_local.errors import AuthError, RejectedError, StoreError, UpstreamError
 from galtea_local.outbox import attempts as ob
 from galtea_local.outbox import drift, health, leased
@@ -103,8 +104,8 @@ class SyncEngine:
     def release_stale_leases(self) -> int:
         """For a pusher holding the store's exclusive lock: every existing lease is a dead pusher's."""
         stale = self.store.read(outbox_stamps.stale_stamps)  # and so is every side path's
-        for start in range(0, len(stale), RELEASE_BATCH):  # short writes: apps never wait on a long one
-            self.store.transaction(outbox_stamps.release_stamps, stale[start:start + RELEASE_BATCH])
+        for batch in batched(stale, RELEASE_BATCH):  # short writes: apps never wait on a long one
+            self.store.transaction(outbox_stamps.release_stamps, batch)
         return self.store.transaction(ob.release_all_leases) + self.store.transaction(leased.release_all)
 
     # -- one pass ------------------------------------------------------------

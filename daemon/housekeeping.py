@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 
 from galtea_local import blobs, retention, span_retention
+from galtea_local.batching import batched
 from galtea_local.config import RetentionSettings
 from galtea_local.outbox import ownership
 from galtea_local.store import Store
@@ -128,8 +129,7 @@ class Housekeeper:
         while after is not None and (limit is None or total < limit):
             page = self.store.read(retention.deletable_page, after, cutoff)
             seqs = page.seqs if limit is None else page.seqs[:limit - total]
-            for first in range(0, len(seqs), retention.DELETE_BATCH):
-                batch = seqs[first:first + retention.DELETE_BATCH]
+            for batch in batched(seqs, retention.DELETE_BATCH):
                 total += self._delete_with_blobs(batch, cutoff)
             after = page.next_after
         return total

@@ -16,6 +16,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from galtea_local.batching import batched
 from galtea_local.retention import DELETE_BATCH, PAGE_ROWS
 
 TABLES = ("spans", "evaluations")
@@ -50,6 +51,6 @@ def delete_settled(store: Any, cutoff: float, limit: int | None = None) -> int:
         while after is not None and (limit is None or total < limit):
             seqs, after = store.read(settled_page, table, after, cutoff)
             seqs = seqs if limit is None else seqs[:limit - total]
-            for first in range(0, len(seqs), DELETE_BATCH):
-                total += store.transaction(delete_verified, table, seqs[first:first + DELETE_BATCH], cutoff)
+            for batch in batched(seqs, DELETE_BATCH):
+                total += store.transaction(delete_verified, table, batch, cutoff)
     return total

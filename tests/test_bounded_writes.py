@@ -15,7 +15,10 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from galtea_local import Galtea, retention
+from galtea_local.batching import batched
 from galtea_local.bundle import export
 from galtea_local.outbox import attempts as ob
 from galtea_local.store import Store
@@ -171,3 +174,10 @@ def test_a_settle_renews_the_lease_once(emulator: EmulatorHandle, tmp_path: Path
     renewals = [tx.count("UPDATE lanes SET lease_until") for tx in settles]
     # Once each; twice in the settle that told the lane its remote session (twice in each before).
     assert len(settles) == len(ids) and sorted(renewals) == [1] * (len(ids) - 1) + [2], renewals
+
+
+def test_batched_keeps_the_order_and_ends_with_the_rest() -> None:
+    assert list(batched(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert list(batched(iter([]), 3)) == []
+    with pytest.raises(ValueError, match="at least 1"):
+        list(batched([1], 0))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from galtea_local.batching import batched
 from galtea_local.outbox import health
 from galtea_local.outbox.kinds import OPEN
 from galtea_local.store import Store
@@ -21,22 +22,12 @@ from galtea_local.store.contract import StoreConnection
 HANDED_OVER = 1e18  # not_before of an exported operation: never due
 HANDED_OVER_COUNT = "handed_over_operations"  # meta: how many wait for a receipt (status shows it)
 _CHUNK = 5000  # operations per write transaction
-
-
-def _batches(seqs: Iterable[int], size: int = 500) -> Iterable[list[int]]:
-    chunk: list[int] = []
-    for seq in seqs:
-        chunk.append(seq)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+_IN_LIST = 500  # seqs per statement's IN (...) list
 
 
 def _mark(conn: StoreConnection, column: str, seqs: Iterable[int], not_before: float, where: str) -> int:
     count = 0
-    for chunk in _batches(seqs):
+    for chunk in batched(seqs, _IN_LIST):
         marks = ", ".join("?" * len(chunk))
         count += conn.execute(f"UPDATE outbox SET not_before = ? WHERE {column} IN ({marks}) AND {where}",
                               (not_before, *chunk)).rowcount
@@ -51,8 +42,8 @@ def hand_over(conn: StoreConnection, record_seqs: Iterable[int], session_seqs: I
 
 def hand_over_all(store: Store, record_seqs: Iterable[int], session_seqs: Iterable[int]) -> int:
     """:func:`hand_over` in short write transactions (an app's create() never waits long), then recount."""
-    count = sum(store.transaction(hand_over, [], chunk) for chunk in _batches(session_seqs, _CHUNK))
-    count += sum(store.transaction(hand_over, chunk, []) for chunk in _batches(record_seqs, _CHUNK))
+    count = sum(store.transaction(hand_over, [], chunk) for chunk in batched(session_seqs, _CHUNK))
+    count += sum(store.transaction(hand_over, chunk, []) for chunk in batched(record_seqs, _CHUNK))
     recount(store)
     return count
 
