@@ -153,7 +153,7 @@ def still_holds(conn: StoreConnection, lane: str, owner: str, now: float, lease_
     passed since the mark) and when it settles: a request whose lease is gone is
     given up, since another pusher may hold the lane and reconcile it meanwhile.
     """
-    return _holds(conn, lane, owner, now, lease_s) is not None
+    return renew_lease(conn, lane, owner, now, lease_s) is not None
 
 
 @lease_protected
@@ -163,7 +163,7 @@ def leaves_now(conn: StoreConnection, attempt: Attempt, owner: str, now: float, 
     mark to ``now``. The commit grace counts from the mark, and a request held back by the adaptive
     limit must not spend its grace before it is even sent. False (nothing changed) when another
     pusher took the lane: the request must not leave."""
-    if _holds(conn, attempt.lane, owner, now, lease_s) is None:
+    if renew_lease(conn, attempt.lane, owner, now, lease_s) is None:
         return False
     conn.execute("UPDATE outbox SET sending_since = ?, sending_offset_s = ? WHERE seq = ? AND state = 'sending'",
                  (now, offset_s, attempt.op_seq))
@@ -173,11 +173,6 @@ def leaves_now(conn: StoreConnection, attempt: Attempt, owner: str, now: float, 
 def renew_lease(conn: StoreConnection, lane: str, owner: str, now: float, lease_s: float) -> Any | None:
     """Renew our lease on the lane: its row (for ``remote_session_id``), or None when another pusher took it.
     A row that knows its remote session may be handed to :func:`take_next` in the same transaction."""
-    return _holds(conn, lane, owner, now, lease_s)
-
-
-def _holds(conn: StoreConnection, lane: str, owner: str, now: float, lease_s: float) -> Any | None:
-    """Renew our lease on the lane: its row (for ``remote_session_id``), or None when another pusher took it."""
     clock, clock_now = dialects.lease_clock(conn, now)
     rows = conn.execute(
         f"UPDATE lanes SET lease_until = {clock} + ? WHERE key = ? AND lease_owner = ? RETURNING remote_session_id",
@@ -192,7 +187,7 @@ def next_attempt(conn: StoreConnection, lane: str, owner: str, now: float, lease
     """The lane's head operation if it is due and the lease is still ours, else None. ``lane_row``:
     the lease was renewed in this transaction already (:func:`renew_lease`), and this is the row."""
     if lane_row is None:
-        lane_row = _holds(conn, lane, owner, now, lease_s)
+        lane_row = renew_lease(conn, lane, owner, now, lease_s)
     if lane_row is None:
         return None
     if not lanes.fold_siblings(conn, lane, lane_row["remote_session_id"], now):
@@ -234,7 +229,7 @@ def begin_attempt(
     ``update()`` either folded into this body or is queued after it. Returns
     the body to send, or None if the lease or the head changed meanwhile.
     """
-    if _holds(conn, attempt.lane, owner, now, lease_s) is None:
+    if renew_lease(conn, attempt.lane, owner, now, lease_s) is None:
         return None
     head = conn.execute(_HEAD, (attempt.lane,)).fetchone()
     if head is None or head["seq"] != attempt.op_seq:
