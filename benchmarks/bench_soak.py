@@ -262,7 +262,8 @@ def soak(args: argparse.Namespace) -> None:
         figures = store_figures(path)
         print(f"daemon's longest write transaction since start: {figures['longest_write_ms'] or 0:.1f} ms"
               f" ({figures['longest_write_name']}); the most CPU one used: {figures['longest_write_cpu_ms'] or 0:.2f} ms"
-              f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+              f"; {figures['writes_given_way']:,} gave way to an app; load average {os.getloadavg()[0]:.1f}"
+              f" on {os.cpu_count()} CPUs")
 
 
 def drain_rate(args: argparse.Namespace, backlog: int, faults: dict[str, float] | None = None) -> float:

@@ -8,6 +8,7 @@ this writes two figures to the store's ``meta``, for any process to read:
 - ``longest_write_recent_s``: the longest over about the last minute;
 - ``longest_write_cpu_s``: the most CPU time one of them used (the rest of the
   wall time was spent waiting for a CPU or the GIL);
+- ``writes_given_way``: how many rolled back for an app waiting for the lock, and ran again;
 - ``send_rate``/``send_limit``: the request rate and in-flight cap the adaptive
   concurrency holds now (:mod:`galtea_local_daemon.concurrency`).
 
@@ -50,6 +51,7 @@ class WriteWatch:
             health.put(conn, health.LONGEST_WRITE_NAME, longest.name or None)
             health.put(conn, health.LONGEST_WRITE_RECENT, round(recent, 6))
             health.put(conn, health.LONGEST_WRITE_CPU, round(stats.longest_cpu.seconds, 6))
+            health.put(conn, health.WRITES_GIVEN_WAY, stats.gave_way)
             if self.limit is not None:
                 health.put(conn, health.SEND_RATE, round(self.limit.rate, 2))
                 health.put(conn, health.SEND_LIMIT, self.limit.limit)

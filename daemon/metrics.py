@@ -54,6 +54,9 @@ class DaemonMetrics:
         self.longest_write_recent = Gauge("longest_write_recent_seconds", "The daemon's longest write"
                                           " transaction over about the last minute", namespace=ns,
                                           registry=self.registry)
+        self.writes_given_way = Gauge("writes_given_way", "The daemon's write transactions rolled back for an"
+                                      " app waiting for the lock since it started (each ran again)", namespace=ns,
+                                      registry=self.registry)
         self.pushes = Counter("pushes", "Operations applied upstream", namespace=ns, registry=self.registry)
         self.adopted = Counter("adopted", "Maybe-sent creates found upstream by reconciliation",
                                namespace=ns, registry=self.registry)
@@ -112,6 +115,7 @@ class DaemonMetrics:
         self.resent_unconfirmed.set(status.get("resent_unconfirmed") or 0)
         self.longest_write.set((status.get("longest_write_ms") or 0) / 1000)
         self.longest_write_recent.set((status.get("longest_write_recent_ms") or 0) / 1000)
+        self.writes_given_way.set(status.get("writes_given_way") or 0)
         if self.settings.textfile:
             try:
                 write_to_textfile(self.settings.textfile, self.registry)  # writes a temp file, then renames

@@ -79,6 +79,7 @@ def _load(conn: sqlite3.Connection) -> dict[str, Any]:
         "longest_write_name": health.get(conn, health.LONGEST_WRITE_NAME),
         "longest_write_recent_ms": _ms(health.get_float(conn, health.LONGEST_WRITE_RECENT)),
         "longest_write_cpu_ms": _ms(health.get_float(conn, health.LONGEST_WRITE_CPU)),
+        "writes_given_way": int(health.get_float(conn, health.WRITES_GIVEN_WAY) or 0),
         "send_rate_per_s": health.get_float(conn, health.SEND_RATE),
         "send_limit": health.get_float(conn, health.SEND_LIMIT),
     }
@@ -132,7 +133,8 @@ def format_status(status: dict[str, Any]) -> str:
     if status.get("longest_write_ms") is not None:
         lines.append(f"writes      daemon's longest write transaction {status['longest_write_ms']:g} ms"
                      f" ({status['longest_write_name'] or '?'}), last minute {status['longest_write_recent_ms']:g} ms,"
-                     f" most CPU in one {status['longest_write_cpu_ms']:g} ms")
+                     f" most CPU in one {status['longest_write_cpu_ms']:g} ms,"
+                     f" {status['writes_given_way']:,} rolled back for an app and run again")
     if status.get("send_rate_per_s") is not None:
         lines.append(f"sending     at most {status['send_rate_per_s']:g} requests/s, {status['send_limit']:g} in flight"
                      " (adaptive: follows what the API accepts)")

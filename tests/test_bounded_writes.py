@@ -144,6 +144,7 @@ def test_the_daemons_longest_write_is_in_status(tmp_path: Path) -> None:
     status = store_status(store)
     assert status["longest_write_ms"] > 0 and status["longest_write_name"] in ("delete_verified", "upgrade")
     assert status["longest_write_cpu_ms"] > 0 and status["longest_write_recent_ms"] > 0
+    assert status["writes_given_way"] == 0  # no app waited
     assert "longest write transaction" in format_status(status)
 
 

@@ -186,6 +186,57 @@ def test_an_app_stopped_mid_write_holds_the_daemon_back_only_briefly(store_path,
     assert time.monotonic() < daemon._ignore_until
 
 
+def test_a_daemon_write_gives_way_to_an_app_between_two_statements(both_roles, monkeypatch):
+    """An app that arrives mid-way waits for one statement of the daemon's transaction, not the
+    rest of it: the daemon rolls back, the app writes, then the daemon's transaction runs again."""
+    monkeypatch.setattr(turns, "APP_WAIT_MAX_S", WAIT_S)
+    monkeypatch.setattr(turns, "DAEMON_YIELD_MAX_S", WAIT_S)
+    app, daemon = both_roles
+    daemon_in, go, runs = threading.Event(), threading.Event(), []
+
+    def many_statements(conn) -> None:
+        runs.append(len(runs))
+        conn.execute("INSERT INTO t VALUES (2)")
+        daemon_in.set()
+        go.wait(WAIT_S)  # the app arrives here, in the middle
+        for _ in range(99):
+            conn.execute("INSERT INTO t VALUES (2)")
+
+    daemon_thread = threading.Thread(target=daemon.transaction, args=(many_statements,), daemon=True)
+    daemon_thread.start()
+    assert daemon_in.wait(WAIT_S)
+    app_in, app_leave, app_thread = _write_in_thread(app)
+    assert turns.poll(daemon._turns.app_waiting, WAIT_S)  # the app holds its turn, waiting for the lock
+    go.set()  # the daemon's next statement sees it
+    assert app_in.wait(WAIT_S)  # the app writes before the daemon's transaction ends
+    app_leave.set()
+    app_thread.join(WAIT_S)
+    daemon_thread.join(WAIT_S)
+    assert not daemon_thread.is_alive() and runs == [0, 1]  # rolled back once, then ran through
+    rows = app.read(lambda conn: conn.execute("SELECT n FROM t ORDER BY rowid").fetchall())
+    assert [n for (n,) in rows] == [1] + [2] * 100  # the app's row first; the daemon's 100 once, not twice
+    assert daemon.write_stats.gave_way == 1 and app.write_stats.gave_way == 0
+
+
+def test_a_daemon_write_gives_way_at_most_twice_then_runs_through(both_roles, monkeypatch):
+    """Apps writing flat out cannot starve the daemon: after ``GIVE_WAY_MAX`` roll-backs its
+    transaction runs to the end. (An app always waiting is faked: this tests the bound alone.)"""
+    app, daemon = both_roles
+    monkeypatch.setattr(daemon._turns, "app_waiting", lambda: True)
+    runs: list[int] = []
+
+    def two_statements(conn) -> int:
+        runs.append(len(runs))
+        conn.execute("INSERT INTO t VALUES (2)")
+        conn.execute("INSERT INTO t VALUES (2)")
+        return len(runs)
+
+    assert daemon.transaction(two_statements) == turns.GIVE_WAY_MAX + 1
+    assert app.read(lambda conn: conn.execute("SELECT COUNT(*) FROM t").fetchone()[0]) == 2
+    assert daemon.write_stats.gave_way == turns.GIVE_WAY_MAX
+    assert app.transaction(two_statements) == turns.GIVE_WAY_MAX + 2  # an app's write never gives way
+
+
 def test_apps_take_turns_with_each_other_too(both_roles, store_path, monkeypatch):
     """Through SQLite's lock, polled: the second app writes once the first commits."""
     monkeypatch.setattr(turns, "APP_WAIT_MAX_S", WAIT_S)

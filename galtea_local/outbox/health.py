@@ -14,6 +14,8 @@ LONGEST_WRITE = "longest_write_s"
 LONGEST_WRITE_NAME = "longest_write_name"
 LONGEST_WRITE_RECENT = "longest_write_recent_s"
 LONGEST_WRITE_CPU = "longest_write_cpu_s"
+# Its write transactions rolled back for an app waiting for the lock, and run again (store/turns.py).
+WRITES_GIVEN_WAY = "writes_given_way"
 # What the daemon's adaptive concurrency holds: requests/s and requests in flight.
 SEND_RATE = "send_rate"
 SEND_LIMIT = "send_limit"

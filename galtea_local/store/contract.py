@@ -43,8 +43,9 @@ class StorageBackend(Protocol):
 
     - ``transaction(fn, *args, **kwargs)`` runs ``fn(conn, ...)`` in one
       transaction and commits; the whole function is re-run when the backend
-      reports a transient conflict, so ``fn`` must have no effect outside the
-      connection. Raises only :class:`galtea_local.errors.StoreError` subclasses
+      reports a transient conflict (or, on SQLite, when a daemon's transaction
+      gives way to an app: ``store/turns.py``), so ``fn`` must have no effect
+      outside the connection. Raises only :class:`galtea_local.errors.StoreError` subclasses
       (and whatever ``fn`` raises itself); a write that may or may not have
       committed raises :class:`~galtea_local.errors.OutcomeUnknownError`.
     - ``read(fn, *args)`` / ``reading()``: one consistent snapshot, no writes.

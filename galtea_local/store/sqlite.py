@@ -136,7 +136,7 @@ class Store:
 
     # -- connections -------------------------------------------------------
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self) -> _Connection:
         try:
             conn = sqlite3.connect(
                 self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False,
@@ -175,7 +175,7 @@ class Store:
             self._connections.add(conn)
         return conn
 
-    def connection(self) -> sqlite3.Connection:
+    def connection(self) -> _Connection:
         """This thread's connection (a forked child never reuses its parent's)."""
         local = self._local
         conn = getattr(local, "conn", None)
@@ -202,13 +202,19 @@ class Store:
 
         On SQLITE_BUSY the whole function runs again (never one statement of
         it). Any other error rolls back and propagates: nothing is half-written.
+        A daemon's transaction also runs again when it gave way to an app
+        (:meth:`_run`), up to ``turns.GIVE_WAY_MAX`` times.
         """
         conn = self.connection()
         deadline = time.monotonic() + self.busy_timeout_s
+        gave_way = 0
         while True:
             try:
                 with self.write_turn():
-                    return self._run(conn, fn, args, kwargs)
+                    return self._run(conn, fn, args, kwargs, gives_way=gave_way < turns.GIVE_WAY_MAX)
+            except _GaveWay:
+                gave_way += 1  # rolled back for an app: the turn lets it write first, then this runs again
+                continue
             except sqlite3.Error as exc:
                 if not _is_busy(exc) or time.monotonic() > deadline:
                     raise _translate(exc, self.path, self.busy_timeout_s) from exc
@@ -221,20 +227,31 @@ class Store:
         with self._writer, _collection_paused(), self._turns.turn():
             yield
 
-    def _run(self, conn: sqlite3.Connection, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+    def _run(self, conn: _Connection, fn: Callable[..., T], args: tuple, kwargs: dict, gives_way: bool) -> T:
+        """``fn`` in one transaction. A daemon's (``gives_way``) looks before each statement for an app
+        waiting for the lock, and if one is, rolls back (:class:`_GaveWay`): the app then waits for
+        one statement of it, not for the rest of the transaction (turns.py says why)."""
         self._begin(conn)
         locked = time.perf_counter()  # the write lock is ours from here to COMMIT
         stats = self.write_stats
         cpu = time.thread_time() if stats.track_cpu else 0.0
+        name = getattr(fn, "__name__", "?")
         try:
-            result = fn(conn, *args, **kwargs)
+            if gives_way and self._turns.role is WriterRole.DAEMON:
+                conn.give_way = self._turns.app_waiting
+            try:
+                result = fn(conn, *args, **kwargs)
+            finally:
+                conn.give_way = None
             conn.execute("COMMIT")
             cpu = time.thread_time() - cpu if stats.track_cpu else 0.0
-            stats.note(time.perf_counter() - locked, getattr(fn, "__name__", "?"), cpu)
+            stats.note(time.perf_counter() - locked, name, cpu)
             return result
-        except BaseException:
+        except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            if isinstance(exc, _GaveWay):  # the lock was held until this ROLLBACK: it counts
+                stats.note(time.perf_counter() - locked, f"{name} (gave way)", gave_way=True)
             raise
 
     def _begin(self, conn: sqlite3.Connection) -> None:
@@ -318,4 +335,26 @@ def _translate(exc: sqlite3.Error, path: Path, busy_timeout_s: float) -> StoreEr
 
 
 class _Connection(sqlite3.Connection):
-    """sqlite3's connection, weakly referenceable (the base class is not)."""
+    """sqlite3's connection, weakly referenceable (the base class is not).
+
+    While ``give_way`` is set (a daemon's transaction body, :meth:`Store._run`), each statement
+    first asks it whether an app waits for the lock, and raises :class:`_GaveWay` if one does.
+    """
+
+    give_way: Callable[[], bool] | None = None
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        if self.give_way is not None and self.in_transaction and self.give_way():
+            raise _GaveWay
+        return super().execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
+        if self.give_way is not None and self.in_transaction and self.give_way():
+            raise _GaveWay
+        return super().executemany(sql, parameters)
+
+
+class _GaveWay(BaseException):
+    """A daemon's transaction rolls back because an app waits for the lock; it runs again after.
+    A ``BaseException``: a transaction function's own ``except Exception`` must not swallow it and
+    commit half of its work."""

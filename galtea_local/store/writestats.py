@@ -30,13 +30,15 @@ class WriteStats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.count = 0
+        self.gave_way = 0  # daemon transactions rolled back for an app (Store._run), run again after
         self.longest = Longest(0.0, "")
         self._window = Longest(0.0, "")
         self.track_cpu = False
         self.longest_cpu = Longest(0.0, "")
 
-    def note(self, seconds: float, name: str, cpu_s: float = 0.0) -> None:
+    def note(self, seconds: float, name: str, cpu_s: float = 0.0, gave_way: bool = False) -> None:
         self.count += 1  # a lost increment under a race is harmless: only the maximum matters
+        self.gave_way += gave_way
         if cpu_s > self.longest_cpu.seconds:
             self.longest_cpu = Longest(cpu_s, name)
         if seconds > self._window.seconds:
