@@ -344,14 +344,16 @@ class _Connection(sqlite3.Connection):
     give_way: Callable[[], bool] | None = None
 
     def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
-        if self.give_way is not None and self.in_transaction and self.give_way():
-            raise _GaveWay
+        self._look()
         return super().execute(sql, parameters)
 
     def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
+        self._look()
+        return super().executemany(sql, parameters)
+
+    def _look(self) -> None:
         if self.give_way is not None and self.in_transaction and self.give_way():
             raise _GaveWay
-        return super().executemany(sql, parameters)
 
 
 class _GaveWay(BaseException):

@@ -123,10 +123,7 @@ class WriteTurns:
         fds = self._fds if self._pid == os.getpid() else None
         if fds is None or time.monotonic() < self._ignore_until:
             return False
-        if _try(fds[0], fcntl.LOCK_EX):
-            fcntl.flock(fds[0], fcntl.LOCK_UN)
-            return False
-        return True
+        return not _free(fds[0])
 
     def _daemon_turn(self, apps: int, writer: int) -> None:
         if time.monotonic() < self._ignore_until:  # an app stopped in its turn: SQLite's lock alone, a while
@@ -134,8 +131,7 @@ class WriteTurns:
             return
         deadline = time.monotonic() + DAEMON_YIELD_MAX_S
         while _poll(writer, fcntl.LOCK_EX, max(0.0, deadline - time.monotonic())):  # an app's write
-            if _try(apps, fcntl.LOCK_EX):  # no app waits
-                fcntl.flock(apps, fcntl.LOCK_UN)
+            if _free(apps):  # no app waits
                 return
             fcntl.flock(writer, fcntl.LOCK_UN)  # an app waits: it goes first
             if not _poll(apps, fcntl.LOCK_EX, max(0.0, deadline - time.monotonic())):
@@ -201,6 +197,14 @@ def _try(fd: int, kind: int) -> bool:
         return True
     except BlockingIOError:
         return False
+
+
+def _free(fd: int) -> bool:
+    """Nobody holds ``fd``'s lock now: it could be taken exclusive (and is let go at once)."""
+    if not _try(fd, fcntl.LOCK_EX):
+        return False
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return True
 
 
 def _poll(fd: int, kind: int, max_s: float) -> bool:
