@@ -12,7 +12,8 @@ Default run (issue 17's soak, shortened for a shared box):
 
 Every ``--every-s`` seconds it prints: drained/min, queued, oldest age, the daemon's RSS
 and open fds, WAL and store size, and the daemon's longest write transaction. At the end:
-the writers' ``create()`` p50/p99/p99.9/max and failed creates, and what the emulator saw.
+the writers' ``create()`` p50/p99/p99.9/max and failed creates, what the emulator saw, and
+the daemon's CPU per record created upstream (a figure that moves less with the box's load).
 
     python benchmarks/bench_soak.py [--minutes 3] [--backlog 100000] [--writers 3] [--rate 70] [--concurrency 16]
     python benchmarks/bench_soak.py --short                      # 1 minute, 20k backlog
@@ -100,6 +101,16 @@ def proc_figures(pid: int) -> tuple[float, int]:
         return rss, len(os.listdir(f"/proc/{pid}/fd"))
     except (OSError, StopIteration):
         return 0.0, 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used (user + system), in seconds; 0 once it has gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def store_figures(path: Path) -> dict[str, Any]:
@@ -197,7 +208,8 @@ def emulator_counts(url: str) -> dict[str, Any]:
     return httpx.get(f"{url}/_emulator/dump", params={"log": "0", "store": "0"}, timeout=60).json()
 
 
-def print_upstream(url: str, before: dict[str, Any], seconds: float, rate_limit: float) -> None:
+def print_upstream(url: str, before: dict[str, Any], seconds: float, rate_limit: float) -> int:
+    """Prints what the emulator saw since ``before``; returns the records created upstream."""
     after = emulator_counts(url)
     requests = sum(after["requests"].values()) - sum(before["requests"].values())
     limited = after["faults"].get("rate_limit", 0) - before["faults"].get("rate_limit", 0)
@@ -210,6 +222,7 @@ def print_upstream(url: str, before: dict[str, Any], seconds: float, rate_limit:
         print(f"token bucket R = {rate_limit:g}/s: {served / seconds:,.1f} requests/s served ="
               f" {100 * served / seconds / rate_limit:.0f}% of R, {100 * limited / max(1, requests):.2f}% 429'd")
         print_steady(url, time.time() - seconds + WARM_UP_S, rate_limit)
+    return stored
 
 
 WARM_UP_S = 15.0  # slow start overshoots the bucket's burst once: the steady state is judged after it
@@ -257,8 +270,11 @@ def soak(args: argparse.Namespace) -> None:
         writers = start_writers(args, path, folder / "sessions.json", until)
         Monitor(path, daemon, args.every_s).run_until(until)
         results = [json.loads(writer.communicate(timeout=120)[0] or "{}") for writer in writers]
+        cpu, seconds = cpu_seconds(daemon.pid), time.time() - started
         print_writers([result for result in results if result])
-        print_upstream(url, before, time.time() - started, args.rate_limit)
+        stored = print_upstream(url, before, seconds, args.rate_limit)
+        print(f"daemon's CPU: {cpu:.1f} s ({100 * cpu / seconds:.0f}% of a core),"
+              f" {1000 * cpu / max(1, stored):.2f} ms per record created upstream")
         figures = store_figures(path)
         print(f"daemon's longest write transaction since start: {figures['longest_write_ms'] or 0:.1f} ms"
               f" ({figures['longest_write_name']}); the most CPU one used: {figures['longest_write_cpu_ms'] or 0:.2f} ms"

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import functools
 import json
 import logging
 import re
 import ssl
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -45,6 +46,7 @@ from galtea_local.errors import (
     RetryLaterError,
     UpstreamError,
 )
+from galtea_local_daemon import upstream_pool
 from galtea_local_daemon.servertime import ServerClock
 from galtea_local_daemon.upstream_spans import SpanAndEvaluationCalls
 from galtea_local_daemon.upstream_storage import TRANSFER_TIMEOUT_S, StorageCalls
@@ -262,6 +264,9 @@ class UpstreamClient(SpanAndEvaluationCalls, StorageCalls):
         self._local = threading.local()
         self._clients: list[httpx.Client] = []
         self._clients_lock = threading.Lock()
+        # Most requests skip httpx.Client (its models cost the CPU-bound drain more than the wire does).
+        self._pooled = (upstream_pool.PooledHTTP(self.base_url, headers, options["timeout"], options["verify"],
+                                                 max_connections) if upstream_pool.usable(transport) else None)
         self.server_clock = ServerClock()  # measured from every answer's Date header
 
     @property
@@ -286,6 +291,8 @@ class UpstreamClient(SpanAndEvaluationCalls, StorageCalls):
                 self._transfer_client = None
         for client in clients:
             client.close()
+        if self._pooled is not None:
+            self._pooled.close()
 
     def __enter__(self) -> UpstreamClient:
         return self
@@ -401,10 +408,10 @@ class UpstreamClient(SpanAndEvaluationCalls, StorageCalls):
         missing_ok: bool = False,
     ) -> Any:
         what = f"{method} {path}"
-        request = self._http.build_request(method, f"{path}?{query}" if query else path, json=body)
+        send = self._prepare(method, f"{path}?{query}" if query else path, body)
         started, sent_at = time.monotonic(), time.time()
         try:
-            response = self._http.send(request)
+            response = send()
         except Exception as exc:  # translated at the boundary: callers never see httpx errors
             log.debug("%s failed after %.0f ms: %s", what, _ms(started), type(exc).__name__)
             raise self._redacted(classify(exc, what=what)) from exc
@@ -416,6 +423,13 @@ class UpstreamClient(SpanAndEvaluationCalls, StorageCalls):
         if error is not None:
             raise self._redacted(error)
         return response.json() if expect is not None else None
+
+    def _prepare(self, method: str, target: str, body: Mapping[str, Any] | None) -> Callable[[], httpx.Response]:
+        """The request, ready to send. Its body is encoded here, outside the classification: a
+        body that is not JSON raises TypeError or ValueError before anything is sent."""
+        if self._pooled is not None:
+            return functools.partial(self._pooled.send, method, target, upstream_pool.encode(body))
+        return functools.partial(self._http.send, self._http.build_request(method, target, json=body))
 
     def _redacted(self, error: UpstreamError) -> UpstreamError:
         # A proxy or server may echo our request back in its answer.

@@ -21,6 +21,7 @@ from galtea_local import Galtea, retention
 from galtea_local.batching import batched
 from galtea_local.bundle import export
 from galtea_local.outbox import attempts as ob
+from galtea_local.outbox import stamps
 from galtea_local.store import Store
 from galtea_local_daemon.housekeeping import Housekeeper
 from galtea_local.config import RetentionSettings
@@ -175,6 +176,39 @@ def test_a_settle_renews_the_lease_once(emulator: EmulatorHandle, tmp_path: Path
     renewals = [tx.count("UPDATE lanes SET lease_until") for tx in settles]
     # Once each; twice in the settle that told the lane its remote session (twice in each before).
     assert len(settles) == len(ids) and sorted(renewals) == [1] * (len(ids) - 1) + [2], renewals
+
+
+def test_answered_stamps_settle_in_two_statements_whatever_the_batch(tmp_path: Path) -> None:
+    """The side path settles its answered createdAt stamps in batches: one pair of statements per
+    stamp made that the daemon's longest write. Now two statements settle a whole batch, and each
+    record's sync state is still its own: synced, or queued while another operation is open."""
+    store = backlog_store(tmp_path / "store.db", per_lane=1)
+    now = time.time()
+
+    def open_stamps(conn: sqlite3.Connection) -> None:
+        conn.executemany("INSERT INTO outbox (record_seq, lane, kind, state, attempts, not_before, created_at)"
+                         " VALUES (?, ?, 'stamp', 'sending', 1, 0, ?)",
+                         [(seq, f"st:s:session{seq % LANES}", now) for seq in range(1, 18)])
+        conn.execute("INSERT INTO outbox (record_seq, lane, kind, state, attempts, not_before, created_at)"
+                     " VALUES (17, 's:session2', 'update', 'pending', 0, 0, ?)", (now,))
+        conn.execute("UPDATE inference_results SET sync_state = 'queued' WHERE seq <= 17")
+
+    store.transaction(open_stamps)
+    ran: list[str] = []
+    conn = store.connection()
+    conn.set_trace_callback(ran.append)
+    try:
+        store.transaction(stamps.settle_stamps, [(f"s:session{seq % LANES}", seq) for seq in range(1, 18)], now)
+    finally:
+        conn.set_trace_callback(None)
+    body = [sql for sql in ran[ran.index("BEGIN IMMEDIATE") + 1:ran.index("COMMIT")] if not sql.startswith("PRAGMA")]
+    assert len(body) == 2, body  # (an app's BEGIN resets its busy timeout after it)
+    states = dict(store.read(lambda c: c.execute("SELECT seq, sync_state FROM inference_results WHERE seq <= 17")
+                             .fetchall()))
+    assert states == {**{seq: "synced" for seq in range(1, 17)}, 17: "queued"}
+    open_left = store.read(lambda c: c.execute("SELECT COUNT(*) FROM outbox WHERE kind = 'stamp'"
+                                               " AND state IN ('pending', 'sending')").fetchone()[0])
+    assert open_left == 0
 
 
 def test_batched_keeps_the_order_and_ends_with_the_rest() -> None:

@@ -318,20 +318,13 @@ def _is_session(attempt: Attempt) -> bool:
 
 
 def _state_sql(attempt: Attempt) -> str:
-    """The target's sync state, computed in the statement that writes it.
+    """The target's sync state, computed in the statement that writes it (:func:`.probes.target_state`).
 
-    ``synced`` once no operation of the target is open or dead. Each probe is
-    one index lookup by target (:mod:`.probes`): a probe by lane walked the
-    lane's backlog on every settle. Computed inside the UPDATE, which locks the
-    row, so an operation an app adds concurrently is never overwritten by a
-    stale verdict (the engine runs at READ COMMITTED on PostgreSQL).
+    Each probe is one index lookup by target: a probe by lane walked the lane's backlog on every
+    settle. The engine runs at READ COMMITTED on PostgreSQL, and the UPDATE's row lock keeps an
+    operation an app adds concurrently from being overwritten by a stale verdict.
     """
-    column = "session_seq" if _is_session(attempt) else "record_seq"
-    is_open = probes.open_of_session(":target") if _is_session(attempt) else probes.open_of_record(":target")
-    return (
-        f"CASE WHEN EXISTS (SELECT 1 FROM outbox o WHERE o.{column} = :target AND o.state = 'dead') THEN 'dead'"
-        f" WHEN EXISTS (SELECT 1 FROM outbox o WHERE {is_open}) THEN 'queued' ELSE 'synced' END"
-    )
+    return probes.target_state("session_seq" if _is_session(attempt) else "record_seq", ":target")
 
 
 def _set_sync_state(conn: StoreConnection, attempt: Attempt, state: str | None = None) -> None:

@@ -22,3 +22,15 @@ def open_of_record(record: str, alias: str = "o") -> str:
 def open_of_session(session: str, alias: str = "o") -> str:
     """Condition: ``alias`` is an open operation of the session whose seq is ``session`` (``ix_outbox_session``)."""
     return f"{alias}.session_seq = {session} AND {alias}.state IN {OPEN_STATES}"
+
+
+def target_state(column: str, target: str) -> str:
+    """SQL: the sync state of a record (``column`` = ``record_seq``) or a session (``session_seq``)
+    whose seq is the SQL ``target``, from its operations: ``dead`` if one is dead, ``queued`` while
+    one is open, else ``synced``. Computed inside the UPDATE that writes it, which locks the row, so
+    an operation an app adds concurrently is never overwritten by a stale verdict."""
+    is_open = open_of_session(target) if column == "session_seq" else open_of_record(target)
+    return (
+        f"CASE WHEN EXISTS (SELECT 1 FROM outbox o WHERE o.{column} = {target} AND o.state = 'dead') THEN 'dead'"
+        f" WHEN EXISTS (SELECT 1 FROM outbox o WHERE {is_open}) THEN 'queued' ELSE 'synced' END"
+    )

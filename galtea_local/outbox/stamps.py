@@ -31,6 +31,7 @@ from galtea_local.outbox.kinds import OpKind
 from galtea_local.read_model import iso_utc
 
 KIND = OpKind.STAMP
+RECORD_STATE = probes.target_state("record_seq", "inference_results.seq")  # each row's own, in one UPDATE
 SESSION_KIND = OpKind.SESSION_STAMP
 TOLERANCE_S = 0.5  # the parity promise is "within a second of the call"; half of it is left for clocks
 # The engine leaves a stamp to the side path this long; past it (a failed or crashed side path) the
@@ -92,19 +93,23 @@ def enqueue_stamp(conn: sqlite3.Connection, record: dict[str, Any], lane: str, r
 def settle_stamps(conn: sqlite3.Connection, stamped: Iterable[tuple[str, int]], now: float) -> None:
     """The side path's PATCHes were answered: mark them done and re-derive each record's sync state.
 
-    ``stamped`` holds (lane, record seq) pairs; each is one lookup in the by-record index.
+    ``stamped`` holds (lane, record seq) pairs. Two statements for the whole batch, whatever its
+    size: each statement of a daemon's write can wait for the GIL, and one pair of statements per
+    stamp made this the daemon's longest write (docs/benchmarks-soak.md §10). Each record is still
+    one lookup in the by-record index.
     """
-    # The record's state rule lives with the other settles (imported here: attempts imports us).
-    from galtea_local.outbox.attempts import Attempt, _set_sync_state
-
-    for lane, record_seq in stamped:
-        settled = conn.execute(
-            "UPDATE outbox SET state = 'done', settled_at = ?, sent_body = NULL, last_error = NULL"
-            f" WHERE {probes.open_of_record('?', 'outbox')} AND kind = 'stamp'",
-            (now, record_seq),
-        ).rowcount
-        if settled:  # else the lane got to it first
-            _set_sync_state(conn, Attempt(0, KIND, lane, {"seq": record_seq}, None, None, None, 1, None))
+    seqs = sorted({record_seq for _, record_seq in stamped})
+    if not seqs:
+        return
+    marks = ", ".join("?" * len(seqs))
+    settled = [row[0] for row in conn.execute(
+        "UPDATE outbox SET state = 'done', settled_at = ?, sent_body = NULL, last_error = NULL"
+        f" WHERE record_seq IN ({marks}) AND state IN {probes.OPEN_STATES} AND kind = 'stamp' RETURNING record_seq",
+        (now, *seqs),
+    )]
+    if settled:  # those the lane got to first are settled already, and so are their records
+        marks = ", ".join("?" * len(settled))
+        conn.execute(f"UPDATE inference_results SET sync_state = {RECORD_STATE} WHERE seq IN ({marks})", settled)
 
 
 def hand_to_lane(conn: sqlite3.Connection, lane: str, record_seq: int, *, sent: bool = True) -> None:
