@@ -1,8 +1,10 @@
-"""CPU per request of the daemon's upstream client: through httpx.Client vs through httpcore's pools.
+"""CPU per request of the daemon's upstream client: through httpx.Client vs its own kept-alive connections.
 
 Under a backlog the daemon is bound by its CPU, and it sends two requests per record (the
 create and its ``createdAt`` stamp), so the client's CPU per request is the drain's. This
-sends the same ``POST /inferenceResults`` through one ``UpstreamClient`` on each path, in
+sends the same ``POST /inferenceResults`` through one ``UpstreamClient`` on each path
+(``httpx.Client``, as with a proxy or a test transport, and ``upstream_pool``'s ``http.client``
+connection per thread, the default), in
 alternating rounds (the box's noise hits both alike), to the emulator in its own process,
 and prints the CPU time this process spent per request (``time.process_time``), and the wall
 time.
@@ -44,7 +46,7 @@ def main() -> None:
         body = {"sessionId": session, "input": "What is the capital of France?", "actualOutput": "Paris " * 20,
                 "latency": 12.5, "inputTokens": 12, "outputTokens": 40, "status": "GENERATED"}
         paths = {"httpx.Client": UpstreamClient(url, API_KEY, transport=httpx.HTTPTransport()),
-                 "httpcore pools": UpstreamClient(url, API_KEY)}
+                 "http.client": UpstreamClient(url, API_KEY)}
         figures: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
         for _ in range(args.rounds):
             for name, client in paths.items():
@@ -58,7 +60,7 @@ def main() -> None:
         print(f"  {name:15} CPU {statistics.median(cpu):7.1f} us/request (rounds: "
               f"{', '.join(f'{c:.0f}' for c in cpu)}), wall {statistics.median(w for _, w in runs):7.1f} us")
     old, new = (statistics.median(c for c, _ in runs) for runs in figures.values())
-    print(f"  httpcore pools use {100 * (1 - new / old):.0f}% less CPU per request")
+    print(f"  http.client connections use {100 * (1 - new / old):.0f}% less CPU per request")
 
 
 if __name__ == "__main__":

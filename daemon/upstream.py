@@ -205,9 +205,11 @@ def api_message(response: httpx.Response) -> str:
 class UpstreamClient(SpanAndEvaluationCalls, StorageCalls):
     """A thread-safe, synchronous client for the Galtea API inference-result calls.
 
-    One instance may be shared by many threads: each thread gets its own
-    ``httpx.Client`` whose pool keeps up to ``max_connections`` connections (a
-    pushing thread sends one request at a time). TLS is always verified
+    One instance may be shared by many threads: each thread gets its own kept-alive
+    connection (:mod:`.upstream_pool`: ``httpx.Client``'s models cost the CPU-bound drain
+    more than the wire does), or, with a proxy in the environment or a ``transport``
+    given, its own ``httpx.Client`` whose pool keeps up to ``max_connections``
+    connections (a pushing thread sends one request at a time). TLS is always verified
     (against ``ca_bundle`` when given); proxies come from the environment;
     redirects are not followed. Each method returns the parsed JSON as the
     server sends it (camelCase) or raises an ``UpstreamError`` subclass chosen by
@@ -264,9 +266,8 @@ class UpstreamClient(SpanAndEvaluationCalls, StorageCalls):
         self._local = threading.local()
         self._clients: list[httpx.Client] = []
         self._clients_lock = threading.Lock()
-        # Most requests skip httpx.Client (its models cost the CPU-bound drain more than the wire does).
-        self._pooled = (upstream_pool.PooledHTTP(self.base_url, headers, options["timeout"], options["verify"],
-                                                 max_connections) if upstream_pool.usable(transport) else None)
+        self._pooled = (upstream_pool.PooledHTTP(self.base_url, headers, options["timeout"], options["verify"])
+                        if upstream_pool.usable(transport) else None)
         self.server_clock = ServerClock()  # measured from every answer's Date header
 
     @property

@@ -11,15 +11,17 @@ from __future__ import annotations
 import json
 import math
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
 
-from galtea_local.errors import RetryLaterError
+from galtea_local.errors import MaybeSentError, NotSentError, RetryLaterError
 from galtea_local_daemon import upstream_pool, wire
 from galtea_local_daemon.upstream import UpstreamClient
 from tests.emulator_fixture import emulator, emulator_factory  # noqa: F401 (fixtures)
@@ -148,4 +150,69 @@ def test_threads_share_one_client_each_on_its_own_pool(emulator) -> None:
             ids = list(pool.map(create, range(80)))
         assert len(set(ids)) == 80
         # One per thread, none shared: the 8 workers', and this thread's (it created the session).
-        assert len(client._pooled._pools) == 9  # type: ignore[union-attr]
+        assert len(client._pooled._open) == 9  # type: ignore[union-attr]
+
+
+def test_an_answer_that_is_not_http_may_have_been_applied(tcp_server) -> None:
+    def garbage(conn: socket.socket) -> None:
+        _read_request(conn)
+        conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+
+    with UpstreamClient(tcp_server(garbage), KEY) as client:
+        with pytest.raises(MaybeSentError) as info:
+            client.create_inference_result({"sessionId": "s"})
+    assert isinstance(info.value.__cause__, httpx.RemoteProtocolError)
+
+
+def test_a_chunked_answer_is_read_whole(tcp_server) -> None:
+    def chunked(conn: socket.socket) -> None:
+        _read_request(conn)
+        body = b'{"id": "r1", "input": {"user_message": "hi"}}'
+        conn.sendall(b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+                     b"Connection: close\r\n\r\n" + b"".join(b"%x\r\n%s\r\n" % (len(part), part)
+                                                       for part in (body[:10], body[10:])) + b"0\r\n\r\n")
+
+    with UpstreamClient(tcp_server(chunked), KEY) as client:
+        assert client.create_inference_result({"sessionId": "s"}) == {"id": "r1", "input": {"user_message": "hi"}}
+
+
+TLS = Path(__file__).parent / "data" / "tls"
+
+
+@pytest.fixture
+def tls_server() -> Iterator[tuple[str, list[bytes]]]:
+    """A loopback HTTPS server with a self-signed certificate for 127.0.0.1; yields its URL and
+    the request lines it received (only a client that trusted it gets as far as sending one)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(TLS / "cert.pem", TLS / "key.pem")
+    server = socket.create_server(("127.0.0.1", 0))
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                raw, _ = server.accept()
+            except OSError:
+                return
+            try:
+                with context.wrap_socket(raw, server_side=True) as conn:
+                    conn.settimeout(5)
+                    seen.append(conn.recv(65536).split(b"\r\n", 1)[0])
+                    _answer(conn, "201 Created", b'{"id": "over-tls"}', keep_alive=False)
+            except (OSError, ssl.SSLError):
+                raw.close()  # the client refused our certificate
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"https://127.0.0.1:{server.getsockname()[1]}", seen
+    server.close()
+
+
+def test_tls_is_verified_and_a_refused_certificate_is_not_sent(tls_server) -> None:
+    url, seen = tls_server
+    with UpstreamClient(url, KEY) as client:  # certifi's roots: our self-signed certificate is refused
+        with pytest.raises(NotSentError) as info:
+            client.create_inference_result({"sessionId": "s"})
+    assert isinstance(info.value.__cause__, httpx.ConnectError) and "CERTIFICATE_VERIFY_FAILED" in str(info.value)
+    with UpstreamClient(url, KEY, ca_bundle=str(TLS / "cert.pem")) as client:  # trusted: it goes
+        assert client.create_inference_result({"sessionId": "s"})["id"] == "over-tls"
+    assert seen == [b"POST /inferenceResults HTTP/1.1"]
