@@ -14,7 +14,6 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -180,31 +179,23 @@ TLS = Path(__file__).parent / "data" / "tls"
 
 
 @pytest.fixture
-def tls_server() -> Iterator[tuple[str, list[bytes]]]:
-    """A loopback HTTPS server with a self-signed certificate for 127.0.0.1; yields its URL and
-    the request lines it received (only a client that trusted it gets as far as sending one)."""
+def tls_server(tcp_server) -> tuple[str, list[bytes]]:
+    """A loopback HTTPS server with a self-signed certificate for 127.0.0.1: its URL, and the
+    request lines it received (only a client that trusted it gets as far as sending one)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(TLS / "cert.pem", TLS / "key.pem")
-    server = socket.create_server(("127.0.0.1", 0))
     seen: list[bytes] = []
 
-    def serve() -> None:
-        while True:
-            try:
-                raw, _ = server.accept()
-            except OSError:
-                return
-            try:
-                with context.wrap_socket(raw, server_side=True) as conn:
-                    conn.settimeout(5)
-                    seen.append(conn.recv(65536).split(b"\r\n", 1)[0])
-                    _answer(conn, "201 Created", b'{"id": "over-tls"}', keep_alive=False)
-            except (OSError, ssl.SSLError):
-                raw.close()  # the client refused our certificate
+    def serve(raw: socket.socket) -> None:
+        try:
+            with context.wrap_socket(raw, server_side=True) as conn:
+                conn.settimeout(5)
+                seen.append(conn.recv(65536).split(b"\r\n", 1)[0])
+                _answer(conn, "201 Created", b'{"id": "over-tls"}', keep_alive=False)
+        except (OSError, ssl.SSLError):
+            pass  # the client refused our certificate
 
-    threading.Thread(target=serve, daemon=True).start()
-    yield f"https://127.0.0.1:{server.getsockname()[1]}", seen
-    server.close()
+    return "https" + tcp_server(serve)[4:], seen
 
 
 def test_tls_is_verified_and_a_refused_certificate_is_not_sent(tls_server) -> None:
