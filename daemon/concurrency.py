@@ -103,6 +103,7 @@ APP_LIMITED = 2.0  # the rate grows to at most this many times what was actually
 APP_LIMITED_AFTER = 1.25
 INITIAL_RTT_S = 0.05
 BURST = 2.0  # requests a late thread may start back to back (pacing credit)
+WAIT_POLL_S = 0.05  # a waiting request looks again at least this often (a stop, a higher rate)
 
 OK, THROTTLED, FAILED = "ok", "throttled", "failed"
 
@@ -124,7 +125,12 @@ class AdaptiveLimit:
         self.lane_limit = max_limit
         self.lanes_in_flight = 0
         self.clock = clock
-        self._cond = threading.Condition()
+        # One lock; the lanes and the side path wait on their own conditions, and each event wakes
+        # one waiter of each (a slot freed or taken, see _wake). Waking every waiter on every
+        # answer cost each of 32 threads the lock and the GIL to find no slot: under a token
+        # bucket, a third of the daemon's CPU (docs/benchmarks-soak.md §10).
+        lock = threading.RLock()
+        self._cond, self._side_cond = threading.Condition(lock), threading.Condition(lock)
         self.rate = 1 / INITIAL_RTT_S
         self.in_flight = 0
         self.slow_start = True
@@ -137,6 +143,7 @@ class AdaptiveLimit:
         self._since_decrease = [0, 0]  # answers, 429s since the last decrease
         self._at_level = [0, 0]  # answers, 429s since the climb back ended (the hold, then the probe)
         self._next_start = -math.inf
+        self._pacer: object | None = None  # the one waiter timing its sleep to the pacing gap
         self._goodput: deque[float] = deque()  # when answers other than 429 came, over the last second
         self._sent: deque[float] = deque()  # when any answer came (429s too): what we actually sent
         self._run_of_429 = 0
@@ -155,22 +162,45 @@ class AdaptiveLimit:
 
     def acquire(self, stop: threading.Event | None = None, *, side: bool = False) -> None:
         """Wait for a slot in flight and the pacing gap; :class:`NotSentError` on a stop request
-        (the request never leaves: a stopping daemon must not flush its queue unpaced)."""
+        (the request never leaves: a stopping daemon must not flush its queue unpaced).
+
+        One waiter at a time (the pacer) sleeps until the next pacing gap ends; the others wait
+        to be woken. Every waiter timing its own sleep to the same gap woke all of them at
+        each gap, to find one slot: under a token bucket, 16 stamp threads used a third of a
+        core that way (docs/benchmarks-soak.md §10).
+        """
+        waiting = self._side_cond if side else self._cond
+        me = object()
         with self._cond:
-            while True:
-                if stop is not None and stop.is_set():
-                    raise NotSentError("not sent: the daemon is stopping")
-                now = self.clock()
-                full = self.in_flight >= self.limit or (not side and self.lanes_in_flight >= self.lane_limit)
-                wait = 0.05 if full else self._next_start - now
-                if wait <= 0:
-                    break
-                self._cond.wait(min(wait, 0.05))  # a release wakes it sooner
+            try:
+                self._wait_for_slot(me, waiting, stop, side)
+            finally:
+                if self._pacer is me:
+                    self._pacer = None
             self.in_flight += 1
             if not side:
                 self.lanes_in_flight += 1
             gap = 1 / self.rate
             self._next_start = max(self.clock() - BURST * gap, self._next_start) + gap
+            self._wake()  # the next waiters: another slot may be free, and the next pacing gap is theirs
+
+    def _wait_for_slot(self, me: object, waiting: threading.Condition, stop: threading.Event | None,
+                       side: bool) -> None:
+        while True:
+            if stop is not None and stop.is_set():
+                raise NotSentError("not sent: the daemon is stopping")
+            full = self.in_flight >= self.limit or (not side and self.lanes_in_flight >= self.lane_limit)
+            wait = WAIT_POLL_S if full else self._next_start - self.clock()
+            if wait <= 0:
+                return
+            if full and self._pacer is me:  # no slot for us after all: another kind may pace
+                self._pacer = None
+                self._wake()
+            elif not full and self._pacer in (None, me):
+                self._pacer = me
+            elif not full:
+                wait = WAIT_POLL_S  # another waiter has this gap; it wakes the next when it goes
+            waiting.wait(min(wait, WAIT_POLL_S))  # a freed slot wakes it sooner
 
     def release(self, started: float, outcome: str, *, side: bool = False) -> None:
         """One answer: ``OK`` (any answer but a 429), ``THROTTLED`` (a 429), ``FAILED`` (no answer)."""
@@ -191,7 +221,14 @@ class AdaptiveLimit:
             self.in_flight -= 1
             if not side:
                 self.lanes_in_flight -= 1
-            self._cond.notify_all()
+            self._wake()
+
+    def _wake(self) -> None:
+        """Wake one waiting lane and one waiting side request (the lock is held). One that finds no
+        slot waits again, and each that takes one wakes the next: the slots fill one after another,
+        where every answer used to wake every waiter."""
+        self._cond.notify()
+        self._side_cond.notify()
 
     # -- the control law ------------------------------------------------------------
 

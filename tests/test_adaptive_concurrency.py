@@ -18,6 +18,7 @@ from pathlib import Path
 from galtea_local import Galtea
 from galtea_local.outbox import health
 from galtea_local.status import format_status, store_status
+from tests.helpers.daemon_proc import wait_for
 from galtea_local_daemon.backoff import Backoff
 from galtea_local_daemon.cli import main as cli_main
 from galtea_local_daemon.concurrency import ThrottleGate
@@ -176,3 +177,79 @@ def test_side_slots_let_stamps_fly_beside_a_full_set_of_lanes() -> None:
     limit.free()  # ... a lane slot does
     third_lane.join(5)
     assert not third_lane.is_alive() and (limit.in_flight, limit.lanes_in_flight) == (3, 2)
+
+
+def count_wake_ups(limit) -> list[int]:
+    """Counts every return from a wait of ``limit``'s waiting requests (woken, or timed out)."""
+    wakes = [0]
+    for cond in (limit._cond, limit._side_cond):
+        plain = cond.wait
+
+        def counted(timeout=None, plain=plain):
+            woken = plain(timeout)
+            wakes[0] += 1
+            return woken
+
+        cond.wait = counted  # type: ignore[method-assign]
+    return wakes
+
+
+def test_an_answer_wakes_one_waiter_of_each_kind_and_the_slots_still_fill(monkeypatch) -> None:
+    """Every answer used to wake every waiting request, each to find no slot: 32 threads taking
+    the lock and the GIL per answer. Now a freed slot wakes one lane and one side request, each
+    that takes a slot wakes the next, and no slot is left free for want of a wake-up (the
+    look-again poll is set far beyond the test, so only the wake-ups can fill them)."""
+    from galtea_local_daemon import concurrency
+
+    monkeypatch.setattr(concurrency, "WAIT_POLL_S", 30.0)
+    limit = concurrency.AdaptiveLimit(4, side_slots=4)
+    limit.rate = 1e6  # no pacing: only the slots decide
+    for side in (False, True):
+        for _ in range(4):
+            limit.acquire(side=side)
+    wakes = count_wake_ups(limit)
+    waiters = [threading.Thread(target=limit.acquire, kwargs={"side": n % 2 == 1}, daemon=True) for n in range(24)]
+    for thread in waiters:
+        thread.start()
+    wait_for(lambda: len(limit._cond._waiters) + len(limit._side_cond._waiters) == 24, 10, "24 waiters")
+    wakes[0] = 0
+    limit.free()  # one lane answered
+    wait_for(lambda: sum(not t.is_alive() for t in waiters) == 1, 10, "one lane request through")
+    wait_for(lambda: len(limit._cond._waiters) + len(limit._side_cond._waiters) == 23, 10, "the rest waiting")
+    # The answer woke a lane (it went) and a side request; the lane that went woke one of each
+    # more. The three that found no slot wait again. Before: all 24 woke.
+    assert wakes[0] <= 4, wakes
+    for side in (False, True, False, True, False, True, False):
+        limit.free(side=side)  # seven more answers: seven more go (a side request may take a lane's)
+    wait_for(lambda: sum(not t.is_alive() for t in waiters) == 8, 10, "eight through")
+    assert limit.in_flight == 8 and limit.lanes_in_flight <= 4
+    for _ in range(8):
+        limit.free(side=True)  # let the rest through, and the threads end
+        limit.free()
+
+
+def test_one_waiter_times_the_pacing_gap_and_the_pace_holds(monkeypatch) -> None:
+    """Paced requests: every waiter used to time its own sleep to the same gap, so each gap
+    woke them all to find one slot. Now one waiter (the pacer) sleeps to the gap and the one
+    that goes wakes the next; the rate still holds and no request is left waiting."""
+    from galtea_local_daemon import concurrency
+
+    monkeypatch.setattr(concurrency, "WAIT_POLL_S", 30.0)  # only the pacer's timer and wake-ups move them
+    limit = concurrency.AdaptiveLimit(16, side_slots=16)
+    limit.rate = 50.0  # a gap of 20 ms
+    wakes = count_wake_ups(limit)
+
+    def five_requests(side: bool) -> None:
+        for _ in range(5):
+            limit.acquire(side=side)
+            limit.free(side=side)  # answered at once
+
+    threads = [threading.Thread(target=five_requests, args=(n % 2 == 1,), daemon=True) for n in range(12)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads), "a request was left waiting"
+    assert time.monotonic() - started >= (60 - 2 * concurrency.BURST) / 50  # the pace held
+    assert wakes[0] < 4 * 60, wakes  # a few wake-ups per request, not one per waiter per gap (~12)
