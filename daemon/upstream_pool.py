@@ -74,11 +74,12 @@ class PooledHTTP:
 
     def send(self, method: str, target: str, content: bytes) -> httpx.Response:
         """One request (``content``: from :func:`encode`). A transport error is raised as httpx's
-        exception for it, and leaves the connection closed (the next request opens a new one)."""
+        exception for it. Any error leaves the connection closed, whatever it was in the middle of
+        (the next request opens a new one)."""
         conn = self._connection()
         try:
             status, headers, body = self._exchange(conn, method, self._prefix + target, content)
-        except httpx.TransportError:
+        except BaseException:
             conn.close()
             raise
         # Only an error needs the request (``classify`` asks whether a 503 answered a write),
