@@ -30,8 +30,8 @@ KEY = "gsk_pool-test-key"
 
 
 def _answer(conn: socket.socket, status: str, body: bytes, *, keep_alive: bool = True) -> None:
-    head = (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            f"{'' if keep_alive else 'Connection: close' + chr(13) + chr(10)}\r\n")
+    close = "" if keep_alive else "Connection: close\r\n"
+    head = f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n{close}\r\n"
     conn.sendall(head.encode() + body)
 
 
