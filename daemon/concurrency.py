@@ -169,11 +169,10 @@ class AdaptiveLimit:
         each gap, to find one slot: under a token bucket, 16 stamp threads used a third of a
         core that way (docs/benchmarks-soak.md §10).
         """
-        waiting = self._side_cond if side else self._cond
         me = object()
         with self._cond:
             try:
-                self._wait_for_slot(me, waiting, stop, side)
+                self._wait_for_slot(me, stop, side)
             finally:
                 if self._pacer is me:
                     self._pacer = None
@@ -184,8 +183,8 @@ class AdaptiveLimit:
             self._next_start = max(self.clock() - BURST * gap, self._next_start) + gap
             self._wake()  # the next waiters: another slot may be free, and the next pacing gap is theirs
 
-    def _wait_for_slot(self, me: object, waiting: threading.Condition, stop: threading.Event | None,
-                       side: bool) -> None:
+    def _wait_for_slot(self, me: object, stop: threading.Event | None, side: bool) -> None:
+        waiting = self._side_cond if side else self._cond
         while True:
             if stop is not None and stop.is_set():
                 raise NotSentError("not sent: the daemon is stopping")

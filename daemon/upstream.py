@@ -266,7 +266,7 @@ class UpstreamClient(SpanAndEvaluationCalls, StorageCalls):
         self._local = threading.local()
         self._clients: list[httpx.Client] = []
         self._clients_lock = threading.Lock()
-        self._pooled = (upstream_pool.PooledHTTP(self.base_url, headers, options["timeout"], options["verify"])
+        self._direct = (upstream_pool.ThreadConnections(self.base_url, headers, options["timeout"], options["verify"])
                         if upstream_pool.usable(transport) else None)
         self.server_clock = ServerClock()  # measured from every answer's Date header
 
@@ -292,8 +292,8 @@ class UpstreamClient(SpanAndEvaluationCalls, StorageCalls):
                 self._transfer_client = None
         for client in clients:
             client.close()
-        if self._pooled is not None:
-            self._pooled.close()
+        if self._direct is not None:
+            self._direct.close()
 
     def __enter__(self) -> UpstreamClient:
         return self
@@ -428,8 +428,8 @@ class UpstreamClient(SpanAndEvaluationCalls, StorageCalls):
     def _prepare(self, method: str, target: str, body: Mapping[str, Any] | None) -> Callable[[], httpx.Response]:
         """The request, ready to send. Its body is encoded here, outside the classification: a
         body that is not JSON raises TypeError or ValueError before anything is sent."""
-        if self._pooled is not None:
-            return functools.partial(self._pooled.send, method, target, upstream_pool.encode(body))
+        if self._direct is not None:
+            return functools.partial(self._direct.send, method, target, upstream_pool.encode(body))
         return functools.partial(self._http.send, self._http.build_request(method, target, json=body))
 
     def _redacted(self, error: UpstreamError) -> UpstreamError:

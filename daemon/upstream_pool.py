@@ -5,8 +5,8 @@ stamp), and it is bound by its CPU. Each ``httpx.Client`` request cost 1.4 ms of
 2-core box, most of it in building the client's request and response models (URL parsing
 and merging, header normalisation, the auth, redirect and cookie flows). Through httpcore's
 pool (httpx's transport) the same request cost a third less, and through the standard
-library's ``http.client`` about a quarter (``benchmarks/bench_http.py``). That CPU is the
-drain's, and the apps' on a small box (docs/benchmarks-soak.md §10).
+library's ``http.client`` 58-63% less (``benchmarks/bench_http.py``). That CPU is the drain's,
+and the apps' on a small box (docs/benchmarks-soak.md §10).
 
 What stays as it was with ``httpx.Client``:
 - the bytes sent: the same headers, TLS context and body (:func:`encode` is httpx's
@@ -55,7 +55,7 @@ def encode(body: Mapping[str, Any] | None) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
-class PooledHTTP:
+class ThreadConnections:
     """JSON requests to one API, each thread on its own kept-alive connection; answers as ``httpx.Response``."""
 
     def __init__(self, base_url: str, headers: Mapping[str, str], timeout: httpx.Timeout,

@@ -134,9 +134,9 @@ def tcp_server() -> Iterator[Callable[[Callable[[socket.socket], None]], str]]:
         server.close()
 
 
-def _read_request(conn: socket.socket) -> None:
-    """Read one whole request, body included: a socket closed with unread bytes in its buffer
-    sends a reset, not a clean close, and the test would see either one by chance."""
+def _read_request(conn: socket.socket) -> bytes:
+    """Read one whole request, body included, and return it: a socket closed with unread bytes
+    in its buffer sends a reset, not a clean close, and the test would see either one by chance."""
     conn.settimeout(5)
     data = b""
     while b"\r\n\r\n" not in data:
@@ -146,6 +146,7 @@ def _read_request(conn: socket.socket) -> None:
                    if line.lower().startswith(b"content-length:")), 0)
     while len(body) < length:
         body += conn.recv(65536)
+    return head + b"\r\n\r\n" + body
 
 
 def test_real_connection_refused_is_not_sent(make_client) -> None:

@@ -57,11 +57,7 @@ def test_the_request_on_the_wire_carries_our_headers_and_the_body(tcp_server) ->
     seen: list[bytes] = []
 
     def record(conn: socket.socket) -> None:
-        conn.settimeout(5)
-        data = b""
-        while b"\r\n\r\n" not in data or not data.endswith(b"}"):
-            data += conn.recv(65536)
-        seen.append(data)
+        seen.append(_read_request(conn))
         _answer(conn, "201 Created", b'{"id": "r1"}', keep_alive=False)
 
     url = tcp_server(record)
@@ -127,8 +123,7 @@ def test_a_proxy_from_the_environment_is_honoured(tcp_server, monkeypatch: pytes
     seen: list[bytes] = []
 
     def proxy(conn: socket.socket) -> None:
-        conn.settimeout(5)
-        seen.append(conn.recv(65536).split(b"\r\n", 1)[0])
+        seen.append(_read_request(conn).split(b"\r\n", 1)[0])
         _answer(conn, "201 Created", b'{"id": "via-proxy"}', keep_alive=False)
 
     proxy_url = tcp_server(proxy)
@@ -149,7 +144,7 @@ def test_threads_share_one_client_each_on_its_own_pool(emulator) -> None:
             ids = list(pool.map(create, range(80)))
         assert len(set(ids)) == 80
         # One per thread, none shared: the 8 workers', and this thread's (it created the session).
-        assert len(client._pooled._open) == 9  # type: ignore[union-attr]
+        assert len(client._direct._open) == 9  # type: ignore[union-attr]
 
 
 def test_an_answer_that_is_not_http_may_have_been_applied(tcp_server) -> None:
@@ -189,8 +184,7 @@ def tls_server(tcp_server) -> tuple[str, list[bytes]]:
     def serve(raw: socket.socket) -> None:
         try:
             with context.wrap_socket(raw, server_side=True) as conn:
-                conn.settimeout(5)
-                seen.append(conn.recv(65536).split(b"\r\n", 1)[0])
+                seen.append(_read_request(conn).split(b"\r\n", 1)[0])
                 _answer(conn, "201 Created", b'{"id": "over-tls"}', keep_alive=False)
         except (OSError, ssl.SSLError):
             pass  # the client refused our certificate
