@@ -24,6 +24,7 @@ from galtea_local.batching import batched
 from galtea_local.errors import AuthError, RejectedError, StoreError, UpstreamError
 from galtea_local.outbox import attempts as ob
 from galtea_local.outbox import drift, health, leased
+from galtea_local.outbox import lanes as outbox_lanes
 from galtea_local.outbox import stamps as outbox_stamps
 from galtea_local.outbox import versions as versions_queue
 from galtea_local.outbox.kinds import OpKind
@@ -136,6 +137,10 @@ class SyncEngine:
         progressed = (report.pushed or report.adopted or report.dead or report.retried or report.spans_pushed
                       or report.spans_dead or report.evaluations_pushed or report.versions_pushed)
         report.more_due = not self.stopping and not self._halt.is_set() and bool(progressed) and self._has_due()
+        if not report.more_due and not self._halted():
+            # A lane gives its thread back during a wait longer than a blink (Backoff.in_pass_max_wait_s):
+            # the daemon comes back when it ends, not at its interval.
+            report.next_due_at = self.store.read(outbox_lanes.next_due_at, self.clock())
         return report
 
     def _drain(self, now: float, concurrency: int, report: PassReport) -> None:

@@ -123,12 +123,12 @@ def find_adoptable(
     session_id = session_of(client, sent, known_session)
     if session_id is None:
         return None
-    found = [c for c in _candidates(client, session_id, window_from) if matches(sent, c)]
-    if not found:
-        return None
-    taken = owned([c["id"] for c in found])
-    free = [c for c in found if c["id"] not in taken]
-    return free[0] if free else None
+    # Read lazily: the lost create is usually on the first page, and a page more (the empty
+    # one that ends the list) is one request more per reconciliation, a slot's time under faults.
+    for candidate in _candidates(client, session_id, window_from):
+        if matches(sent, candidate) and not owned([candidate["id"]]):
+            return candidate
+    return None
 
 
 class ForeignSessionError(RejectedError):

@@ -6,6 +6,8 @@ holds no logic. The daemon wakes the job early:
 
 - when the previous pass reported ``more_due`` (its budget ran out, or lanes
   are waiting for a free worker);
+- when the first lane waiting out a Retry-After or a backoff is due, if that comes
+  before the interval (``next_due_at``: a lane gives its thread back for such a wait);
 - when another process wrote to the store: a watch thread polls
   ``PRAGMA data_version`` on a dedicated connection every 200 ms (it changes
   when any *other* connection commits; on PostgreSQL, the outbox's top seq),
@@ -50,7 +52,7 @@ from galtea_local_daemon.engine import EngineSettings, PassReport, SyncEngine
 from galtea_local_daemon.housekeeping import WAL_CHECK_EVERY_S, Housekeeper
 from galtea_local_daemon.loadwatch import PUBLISH_EVERY_S, WriteWatch
 from galtea_local_daemon.logs import configure_logging
-from galtea_local_daemon.metrics import REFRESH_EVERY_S, DaemonMetrics
+from galtea_local_daemon.metrics import DaemonMetrics
 from galtea_local_daemon.runtime import make_client, make_engine, open_store, pusher_guard, release_stale_leases
 from galtea_local_daemon.sdnotify import Notifier
 from galtea_local_daemon.storefile import EXIT_STORE_REPLACED, StoreFile
@@ -112,6 +114,7 @@ class Daemon:
         self._running = False
         self._again = False  # run another pass as soon as the current one ends
         self._quiet = False  # the last pass was halted (auth, throttle): store writes do not wake us
+        self._next_due: float | None = None  # when the last pass's first waiting lane is due (clock time)
         self._pass_done = JobDone()
         self._wal_done = JobDone()
         self._write_watch_done = JobDone()
@@ -168,6 +171,7 @@ class Daemon:
             with self._state:
                 self._again = self._again or report.more_due
                 self._quiet = report.auth_failing or report.throttled_until is not None
+                self._next_due = None if self._quiet else report.next_due_at
         finally:
             self._pass_started = None
             self._pass_done.end()
@@ -247,9 +251,14 @@ class Daemon:
         with self._state:
             self._running = False
             again, self._again = self._again, False
+            next_due = self._next_due
         self._last_pass_end = time.monotonic()
-        if again and not self.engine.stopping:
+        if self.engine.stopping:
+            return
+        if again:
             self._wake_now()
+        elif next_due is not None and next_due - time.time() < self.settings.sync.interval_s:
+            self._wake_at(next_due)  # a lane waiting out a short Retry-After or backoff
 
     def _on_job_skipped(self, event: Any) -> None:
         if event.job_id != JOB_ID:
@@ -258,8 +267,11 @@ class Daemon:
             self._again = True  # a wake-up met a running pass: follow it with another
 
     def _wake_now(self) -> None:
+        self._wake_at(time.time())
+
+    def _wake_at(self, when: float) -> None:
         try:
-            self.scheduler.modify_job(JOB_ID, next_run_time=datetime.now(timezone.utc))
+            self.scheduler.modify_job(JOB_ID, next_run_time=datetime.fromtimestamp(when, timezone.utc))
         except Exception as exc:  # the scheduler is shutting down
             log.debug("wake-up ignored: %s", exc)
 

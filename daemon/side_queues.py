@@ -72,6 +72,11 @@ def push_rounds(host: PassHost, report: PassReport, deadline: float, *,
             return
 
 
+# Spans and evaluations go in batches on the pass's own thread, after the lanes: a short wait
+# here holds no lane's thread (the lanes give theirs back past Backoff.in_pass_max_wait_s).
+SIDE_WAIT_MAX_S = 2.0
+
+
 def wait_in_pass(host: PassHost, delays: list[float], tries: int, report: PassReport) -> bool:
     """After failures (``delays``: their retry waits), sleep until the soonest retry when it is short
     and tries remain, and say whether to go on claiming in this pass."""
@@ -79,7 +84,7 @@ def wait_in_pass(host: PassHost, delays: list[float], tries: int, report: PassRe
         return True
     report.retried += len(delays)
     wait = min(delays)
-    if tries >= host.settings.in_pass_tries or wait > host.backoff.in_pass_max_wait_s or host.halted():
+    if tries >= host.settings.in_pass_tries or wait > SIDE_WAIT_MAX_S or host.halted():
         return False
     host.backoff.sleep(wait)
     return True

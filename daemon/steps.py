@@ -82,6 +82,7 @@ class PassReport:
     versions_pushed: int = 0  # versions made offline (versions_push.py)
     throttled_until: float | None = None
     more_due: bool = False
+    next_due_at: float | None = None  # without more_due: when a waiting lane's head is due (clock time)
     errors: list[str] = field(default_factory=list)
 
     def merge(self, other: PassReport) -> None:

@@ -10,12 +10,14 @@ import logging
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 from galtea_local.config import Settings
 from galtea_local.status import store_status
 from galtea_local_daemon.logs import configure_logging
 from galtea_local_daemon.versions_push import CacheRefresher
+from galtea_local_daemon.steps import PassReport
 from galtea_local_daemon.runtime import make_client, make_engine, open_store, pusher_guard, release_stale_leases
 
 log = logging.getLogger("galtea_local.sync")
@@ -27,6 +29,30 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+# A lane waiting out a Retry-After or backoff this short is waited for: `sync` pushes what a
+# sporadic 429 or 503 held back, as it did when such waits were slept inside the pass. Not
+# more often than this in a row without settling anything: an unreachable API ends `sync` (2)
+# after two passes.
+SHORT_WAIT_S = 2.0
+SHORT_WAITS_MAX = 1
+
+
+def _settled_any(report: PassReport) -> bool:
+    return bool(report.pushed or report.adopted or report.dead or report.spans_pushed or report.spans_dead
+                or report.evaluations_pushed or report.versions_pushed)
+
+
+def _wait_for_next_due(report: PassReport, stop: threading.Event) -> bool:
+    """Sleep until the first waiting lane is due, if that is soon; False when nothing is."""
+    if report.next_due_at is None:
+        return False
+    wait = report.next_due_at - time.time()
+    if wait > SHORT_WAIT_S:
+        return False
+    stop.wait(max(0.0, wait))
+    return True
 
 
 def sync_once(settings: Settings) -> int:
@@ -42,9 +68,13 @@ def sync_once(settings: Settings) -> int:
             CacheRefresher(store, engine.unpaced_client, stop=stop,
                            before_request=engine.wait_for_throttle).refresh()  # bounded; an offline API ends it at once
             try:
+                waits = 0  # short waits in a row after passes that settled nothing
                 while not stop.is_set():
                     report = engine.run_once()
-                    if not report.more_due:
+                    if report.more_due:
+                        continue
+                    waits = 0 if _settled_any(report) else waits + 1
+                    if waits > SHORT_WAITS_MAX or not _wait_for_next_due(report, stop):
                         break
             finally:
                 engine.close()

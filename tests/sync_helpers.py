@@ -18,6 +18,7 @@ from galtea_local.status import store_status
 from galtea_local.store import Store
 from galtea_local_daemon.backoff import Backoff
 from galtea_local_daemon.engine import EngineSettings, SyncEngine
+from galtea_local_daemon.steps import PassReport
 from galtea_local_daemon.upstream import UpstreamClient
 from tests.emulator_fixture import EmulatorHandle
 
@@ -56,6 +57,14 @@ def queued(store: Store) -> int:
     return store_status(store)["queued"]
 
 
+def idle_pause(report: PassReport, pause_s: float) -> float:
+    """How long to wait after a pass that left nothing due: until its first waiting lane is due
+    (a Retry-After, a backoff: the daemon wakes then too), within [pause_s, 1 s]."""
+    if report.next_due_at is None:
+        return pause_s
+    return min(1.0, max(pause_s, report.next_due_at - time.time()))
+
+
 def drain(engine: SyncEngine, *, max_passes: int = 500, pause_s: float = 0.02) -> int:
     """Run passes until no record waits; return how many passes it took (fails past ``max_passes``).
 
@@ -67,7 +76,7 @@ def drain(engine: SyncEngine, *, max_passes: int = 500, pause_s: float = 0.02) -
         if queued(engine.store) == 0:
             return passes
         if not report.more_due:
-            time.sleep(pause_s)
+            time.sleep(idle_pause(report, pause_s))
     raise AssertionError(f"still {queued(engine.store)} record(s) queued after {max_passes} passes")
 
 

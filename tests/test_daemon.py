@@ -74,6 +74,29 @@ def test_a_fresh_record_goes_up_without_waiting_for_the_interval(emulator, tmp_p
         assert dp.stop(daemon)[0] == 0
 
 
+def test_a_lane_waiting_out_a_retry_after_is_pushed_when_it_ends_not_at_the_interval(emulator, tmp_path):
+    # The lane gives its thread back for the Retry-After (Backoff.in_pass_max_wait_s); the pass
+    # reports when the lane is due, and the daemon comes back then, not a minute later.
+    sessions = dp.create_sessions(emulator, 1)
+    store_path = tmp_path / "store.db"
+    env = dp.daemon_env(emulator, store_path, dp.write_config(tmp_path, dp.fast_config(interval_s=60.0)))
+    daemon = dp.start_daemon(env, stderr=tmp_path / "daemon.log")
+    store = Store(str(store_path))
+    try:
+        # After the start-up cache refresh (its one request): the next request is the create.
+        dp.wait_for(lambda: "GET /products" in emulator.dump(log=False)["requests"], 30, "the refresh", daemon)
+        emulator.set_faults(retry_after_s=2, throttle_next=1)
+        _prewrite(store_path, sessions, 1)
+        dp.wait_for(lambda: dp.status(store)["synced"] == 1, 30, "the create after its Retry-After", daemon)
+    finally:
+        assert dp.stop(daemon)[0] == 0
+    creates = [(entry["t"], entry["status"]) for entry in emulator.dump()["log"] if entry["route"] == "/inferenceResults"]
+    assert [status for _, status in creates] == [429, 201]
+    # Its Retry-After honoured, and no more: without the wake-up, the next pass came with the daemon's
+    # next write of its own (the load publisher's, every 5 s: 4.8 s here) or at the interval.
+    assert creates[0][0] + 2.0 - 0.05 <= creates[1][0] < creates[0][0] + 3.5
+
+
 def test_second_daemon_on_the_same_store_is_refused(emulator, tmp_path):
     store_path = tmp_path / "store.db"
     env = dp.daemon_env(emulator, store_path, dp.write_config(tmp_path))

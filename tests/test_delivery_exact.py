@@ -62,6 +62,17 @@ def test_write_only_fields_are_not_compared(emulator: EmulatorHandle, tmp_path: 
     assert_exact(emulator, sessions, status)
 
 
+def test_a_lost_create_is_found_on_the_first_page(emulator: EmulatorHandle, tmp_path: Path) -> None:
+    # Under faults each request holds a slot: the reconciliation stops at the page that holds the
+    # lost create, without the request for the empty page that ends the list.
+    sessions, status = push_all(emulator, tmp_path, faults={"ambiguous_rate": 0.3})
+    log = emulator.dump()["log"]
+    lost = sum(1 for e in log if (e["method"], e["route"], e["fault"]) == ("POST", "/inferenceResults", "ambiguous"))
+    lists = sum(1 for e in log if (e["method"], e["route"]) == ("GET", "/inferenceResults"))
+    assert lost > 0 and lists == lost
+    assert_exact(emulator, sessions, status)
+
+
 def test_gateway_errors_after_apply_are_maybe_sent(emulator: EmulatorHandle, tmp_path: Path) -> None:
     for status_code in (502, 503, 504):
         emulator.reset()

@@ -16,7 +16,7 @@ from galtea_local_daemon.side_queues import PassHost
 from galtea_local_daemon.spans_push import SpanPusher
 from galtea_local_daemon.steps import PassReport
 from tests.emulator_fixture import EmulatorHandle
-from tests.sync_helpers import make_engine, new_session, open_store
+from tests.sync_helpers import idle_pause, make_engine, new_session, open_store
 
 
 def drain_all(engine: SyncEngine, max_passes: int = 300) -> None:
@@ -27,7 +27,7 @@ def drain_all(engine: SyncEngine, max_passes: int = 300) -> None:
         if status["queued"] == status["spans_queued"] == status["evaluations_queued"] == 0:
             return
         if not report.more_due:
-            time.sleep(0.02)
+            time.sleep(idle_pause(report, 0.02))
     raise AssertionError(f"still waiting after {max_passes} passes: {store_status(engine.store)}")
 
 
