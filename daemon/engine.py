@@ -86,7 +86,8 @@ class SyncEngine:
         # outside the pacing law so they never hold a lane's create back; they wait out a throttle.
         self.unpaced_client = client
         self.stamper = Stamper(store, side_client, self.settings.concurrency, clock,
-                               wait_for_throttle=self._wait_for_throttle, on_error=self._stamp_failed)
+                               wait_for_throttle=self._wait_for_throttle, on_error=self._stamp_failed,
+                               sleep=self.backoff.sleep)
         self.uploader = uploads.Uploader(store, self.client, client, clock)
         self.maybe_sent = MaybeSent(store, self.client, self.clock, clock_skew_s=self.settings.clock_skew_s,
                                     commit_grace_s=self.settings.commit_grace_s,
