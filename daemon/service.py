@@ -270,8 +270,14 @@ class Daemon:
         self._wake_at(time.time())
 
     def _wake_at(self, when: float) -> None:
+        """Run the pass at ``when``, unless it is already due sooner: a wake-up for a waiting lane
+        must not put off one that a write (or the interval) asked for."""
+        at = datetime.fromtimestamp(when, timezone.utc)
         try:
-            self.scheduler.modify_job(JOB_ID, next_run_time=datetime.fromtimestamp(when, timezone.utc))
+            job = self.scheduler.get_job(JOB_ID)
+            if job is not None and job.next_run_time is not None and job.next_run_time <= at:
+                return
+            self.scheduler.modify_job(JOB_ID, next_run_time=at)
         except Exception as exc:  # the scheduler is shutting down
             log.debug("wake-up ignored: %s", exc)
 

@@ -17,8 +17,8 @@ from galtea_local.config import Settings
 from galtea_local.status import store_status
 from galtea_local_daemon.logs import configure_logging
 from galtea_local_daemon.versions_push import CacheRefresher
-from galtea_local_daemon.steps import PassReport
 from galtea_local_daemon.runtime import make_client, make_engine, open_store, pusher_guard, release_stale_leases
+from galtea_local_daemon.steps import PassReport
 
 log = logging.getLogger("galtea_local.sync")
 
