@@ -135,8 +135,7 @@ class SyncEngine:
         self._record_health(report, auth_was_failing)
         # A pass that settled nothing (every lane hit an unexpected error) does not ask to run
         # again at once: the scheduler's interval paces it, and `sync` ends.
-        progressed = (report.pushed or report.adopted or report.dead or report.retried or report.spans_pushed
-                      or report.spans_dead or report.evaluations_pushed or report.versions_pushed)
+        progressed = report.settled_any() or report.retried
         report.more_due = not self.stopping and not self._halt.is_set() and bool(progressed) and self._has_due()
         if not report.more_due and not self._halted():
             # A lane gives its thread back during a wait longer than a blink (Backoff.in_pass_max_wait_s):

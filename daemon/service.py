@@ -257,8 +257,8 @@ class Daemon:
             return
         if again:
             self._wake_now()
-        elif next_due is not None and next_due - time.time() < self.settings.sync.interval_s:
-            self._wake_at(next_due)  # a lane waiting out a short Retry-After or backoff
+        elif next_due is not None:
+            self._wake_at(next_due)  # a lane waiting out a Retry-After or backoff; never later than the interval
 
     def _on_job_skipped(self, event: Any) -> None:
         if event.job_id != JOB_ID:

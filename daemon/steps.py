@@ -85,6 +85,11 @@ class PassReport:
     next_due_at: float | None = None  # without more_due: when a waiting lane's head is due (clock time)
     errors: list[str] = field(default_factory=list)
 
+    def settled_any(self) -> bool:
+        """Something left the queue for good: pushed, adopted, dead-lettered (retries do not count)."""
+        return bool(self.pushed or self.adopted or self.dead or self.spans_pushed or self.spans_dead
+                    or self.evaluations_pushed or self.versions_pushed)
+
     def merge(self, other: PassReport) -> None:
         self.pushed += other.pushed
         self.adopted += other.adopted

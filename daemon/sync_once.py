@@ -39,11 +39,6 @@ SHORT_WAIT_S = 2.0
 SHORT_WAITS_MAX = 1
 
 
-def _settled_any(report: PassReport) -> bool:
-    return bool(report.pushed or report.adopted or report.dead or report.spans_pushed or report.spans_dead
-                or report.evaluations_pushed or report.versions_pushed)
-
-
 def _wait_for_next_due(report: PassReport, stop: threading.Event) -> bool:
     """Sleep until the first waiting lane is due, if that is soon; False when nothing is."""
     if report.next_due_at is None:
@@ -73,7 +68,7 @@ def sync_once(settings: Settings) -> int:
                     report = engine.run_once()
                     if report.more_due:
                         continue
-                    waits = 0 if _settled_any(report) else waits + 1
+                    waits = 0 if report.settled_any() else waits + 1
                     if waits > SHORT_WAITS_MAX or not _wait_for_next_due(report, stop):
                         break
             finally:

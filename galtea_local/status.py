@@ -10,6 +10,7 @@ from galtea_local.outbox import custody, health
 from galtea_local.outbox import evaluations as evaluation_queue
 from galtea_local.outbox import spans as span_queue
 from galtea_local.outbox import versions as version_queue
+from galtea_local.outbox.kinds import lane_head_seq
 from galtea_local.store import Store
 
 _STATES = ("queued", "synced", "dead", "dropped", "cancelled")
@@ -27,8 +28,7 @@ def _counts(conn: sqlite3.Connection) -> dict[str, int]:
 # flight. The cost follows the number of sessions, not the backlog.
 _HEADS = (
     "SELECT COUNT(CASE WHEN h.state = 'sending' AND h.record_seq IS NOT NULL THEN 1 END), MIN(h.created_at)"
-    " FROM lanes l JOIN outbox h ON h.seq = (SELECT o.seq FROM outbox o WHERE o.lane = l.key"
-    "   AND o.state IN ('pending', 'sending') ORDER BY o.seq LIMIT 1)"
+    f" FROM lanes l JOIN outbox h ON h.seq = {lane_head_seq('l.key')}"
     " WHERE l.active = 1"
 )
 

@@ -17,7 +17,9 @@ from typing import Any, TypeVar
 
 from galtea_local.attachments import adopt_uris, has_files
 from galtea_local.outbox import batch, lanes, probes, stamps, versions
-from galtea_local.outbox.kinds import OPEN, OpKind, OpState, held_behind_session, held_behind_session_sql, open_in
+from galtea_local.outbox.kinds import (
+    OPEN, OpKind, OpState, held_behind_session, held_behind_session_sql, lane_head_seq, open_in,
+)
 from galtea_local.store import dialects
 from galtea_local.store.contract import StoreConnection
 
@@ -79,8 +81,7 @@ def due_lanes(conn: StoreConnection, now: float, limit: int) -> list[str]:
     clock, clock_now = dialects.lease_clock(conn, now)
     rows = conn.execute(
         "SELECT key FROM ("
-        f" SELECT l.key, (SELECT o.seq FROM outbox o WHERE o.lane = l.key AND {open_in('o')}"
-        "   ORDER BY o.seq LIMIT 1) AS head"
+        f" SELECT l.key, {lane_head_seq('l.key')} AS head"
         "   , l.remote_session_id, COALESCE(l.lease_until, 0) AS served"
         f" FROM lanes l WHERE l.active = 1 AND (l.lease_owner IS NULL OR l.lease_until < {clock})) AS heads"
         " JOIN outbox h ON h.seq = heads.head WHERE h.not_before <= ? AND h.waits_version IS NULL"

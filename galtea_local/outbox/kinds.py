@@ -56,6 +56,13 @@ def open_in(alias: str) -> str:
     return f"{alias}.{OPEN}"
 
 
+def lane_head_seq(lane: str) -> str:
+    """A subquery: the seq of the head (first open operation) of the lane keyed ``lane`` (a column
+    expression), one probe of the (lane, seq) index. A lane's operations go in order, so its head
+    is the only one that can be in flight or due."""
+    return f"(SELECT o.seq FROM outbox o WHERE o.lane = {lane} AND {open_in('o')} ORDER BY o.seq LIMIT 1)"
+
+
 # A session created offline whose create has not gone up (dead, or not yet sent) holds its
 # turns: the lane (``ls:<seq>``) has no remote session id, and only the session create may go.
 def held_behind_session_sql(lane: str, remote_session_id: str, kind: str) -> str:

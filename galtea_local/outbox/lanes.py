@@ -14,7 +14,7 @@ are one session went up in push order (docs/delivery.md).
 
 from __future__ import annotations
 
-from galtea_local.outbox.kinds import OPEN, open_in
+from galtea_local.outbox.kinds import OPEN, lane_head_seq
 from galtea_local.store import dialects
 from galtea_local.store.contract import StoreConnection
 
@@ -59,12 +59,11 @@ def fold_siblings(conn: StoreConnection, lane: str, remote_session_id: str | Non
     return head is None or not any(conn.execute(_OLDER_IN, (key, head)).fetchone() for key in held)
 
 
-# Per active lane its head (ix on lane, seq), then the head's not_before: bounded by the lanes,
-# not the backlog. Heads waiting for a version are woken by the version, not by the clock.
+# Per active lane its head, then the head's not_before: bounded by the lanes, not the backlog.
+# Heads waiting for a version are woken by the version, not by the clock.
 _NEXT_DUE = (
-    f"SELECT MIN(h.not_before) FROM (SELECT (SELECT o.seq FROM outbox o WHERE o.lane = l.key AND {open_in('o')}"
-    " ORDER BY o.seq LIMIT 1) AS head FROM lanes l WHERE l.active = 1) AS heads"
-    " JOIN outbox h ON h.seq = heads.head WHERE h.not_before > ? AND h.waits_version IS NULL"
+    f"SELECT MIN(h.not_before) FROM lanes l JOIN outbox h ON h.seq = {lane_head_seq('l.key')}"
+    " WHERE l.active = 1 AND h.not_before > ? AND h.waits_version IS NULL"
 )
 
 
